@@ -1,0 +1,60 @@
+"""Default config: Xtal2DoS on the embedded phonon-DoS set (51 points, 0-1000 cm^-1).
+
+Sized so a full run fits a 2-core CPU session. Override on the command line, e.g.
+`--config.train.num_epochs=5 --config.model.decoder=rnn`.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.format = "ase_db"          # ase_db | mat2spec | phonondos_csv
+  data.path = ""                  # "" = the embedded phonon-DoS set shipped in the package
+  data.label_key = "dos"          # key of the label array in row.data (ase_db)
+  data.l_y = 51                   # number of DoS points
+  data.grid_start = 0.0           # first grid point (cm^-1 for phonons, eV for electrons)
+  data.grid_stop = 1000.0         # last grid point (inclusive)
+  data.grid_unit = "cm^-1"
+  data.kind = "phonon"            # phonon | electronic (selects the derived physics)
+  data.radius = 8.0               # neighbour cutoff, Angstrom
+  data.max_num_nbr = 12           # nearest neighbours kept per atom
+  data.gaussian_step = 0.2        # Angstrom; edge feature = exp(-(d-mu)^2/step^2), mu = 0..radius
+  data.scaling = "normalized_sum"  # normalized_sum | normalized_max | standardized
+  data.split = (0.8, 0.1, 0.1)    # train / validation / test fractions
+  data.split_seed = 0
+  data.cache_dir = ""             # "" = ~/.cache/xtal2dos_jax
+  data.limit = 0                  # use only the first N crystals (0 = all); for quick checks
+
+  config.model = model = ml_collections.ConfigDict()
+  model.encoder = "unimp"         # unimp | gat
+  model.decoder = "transformer"   # transformer | rnn | rnn_attn | chunk_rnn_attn | mlp
+  model.d_model = 128
+  model.num_heads = 4
+  model.encoder_layers = 3
+  model.decoder_layers = 3
+  model.ff_dim = 512
+  model.encoder_dropout = 0.1
+  model.decoder_dropout = 0.0
+  model.causal = True             # False reproduces the public PyTorch code's unmasked decoder
+  model.position_embedding = "onehot"  # onehot | learned
+  model.chunk_size = 8            # chunk_rnn_attn only
+  model.dtype = "float32"         # float32 | bfloat16 (compute dtype; params stay float32)
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 64           # global batch (crystals per step, across all devices)
+  train.num_epochs = 60
+  train.optimizer = "adamw"       # adam | adamw
+  train.learning_rate = 1e-3
+  train.weight_decay = 1e-4
+  train.warmup_epochs = 2
+  train.cosine_restarts = 1       # number of cosine cycles after warmup
+  train.grad_clip = 1.0           # global-norm clip
+  train.loss = "kl"               # kl | wd | mae | mse
+  train.patience = 15             # early stopping, in epochs without validation improvement
+  train.checkpoint_every = 1      # epochs
+  train.keep_checkpoints = 2
+  train.progress = True
+  return config

@@ -1,0 +1,44 @@
+"""Shared plumbing for the absl binaries: runtime set-up and one-line user errors."""
+import contextlib
+import os
+import sys
+
+from absl import flags, logging
+
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-host: host:port of process 0 (else from the environment).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+
+
+def setup_runtime() -> None:
+  """Initialises JAX's distributed runtime when asked (flags or environment)."""
+  import jax
+  f = flags.FLAGS
+  if f.num_processes and f.num_processes > 1:
+    if jax.default_backend() == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f.coordinator_address,
+                               num_processes=f.num_processes, process_id=f.process_id)
+  elif any(v in os.environ for v in ("SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS")) and \
+      int(os.environ.get("SLURM_NTASKS", "2")) > 1:
+    jax.distributed.initialize()
+  logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.default_backend())
+
+
+def default_workdir(config_path: str) -> str:
+  name = os.path.splitext(os.path.basename(config_path or "run"))[0]
+  return os.path.join("runs", name)
+
+
+@contextlib.contextmanager
+def user_errors():
+  """Prints an InputError as one line on stderr and exits with status 2."""
+  from xtal2dos_jax.errors import InputError
+  try:
+    yield
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

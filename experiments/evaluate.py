@@ -1,0 +1,29 @@
+r"""Evaluate a trained run: `python -m experiments.evaluate --workdir=runs/phdos`.
+
+Restores the best checkpoint, prints the paper-style metrics table for the test
+split (R^2, MAE, MSE, WD on the normalised and the original scale), and writes
+eval_<split>.json, predictions_<split>.npz and eval_<split>.png into the workdir.
+"""
+from absl import app, flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
+flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  del argv
+  common.setup_runtime()
+  from xtal2dos_jax import inference, train
+  with common.user_errors():
+    out = inference.evaluate_run(FLAGS.workdir, FLAGS.split)
+  print(train.format_table({FLAGS.split: out[FLAGS.split]}))
+  print(f"wrote {FLAGS.workdir}/eval_{FLAGS.split}.json, predictions_{FLAGS.split}.npz, "
+        f"eval_{FLAGS.split}.png")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,37 @@
+r"""Train Xtal2DoS: `python -m experiments.train --config=configs/phdos.py --workdir=runs/phdos`.
+
+Every config value can be overridden, e.g. `--config.train.num_epochs=5`. Rerunning
+the same command resumes from the last checkpoint; a finished run is not retrained.
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/phdos.py", "Training config file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
+flags.DEFINE_bool("overwrite", False, "Discard a run already in --workdir and start afresh.")
+
+
+def main(argv):
+  del argv
+  common.setup_runtime()
+  from xtal2dos_jax import train  # after the runtime (devices, distributed) is set up
+  config = FLAGS.config
+  workdir = FLAGS.workdir or common.default_workdir(flags.FLAGS["config"].config_filename)
+  with common.user_errors():
+    try:
+      results = train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
+    except train.Preempted as e:
+      logging.warning("%s", e)
+      sys.exit(143)
+  print(train.format_table(results["metrics"]))
+  print(f"workdir: {workdir}")
+
+
+if __name__ == "__main__":
+  app.run(main)

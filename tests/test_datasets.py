@@ -1,0 +1,493 @@
+"""Tests for xtal2dos_jax.datasets: readers, validation, loading, splits."""
+
+import csv
+import json
+import logging
+import os
+import pickle
+import time
+
+import ase
+import ase.db
+import ase.io
+import chex
+import ml_collections
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from xtal2dos_jax import datasets, graphset
+from xtal2dos_jax.errors import InputError
+
+L_Y = 8
+
+
+def _crystals():
+  return {
+      "mp-1": bulk("NaCl", "rocksalt", a=5.64),
+      "mp-2": bulk("Si", "diamond", a=5.43),
+      "mp-3": bulk("Cu", "fcc", a=3.6),
+  }
+
+
+def _pmg_dict(atoms):
+  """pymatgen Structure.as_dict() layout, written by hand (no pymatgen)."""
+  frac = atoms.get_scaled_positions(wrap=False)
+  return {
+      "@module": "pymatgen.core.structure", "@class": "Structure",
+      "charge": 0, "properties": {},
+      "lattice": {"matrix": atoms.cell.array.tolist(),
+                  "pbc": [True, True, True]},
+      "sites": [{"species": [{"element": s, "occu": 1}], "abc": f.tolist(),
+                 "xyz": p.tolist(), "label": s, "properties": {}}
+                for s, f, p in zip(atoms.get_chemical_symbols(), frac,
+                                   atoms.positions)],
+  }
+
+
+def _labels(n, l_y=L_Y):
+  return (np.arange(n * l_y, dtype=np.float32).reshape(n, l_y) + 1.0) / 10
+
+
+def _data_config(**overrides):
+  cfg = ml_collections.ConfigDict(dict(
+      format="ase_db", path="", label_key="dos", l_y=L_Y, grid_start=0.0,
+      grid_stop=float(L_Y - 1)))
+  cfg.update(overrides)
+  return cfg
+
+
+# ---------------------------------------------------------------------------
+# RawDataset, validate_labels.
+
+
+def test_raw_dataset_len_and_subset():
+  crystals = _crystals()
+  ds = datasets.RawDataset(
+      ids=list(crystals), structures=list(crystals.values()),
+      labels=_labels(3), grid=np.arange(L_Y, dtype=np.float32),
+      extras={"cv300": np.array([1.0, 2.0, 3.0])}, skipped=[("x", "bad")])
+  assert len(ds) == 3
+  sub = ds.subset([2, 0])
+  assert sub.ids == ["mp-3", "mp-1"]
+  assert sub.structures[0] is crystals["mp-3"]
+  chex.assert_trees_all_close(sub.labels, _labels(3)[[2, 0]])
+  chex.assert_trees_all_close(sub.extras["cv300"], np.array([3.0, 1.0]))
+  assert sub.skipped == [("x", "bad")] and len(sub) == 2
+  with pytest.raises(ValueError):
+    datasets.RawDataset(ids=["a"], structures=[])
+
+
+def test_validate_labels():
+  labels = _labels(5)
+  labels[1, 3] = np.nan
+  labels[2, 0] = -0.5
+  labels[3] = 0.0
+  labels[4, 2] = np.inf
+  ids = ["a", "b", "c", "d", "e"]
+  bad = dict(datasets.validate_labels(ids, labels, L_Y, "src"))
+  assert set(bad) == {"b", "c", "d", "e"}
+  assert "NaN" in bad["b"] and "negative" in bad["c"]
+  assert "all zero" in bad["d"] and "inf" in bad["e"]
+  assert datasets.validate_labels(ids[:1], labels[:1], L_Y, "src") == []
+  with pytest.raises(InputError, match=r"src: .*8.*51|src: .*51.*8"):
+    datasets.validate_labels(ids, labels, 51, "src")
+  with pytest.raises(InputError, match="src: .*2-D"):
+    datasets.validate_labels(ids, labels[0], L_Y, "src")
+
+
+# ---------------------------------------------------------------------------
+# ASE db.
+
+
+def _write_db(path, crystals, labels, metadata=True, extra_rows=()):
+  with ase.db.connect(str(path)) as db:
+    for k, (rid, atoms) in enumerate(crystals.items()):
+      db.write(atoms, material_id=rid, source="test", cv300=10.0 + k,
+               data={"dos": labels[k]})
+    for atoms, kvp, data in extra_rows:
+      db.write(atoms, data=data, **kvp)
+  if metadata:
+    db = ase.db.connect(str(path))
+    db.metadata = {"freq_cm": list(np.arange(L_Y) * 20.0)}
+
+
+def test_read_ase_db(tmp_path):
+  crystals = _crystals()
+  path = tmp_path / "small.db"
+  _write_db(path, crystals, _labels(3), extra_rows=[
+      (bulk("Al"), {"material_id": "mp-4", "cv300": 1.0}, {}),  # no label
+  ])
+  ds = datasets.read_ase_db(str(path), l_y=L_Y)
+  assert ds.ids == ["mp-1", "mp-2", "mp-3"]
+  chex.assert_shape(ds.labels, (3, L_Y))
+  assert ds.labels.dtype == np.float32
+  chex.assert_trees_all_close(ds.labels, _labels(3))
+  chex.assert_trees_all_close(ds.grid, np.arange(L_Y, dtype=np.float32) * 20)
+  assert set(ds.extras) == {"cv300"}  # 'source' is a string
+  chex.assert_trees_all_close(ds.extras["cv300"], np.array([10.0, 11.0, 12.0]))
+  np.testing.assert_allclose(ds.structures[1].positions,
+                             crystals["mp-2"].positions)
+  assert ds.skipped == [("mp-4", "no data['dos'] label")]
+
+
+def test_read_ase_db_without_material_id(tmp_path):
+  path = tmp_path / "plain.db"
+  with ase.db.connect(str(path)) as db:
+    for atoms in _crystals().values():
+      db.write(atoms, data={"dos": np.ones(L_Y)})
+  ds = datasets.read_ase_db(str(path))
+  assert ds.ids == ["1", "2", "3"] and ds.grid is None
+
+
+def test_read_ase_db_errors(tmp_path):
+  path = tmp_path / "small.db"
+  _write_db(path, _crystals(), _labels(3))
+  with pytest.raises(InputError, match=f"{path}: .*length 8.*l_y = 51"):
+    datasets.read_ase_db(str(path), l_y=51)
+  missing = tmp_path / "missing.db"
+  with pytest.raises(InputError, match="missing.db: no such file"):
+    datasets.read_ase_db(str(missing))
+  assert not missing.exists()  # ase.db.connect would have created it
+  empty = tmp_path / "empty.db"
+  empty.write_bytes(b"")
+  with pytest.raises(InputError, match="empty.db: file is empty"):
+    datasets.read_ase_db(str(empty))
+  assert empty.stat().st_size == 0  # not turned into a new database
+  junk = tmp_path / "junk.db"
+  junk.write_bytes(b"this is not sqlite" * 100)
+  with pytest.raises(InputError, match="junk.db: not a readable ASE database"):
+    datasets.read_ase_db(str(junk))
+
+
+def test_embedded_phdos_db():
+  start = time.perf_counter()
+  ds = datasets.read_ase_db(datasets.embedded_phdos_path())
+  elapsed = time.perf_counter() - start
+  assert len(ds) == 1077 and not ds.skipped
+  chex.assert_shape(ds.labels, (1077, 51))
+  chex.assert_trees_all_close(ds.grid, np.linspace(0, 1000, 51,
+                                                   dtype=np.float32))
+  assert {"cv300", "max_freq_cm", "imag_frac"} <= set(ds.extras)
+  chex.assert_shape(ds.extras["cv300"], (1077,))
+  assert np.all(ds.extras["cv300"] > 0)
+  assert ds.ids[0].startswith("mp-")
+  assert elapsed < 2.0, f"reading the embedded db took {elapsed:.2f} s"
+
+
+def test_embedded_edos_mat2spec():
+  ds = datasets.read_mat2spec(datasets.embedded_edos_path(), l_y=128)
+  assert len(ds) == 164 and not ds.skipped
+  chex.assert_shape(ds.labels, (164, 128))
+  chex.assert_trees_all_close(ds.grid[[0, -1]],
+                              np.array([-3.96875, 3.96875], np.float32))
+  assert all(a.pbc.all() for a in ds.structures)
+
+
+# ---------------------------------------------------------------------------
+# Mat2Spec layout.
+
+
+def _write_mat2spec(root, crystals, labels, structures="json"):
+  label_dir = root / "label_edos"
+  label_dir.mkdir(parents=True)
+  with open(label_dir / "mpids.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["mpid"])
+    for rid in crystals:
+      w.writerow([rid])
+  np.save(label_dir / f"total_dos_{labels.shape[1]}.npy", labels)
+  np.save(label_dir / "energies_ev.npy",
+          np.linspace(-1, 1, labels.shape[1]).astype(np.float32))
+  if structures == "json":
+    sdir = root / "materials_with_edos"
+    sdir.mkdir()
+    for rid, atoms in crystals.items():
+      (sdir / f"dos_{rid}.json").write_text(
+          json.dumps({"structure": _pmg_dict(atoms)}))
+  elif structures == "pkl_dict":
+    with open(root / "structures.pkl", "wb") as f:
+      pickle.dump({rid: _pmg_dict(a) for rid, a in crystals.items()}, f)
+  elif structures == "pkl_list":
+    with open(root / "structures.pkl", "wb") as f:
+      pickle.dump(list(crystals.values()), f)  # ase.Atoms objects
+
+
+@pytest.mark.parametrize("variant", ["json", "pkl_dict", "pkl_list"])
+def test_read_mat2spec(tmp_path, variant):
+  crystals = _crystals()
+  _write_mat2spec(tmp_path, crystals, _labels(3), structures=variant)
+  ds = datasets.read_mat2spec(str(tmp_path), l_y=L_Y)
+  assert ds.ids == list(crystals) and not ds.skipped
+  chex.assert_trees_all_close(ds.labels, _labels(3))
+  chex.assert_trees_all_close(ds.grid, np.linspace(-1, 1, L_Y,
+                                                   dtype=np.float32))
+  for atoms, ref in zip(ds.structures, crystals.values()):
+    assert atoms.get_chemical_symbols() == ref.get_chemical_symbols()
+    np.testing.assert_allclose(atoms.positions, ref.positions, atol=1e-9)
+    np.testing.assert_allclose(atoms.cell.array, ref.cell.array)
+
+
+def test_read_mat2spec_missing_and_broken_structures(tmp_path):
+  crystals = _crystals()
+  _write_mat2spec(tmp_path, crystals, _labels(3))
+  (tmp_path / "materials_with_edos" / "dos_mp-2.json").unlink()
+  (tmp_path / "materials_with_edos" / "dos_mp-3.json").write_text("{trunc")
+  ds = datasets.read_mat2spec(str(tmp_path))
+  assert ds.ids == ["mp-1"]
+  chex.assert_trees_all_close(ds.labels, _labels(3)[:1])
+  reasons = dict(ds.skipped)
+  assert "dos_mp-2.json is missing" in reasons["mp-2"]
+  assert "dos_mp-3.json" in reasons["mp-3"] and "JSON" in reasons["mp-3"]
+
+
+def test_read_mat2spec_row_count_and_duplicates(tmp_path):
+  crystals = _crystals()
+  _write_mat2spec(tmp_path / "a", crystals, _labels(4))
+  with pytest.raises(InputError,
+                     match=r"total_dos_8\.npy: has 4 label rows .* 3 ids"):
+    datasets.read_mat2spec(str(tmp_path / "a"))
+  _write_mat2spec(tmp_path / "b", crystals, _labels(3))
+  with open(tmp_path / "b" / "label_edos" / "mpids.csv", "w") as f:
+    f.write("mpid\nmp-1\nmp-2\nmp-1\n")
+  with pytest.raises(InputError, match="duplicate id 'mp-1'"):
+    datasets.read_mat2spec(str(tmp_path / "b"))
+  with pytest.raises(InputError, match=r"total_dos_8\.npy: .*8.*l_y = 128"):
+    datasets.read_mat2spec(str(tmp_path / "b"), l_y=128)
+  with pytest.raises(InputError, match="mpids.csv"):
+    datasets.read_mat2spec(str(tmp_path))  # no label_edos in the root
+
+
+def test_read_mat2spec_pickle_problems(tmp_path):
+  crystals = _crystals()
+  _write_mat2spec(tmp_path / "a", crystals, _labels(3), structures="pkl_list")
+  with open(tmp_path / "a" / "structures.pkl", "wb") as f:
+    pickle.dump([bulk("Cu")], f)
+  with pytest.raises(InputError, match=r"structures\.pkl: holds 1 .* 3 ids"):
+    datasets.read_mat2spec(str(tmp_path / "a"))
+  # A pickle of objects from a module we do not have (e.g. pymatgen).
+  (tmp_path / "a" / "structures.pkl").write_bytes(
+      b"cno_such_module_xyz\nStructure\n(tR.")
+  with pytest.raises(InputError, match="no_such_module_xyz"):
+    datasets.read_mat2spec(str(tmp_path / "a"))
+  # A dict missing one id: that id is skipped, the rest read.
+  with open(tmp_path / "a" / "structures.pkl", "wb") as f:
+    pickle.dump({"mp-1": crystals["mp-1"], "mp-3": {"bad": 1}}, f)
+  ds = datasets.read_mat2spec(str(tmp_path / "a"))
+  assert ds.ids == ["mp-1"]
+  reasons = dict(ds.skipped)
+  assert "no structure" in reasons["mp-2"]
+  assert "unrecognised" in reasons["mp-3"]
+
+
+# ---------------------------------------------------------------------------
+# phononDoS CSV.
+
+
+def test_read_phonondos_csv(tmp_path):
+  si = bulk("Si", "diamond", a=5.43)
+  path = tmp_path / "phdos.csv"
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["mp_id", "structure", "phfreq", "phdos"])
+    w.writerow(["mp-149", repr(si.todict()), "[0.0, 50.0, 100.0]",
+                "[0.0, 1.0, 0.0]"])
+    w.writerow(["", "Atoms(symbols='Cu', pbc=True, cell=[2.5, 2.5, 2.5], "
+                "positions=[[0.0, 0.0, 0.0]])", "[10. 30. 50.]", "[2. 4. 6.]"])
+    w.writerow(["mp-bad", "{}", "[0, 1]", "[0, 1]"])
+    w.writerow(["mp-len", repr(si.todict()), "[0, 1, 2]", "[0, 1]"])
+  grid = np.array([0.0, 25.0, 50.0, 75.0, 100.0, 125.0])
+  ds = datasets.read_phonondos_csv(str(path), grid)
+  assert ds.ids == ["mp-149", "1"]  # empty id -> row index
+  expected = np.array([
+      [0.0, 0.5, 1.0, 0.5, 0.0, 0.0],  # tent 0..100
+      [0.0, 3.5, 6.0, 0.0, 0.0, 0.0],  # zero outside [10, 50]
+  ], np.float32)
+  chex.assert_trees_all_close(ds.labels, expected, atol=1e-6)
+  chex.assert_trees_all_close(ds.grid, grid.astype(np.float32))
+  np.testing.assert_allclose(ds.structures[0].positions, si.positions)
+  assert ds.structures[1].get_chemical_symbols() == ["Cu"]
+  reasons = dict(ds.skipped)
+  assert set(reasons) == {"mp-bad", "mp-len"}
+  assert "empty structure" in reasons["mp-bad"]
+  assert "3 values" in reasons["mp-len"]
+
+
+def test_read_phonondos_csv_missing_columns(tmp_path):
+  path = tmp_path / "cols.csv"
+  path.write_text("structure,phdos\n{},[1]\n")
+  with pytest.raises(InputError, match="cols.csv: missing column.*phfreq"):
+    datasets.read_phonondos_csv(str(path), np.arange(3.0))
+
+
+# ---------------------------------------------------------------------------
+# Structure folders.
+
+
+def _write_folder(folder):
+  folder.mkdir()
+  nacl = bulk("NaCl", "rocksalt", a=5.64)
+  ase.io.write(folder / "nacl.cif", nacl)
+  ase.io.write(folder / "POSCAR", bulk("Si", "diamond", a=5.43), format="vasp")
+  ase.io.write(folder / "cu.extxyz", bulk("Cu"))
+  (folder / "garbage.dat").write_bytes(os.urandom(64) + bytes(range(256)))
+  text = (folder / "nacl.cif").read_text()
+  (folder / "truncated.cif").write_text(text[: len(text) // 2])
+
+
+def test_read_structure_folder(tmp_path):
+  folder = tmp_path / "structs"
+  _write_folder(folder)
+  ds = datasets.read_structure_folder(str(folder))
+  assert sorted(os.path.basename(i) for i in ds.ids) == [
+      "POSCAR", "cu.extxyz", "nacl.cif"]
+  assert ds.labels is None and len(ds.structures) == 3
+  skipped = dict(ds.skipped)
+  assert set(skipped) == {str(folder / "garbage.dat"),
+                          str(folder / "truncated.cif")}
+  assert all("\n" not in r and r for r in skipped.values())
+  # Glob pattern: only the cif files.
+  ds = datasets.read_structure_folder(str(folder / "*.cif"))
+  assert ds.ids == [str(folder / "nacl.cif")]
+  assert [p for p, _ in ds.skipped] == [str(folder / "truncated.cif")]
+
+
+def test_read_structure_folder_nothing_usable(tmp_path):
+  folder = tmp_path / "bad"
+  folder.mkdir()
+  (folder / "a.cif").write_text("data_x\n_cell_length_a")
+  pattern = str(folder / "*.cif")
+  with pytest.raises(InputError, match=r"\*\.cif: none of the 1 file"):
+    datasets.read_structure_folder(pattern)
+  with pytest.raises(InputError, match=r"\*\.xyz: no files match"):
+    datasets.read_structure_folder(str(folder / "*.xyz"))
+
+
+# ---------------------------------------------------------------------------
+# load_raw_dataset.
+
+
+def test_load_raw_dataset_skips_and_warns(tmp_path, caplog):
+  crystals = _crystals()
+  labels = _labels(3)
+  labels[1, 0] = np.nan  # mp-2: bad label
+  overlapping = ase.Atoms("H2", positions=[[0, 0, 0], [0.01, 0, 0]],
+                          cell=np.eye(3) * 3, pbc=True)
+  path = tmp_path / "d.db"
+  _write_db(path, crystals, labels, extra_rows=[
+      (overlapping, {"material_id": "mp-5", "cv300": 1.0},
+       {"dos": np.ones(L_Y)}),
+      (bulk("NaCl", "rocksalt", a=5.7), {"material_id": "mp-1", "cv300": 1.0},
+       {"dos": np.ones(L_Y)}),  # same material again: skipped
+  ])
+  with caplog.at_level(logging.WARNING, logger="xtal2dos_jax.datasets"):
+    ds = datasets.load_raw_dataset(_data_config(path=str(path),
+                                                grid_stop=20.0 * (L_Y - 1)))
+  # Overlapping atoms are found at featurisation (it has the distances anyway).
+  assert ds.ids == ["mp-1", "mp-3", "mp-5"]
+  chex.assert_trees_all_close(ds.labels[:2], labels[[0, 2]])
+  chex.assert_trees_all_close(ds.extras["cv300"], np.array([10.0, 12.0, 1.0]))
+  reasons = dict(ds.skipped)
+  assert "NaN" in reasons["mp-2"]
+  assert "duplicate id" in reasons["mp-1"]
+  warnings = [r.getMessage() for r in caplog.records]
+  assert len(warnings) == 1
+  assert "skipped 2 of 5 crystals" in warnings[0]
+  assert "mp-2 (" in warnings[0]
+  _, featurisation_skipped = graphset.featurize_structures(ds.ids, ds.structures, 8.0, 12)
+  assert [i for i, _ in featurisation_skipped] == ["mp-5"]
+  assert "overlap" in featurisation_skipped[0][1]
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="xtal2dos_jax.datasets"):
+    datasets.load_raw_dataset(_data_config(path=str(path)))  # grid 0..7
+  assert any("does not match config.data grid" in r.getMessage()
+             for r in caplog.records)
+
+
+def test_load_raw_dataset_errors(tmp_path):
+  crystals = _crystals()
+  path = tmp_path / "d.db"
+  _write_db(path, crystals, _labels(3), extra_rows=[
+      (bulk("Cu"), {"material_id": "mp-1"}, {"dos": np.ones(L_Y)})])
+  with pytest.raises(InputError, match="duplicate id 'mp-1' for different"):
+    datasets.load_raw_dataset(_data_config(path=str(path)))
+  with pytest.raises(InputError, match="config.data.format: unknown format "
+                     "'xyz'; expected one of ase_db"):
+    datasets.load_raw_dataset(_data_config(format="xyz"))
+  with pytest.raises(InputError, match="config.data.path"):
+    datasets.load_raw_dataset(_data_config(format="phonondos_csv"))
+  zero = tmp_path / "zero.db"
+  _write_db(zero, crystals, np.zeros((3, L_Y), np.float32))
+  with pytest.raises(InputError, match="zero.db: no usable crystals among 3"):
+    datasets.load_raw_dataset(_data_config(path=str(zero)))
+  nolabel = tmp_path / "nolabel.db"
+  with ase.db.connect(str(nolabel)) as db:
+    db.write(bulk("Cu"))
+  with pytest.raises(InputError, match="nolabel.db: has no labels"):
+    datasets.load_raw_dataset(_data_config(path=str(nolabel)))
+
+
+def test_load_raw_dataset_formats(tmp_path):
+  crystals = _crystals()
+  _write_mat2spec(tmp_path / "m2s", crystals, _labels(3))
+  ds = datasets.load_raw_dataset(_data_config(format="mat2spec",
+                                              path=str(tmp_path / "m2s")))
+  assert ds.ids == list(crystals)
+  csv_path = tmp_path / "p.csv"
+  with open(csv_path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["structure", "phfreq", "phdos"])
+    w.writerow([repr(bulk("Si", "diamond", a=5.43).todict()),
+                "[0, 7]", "[1, 1]"])
+  ds = datasets.load_raw_dataset(_data_config(format="phonondos_csv",
+                                              path=str(csv_path)))
+  assert ds.ids == ["0"]
+  chex.assert_trees_all_close(ds.labels, np.ones((1, L_Y), np.float32))
+
+
+def test_load_embedded_defaults():
+  from configs import phdos  # pylint: disable=g-import-not-at-top
+  ds = datasets.load_raw_dataset(phdos.get_config().data)
+  assert ds.labels.shape[1] == 51
+  assert len(ds) == len(set(ds.ids))  # unique ids (some materials repeat)
+  assert len(ds) + len(ds.skipped) == 1077
+  assert all("duplicate id" in r for _, r in ds.skipped)
+  edos = datasets.load_raw_dataset(_data_config(
+      format="mat2spec", l_y=128, grid_start=-3.96875, grid_stop=3.96875))
+  assert len(edos) == 164 and edos.labels.shape == (164, 128)
+
+
+# ---------------------------------------------------------------------------
+# Splits.
+
+
+@pytest.mark.parametrize("n", [3, 10, 101, 1077])
+def test_split_indices_partition(n):
+  split = datasets.split_indices(n, seed=3)
+  assert set(split) == {"train", "validation", "test"}
+  everything = np.concatenate(list(split.values()))
+  np.testing.assert_array_equal(np.sort(everything), np.arange(n))
+  assert all(len(v) > 0 for v in split.values())
+  if n == 10:
+    assert [len(split[k]) for k in ("train", "validation", "test")] == [8, 1, 1]
+  if n == 1077:
+    assert abs(len(split["train"]) - 0.8 * n) <= 1
+
+
+def test_split_indices_seeded():
+  a = datasets.split_indices(200, seed=0)
+  b = datasets.split_indices(200, seed=0)
+  c = datasets.split_indices(200, seed=1)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(a["test"], c["test"])
+
+
+def test_split_indices_zero_fraction_and_errors():
+  split = datasets.split_indices(5, fractions=(1.0, 0.0, 0.0))
+  assert len(split["train"]) == 5 and len(split["test"]) == 0
+  for bad in [(0.5, 0.5, 0.5), (1.2, -0.1, -0.1), (0.5, 0.5)]:
+    with pytest.raises(InputError, match="config.data.split"):
+      datasets.split_indices(10, fractions=bad)
+  with pytest.raises(InputError, match=r"config.data.split: .*n=2"):
+    datasets.split_indices(2)

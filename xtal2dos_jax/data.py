@@ -1,0 +1,113 @@
+"""The datasets of one run: read, featurise (cached), split, scale, budget.
+
+`prepare_run_data` turns a config into batched-ready splits. A new run draws a
+seeded split and fits the label scaler on its training crystals; a resumed run or
+`evaluate` passes the saved split ids and scaler so it sees exactly the same data.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from xtal2dos_jax import datasets, graphset, input_pipeline, labels
+from xtal2dos_jax.errors import InputError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass
+class RunData:
+  """Everything a run needs from its data.
+
+  splits: split name -> LabelledGraphs (labels scaled by `scaler`).
+  labels: split name -> float32[n, l_y] labels on the original scale.
+  extras: split name -> per-crystal extra columns (e.g. cv300).
+  grid: float32[l_y] x-axis of the DoS (cm^-1 or eV).
+  budget: per-device padding budget that fits every crystal of every split.
+  skipped: (id, reason) of inputs left out.
+  """
+  splits: dict[str, input_pipeline.LabelledGraphs]
+  labels: dict[str, np.ndarray]
+  extras: dict[str, dict[str, np.ndarray]]
+  scaler: labels.LabelScaler
+  grid: np.ndarray
+  budget: input_pipeline.Budget
+  skipped: list[tuple[str, str]]
+
+  @property
+  def split_ids(self) -> dict[str, list[str]]:
+    return {name: list(s.graphs.ids) for name, s in self.splits.items()}
+
+
+def per_device_batch_size(global_batch_size: int, num_devices: int) -> int:
+  if global_batch_size < num_devices:
+    raise InputError("config.train.batch_size",
+                     f"{global_batch_size} is smaller than the {num_devices} devices")
+  return -(-global_batch_size // num_devices)
+
+
+def grid_of(data_config: ml_collections.ConfigDict) -> np.ndarray:
+  return np.linspace(data_config.grid_start, data_config.grid_stop,
+                     data_config.l_y).astype(np.float32)
+
+
+def featurize_raw(raw: datasets.RawDataset, data_config: ml_collections.ConfigDict):
+  """(GraphSet, row index of each graph in `raw`, skipped) with the on-disk cache."""
+  graphs, skipped, from_cache = graphset.load_or_featurize(
+      raw.ids, raw.structures, data_config.radius, data_config.max_num_nbr,
+      cache_dir=data_config.cache_dir)
+  logging.info("%s %d crystals%s", "loaded" if from_cache else "featurised", len(graphs),
+               " from cache" if from_cache else "")
+  if skipped:
+    logging.warning("skipped %d of %d crystals at featurisation: %s", len(skipped),
+                    len(raw.ids), "; ".join(f"{i} ({r})" for i, r in skipped[:10]))
+  row = {str(i): k for k, i in enumerate(raw.ids)}
+  return graphs, np.asarray([row[str(i)] for i in graphs.ids], np.int64), skipped
+
+
+def _split_rows(ids: Sequence[str], data_config, split_ids: Mapping[str, Sequence[str]] | None):
+  if split_ids is None:
+    return datasets.split_indices(len(ids), tuple(data_config.split), data_config.split_seed)
+  where = {str(i): k for k, i in enumerate(ids)}
+  out = {}
+  for name in SPLITS:
+    missing = [i for i in split_ids[name] if str(i) not in where]
+    if missing:
+      raise InputError(f"split '{name}'", f"{len(missing)} saved ids are no longer in the "
+                       f"dataset (first: {missing[0]}); the data changed since the run began")
+    out[name] = np.asarray([where[str(i)] for i in split_ids[name]], np.int64)
+  return out
+
+
+def prepare_run_data(config: ml_collections.ConfigDict, num_devices: int = 1,
+                     split_ids: Mapping[str, Sequence[str]] | None = None,
+                     scaler: labels.LabelScaler | None = None) -> RunData:
+  """Reads, featurises, splits and scales the dataset named by `config.data`."""
+  raw = datasets.load_raw_dataset(config.data)
+  if config.data.limit and config.data.limit < len(raw):
+    raw = raw.subset(np.arange(config.data.limit))
+  graphs, rows, skipped = featurize_raw(raw, config.data)
+  skipped = list(raw.skipped) + skipped
+  parts = _split_rows(graphs.ids, config.data, split_ids)
+  y_all = np.asarray(raw.labels, np.float32)[rows]
+  if scaler is None:
+    scaler = labels.LabelScaler.fit(config.data.scaling, y_all[parts["train"]])
+  splits, original, extras = {}, {}, {}
+  for name in SPLITS:
+    idx = parts[name]
+    if len(idx) == 0:
+      raise InputError(f"split '{name}'", f"has no crystals ({len(graphs)} usable in total)")
+    y_scaled, y_scale = scaler.transform(y_all[idx])
+    splits[name] = input_pipeline.LabelledGraphs(
+        graphs.subset(idx), np.asarray(y_scaled, np.float32), np.asarray(y_scale, np.float32))
+    original[name] = y_all[idx]
+    extras[name] = {k: np.asarray(v)[rows][idx] for k, v in raw.extras.items()}
+  budget = input_pipeline.make_budget(
+      graphs.n_node, graphs.n_edge, per_device_batch_size(config.train.batch_size, num_devices))
+  grid = raw.grid if raw.grid is not None else grid_of(config.data)
+  return RunData(splits, original, extras, scaler, np.asarray(grid, np.float32), budget,
+                 skipped)

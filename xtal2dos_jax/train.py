@@ -1,0 +1,328 @@
+"""Training, evaluation and checkpointing (DESIGN 6), data parallel with `jax.pmap`.
+
+The global batch is split into one padded device batch per device (see
+`input_pipeline.epoch_plan`); the per-device loss is the sum of its crystals' losses
+divided by the global crystal count, and gradients are `psum`-ed, so any split of a
+global batch over 1..N devices gives the same update. Metrics are additive sums,
+`psum`-ed across devices and added across batches on the host.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Iterable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+
+from xtal2dos_jax import data as data_lib
+from xtal2dos_jax import input_pipeline, losses, metrics, models, workdir as workdir_lib
+from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.progress import ProgressBar
+
+AXIS = "batch"
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimizer state and step; the dropout stream derives from `rng`."""
+  rng: jax.Array
+
+
+def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
+                            steps_per_epoch: int) -> optax.Schedule:
+  """Linear warmup, then `cosine_restarts` cosine cycles down to 1% of the peak."""
+  peak = train_config.learning_rate
+  warmup = int(train_config.warmup_epochs * steps_per_epoch)
+  total = max(int(train_config.num_epochs * steps_per_epoch), warmup + 1)
+  cycles = max(int(train_config.cosine_restarts), 1)
+  cycle_len = max((total - warmup) // cycles, 1)
+  schedules = [optax.linear_schedule(0.0, peak, warmup)] if warmup else []
+  schedules += [optax.cosine_decay_schedule(peak, cycle_len, alpha=0.01)
+                for _ in range(cycles)]
+  boundaries = [warmup + k * cycle_len for k in range(cycles)]
+  return optax.join_schedules(schedules, boundaries[1:] if not warmup else boundaries)
+
+
+def create_optimizer(train_config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+  name = train_config.optimizer
+  if name == "adam":
+    opt = optax.adam(learning_rate_fn)
+  elif name == "adamw":
+    opt = optax.adamw(learning_rate_fn, weight_decay=train_config.weight_decay)
+  else:
+    raise InputError("config.train.optimizer", f"unknown optimizer '{name}'; expected adam, adamw")
+  return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), opt)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model, sample: input_pipeline.Batch,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Initialises parameters from one (unstacked) device batch."""
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  params = jax.jit(functools.partial(model.init, train=False))(
+      {"params": init_rng}, jax.tree.map(jnp.asarray, sample))["params"]
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng)
+
+
+def train_step(state: TrainState, batch: input_pipeline.Batch, *, loss_fn: Callable
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One data-parallel step (inside pmap over AXIS); returns the global mean loss."""
+  dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                                   jax.lax.axis_index(AXIS))
+  mask = batch.graph_mask
+  count = jax.lax.psum(jnp.sum(mask.astype(jnp.float32)), AXIS)
+
+  def loss(params):
+    pred = state.apply_fn({"params": params}, batch, train=True, rngs={"dropout": dropout_rng})
+    total = jnp.sum(jnp.where(mask, loss_fn(batch.y, pred), 0.0))
+    return total / jnp.maximum(count, 1.0), total
+
+  (_, total), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+  grads = jax.lax.psum(grads, AXIS)
+  state = state.apply_gradients(grads=grads)
+  return state, {"loss_sum": jax.lax.psum(total, AXIS), "count": count}
+
+
+def eval_step(params, batch: input_pipeline.Batch, shift_normalized, shift_original, *,
+              apply_fn, loss_fn, inverse_fn) -> dict[str, Any]:
+  """Additive loss and metric sums of one step, on both label scales (inside pmap)."""
+  pred = apply_fn({"params": params}, batch, train=False)
+  mask = batch.graph_mask
+  y_orig = inverse_fn(batch.y, batch.y_scale)
+  pred_orig = inverse_fn(pred, batch.y_scale)
+  out = {
+      "loss_sum": jnp.sum(jnp.where(mask, loss_fn(batch.y, pred), 0.0)),
+      "normalized": metrics.batch_stats(batch.y, pred, mask, shift_normalized),
+      "original": metrics.batch_stats(y_orig, pred_orig, mask, shift_original),
+  }
+  return jax.lax.psum(out, AXIS)
+
+
+def predict_step(params, batch: input_pipeline.Batch, *, apply_fn) -> jax.Array:
+  """Model output on the scaled label scale, float[G, l_y] per device."""
+  return apply_fn({"params": params}, batch, train=False)
+
+
+class Trainer:
+  """Compiled steps for one model/config, shared by train, evaluate and predict."""
+
+  def __init__(self, config: ml_collections.ConfigDict, scaler, devices=None):
+    self.config = config
+    self.devices = devices or jax.local_devices()
+    self.model = models.create_model(config)
+    self.loss_fn = losses.get_loss(config.train.loss)
+    self.scaler = scaler
+    self.p_train_step = jax.pmap(functools.partial(train_step, loss_fn=self.loss_fn),
+                                 axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
+    self.p_eval_step = jax.pmap(
+        functools.partial(eval_step, apply_fn=self.model.apply, loss_fn=self.loss_fn,
+                          inverse_fn=scaler.inverse),
+        axis_name=AXIS, devices=self.devices, in_axes=(0, 0, None, None))
+    self.p_predict_step = jax.pmap(functools.partial(predict_step, apply_fn=self.model.apply),
+                                   axis_name=AXIS, devices=self.devices)
+
+  @property
+  def num_local_devices(self) -> int:
+    return len(self.devices)
+
+  def replicate(self, tree):
+    return flax.jax_utils.replicate(tree, self.devices)
+
+  def init_state(self, sample: input_pipeline.Batch, steps_per_epoch: int) -> TrainState:
+    self.learning_rate_fn = create_learning_rate_fn(self.config.train, steps_per_epoch)
+    tx = create_optimizer(self.config.train, self.learning_rate_fn)
+    return create_train_state(self.config, self.model, sample, tx)
+
+  def _device_slice(self) -> slice:
+    p = jax.process_index()
+    return slice(p * self.num_local_devices, (p + 1) * self.num_local_devices)
+
+  def batches(self, data: input_pipeline.LabelledGraphs, budget, plan) -> Iterable:
+    return input_pipeline.step_batches(data, budget, plan, devices=self._device_slice())
+
+  def plan(self, data, budget, *, epoch: int = 0, shuffle: bool = False):
+    return input_pipeline.epoch_plan(data, budget, jax.device_count(), seed=self.config.seed,
+                                     epoch=epoch, shuffle=shuffle)
+
+  def evaluate(self, params_repl, data: input_pipeline.LabelledGraphs, budget,
+               bin_width: float) -> dict[str, Any]:
+    """Loss and metrics (both scales) over a whole split."""
+    shift_n = jnp.asarray(data.y.mean(0))
+    shift_o = jnp.asarray(np.asarray(self.scaler.inverse(data.y, data.y_scale)).mean(0))
+    totals = []
+    for batch in self.batches(data, budget, self.plan(data, budget)):
+      totals.append(jax.tree.map(lambda x: np.asarray(x[0], np.float64),
+                                 self.p_eval_step(params_repl, batch, shift_n, shift_o)))
+    count = sum(t["normalized"]["count"] for t in totals)
+    return {
+        "loss": float(sum(t["loss_sum"] for t in totals) / max(count, 1.0)),
+        "normalized": metrics.finalize(metrics.sum_stats(t["normalized"] for t in totals), 1.0),
+        "original": metrics.finalize(metrics.sum_stats(t["original"] for t in totals),
+                                     bin_width),
+    }
+
+  def predict(self, params_repl, data: input_pipeline.LabelledGraphs, budget) -> np.ndarray:
+    """Scaled predictions float32[n, l_y] in the order of data.graphs."""
+    plan = self.plan(data, budget)
+    out = np.zeros_like(data.y)
+    local = self._device_slice()
+    for step, batch in zip(plan, self.batches(data, budget, plan)):
+      pred = np.asarray(self.p_predict_step(params_repl, batch))
+      for d, idx in enumerate(step[local]):
+        out[idx] = pred[d, :len(idx)]
+    return out
+
+
+def _is_lead() -> bool:
+  return jax.process_index() == 0
+
+
+class _StopFlag:
+  """Turns SIGTERM (a preemption) into a request to checkpoint and stop."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no signal handling
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and stopping")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Preempted(Exception):
+  """Raised after a SIGTERM-triggered checkpoint; rerun the command to resume."""
+
+
+def format_table(results: dict[str, Any]) -> str:
+  """Paper-style table: one row per split and scale, columns R^2 MAE MSE WD."""
+  lines = [f"{'split':<11}{'scale':<11}{'R^2':>9}{'MAE':>12}{'MSE':>12}{'WD':>9}{'WD_phys':>10}"
+           f"{'n':>6}"]
+  for split, res in results.items():
+    for scale in ("normalized", "original"):
+      m = res[scale]
+      lines.append(f"{split:<11}{scale:<11}{m['r2']:>9.4f}{m['mae']:>12.4g}{m['mse']:>12.4g}"
+                   f"{m['wd']:>9.4f}{m['wd_physical']:>10.4g}{m['count']:>6d}")
+  return "\n".join(lines)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       overwrite: bool = False) -> dict[str, Any]:
+  """Trains (resuming if `workdir` holds a checkpoint), then reports val/test metrics.
+
+  Returns the results dict written to `workdir/results.json`. A finished run is not
+  retrained: its saved results are returned. Raises `Preempted` after SIGTERM.
+  """
+  run = workdir_lib.Workdir(workdir)
+  finished = run.prepare(config, overwrite=overwrite)
+  if finished is not None:
+    logging.info("run in %s already finished; its results:\n%s", workdir,
+                 format_table(finished["metrics"]))
+    return finished
+
+  saved_splits = run.load_splits()
+  saved_scaler = run.load_scaler()
+  rd = data_lib.prepare_run_data(config, jax.device_count(), split_ids=saved_splits,
+                                 scaler=saved_scaler)
+  if _is_lead():
+    run.save_data_description(rd)
+  bin_width = float(rd.grid[1] - rd.grid[0]) if len(rd.grid) > 1 else 1.0
+  trainer = Trainer(config, rd.scaler)
+  train_data, val_data = rd.splits["train"], rd.splits["validation"]
+  steps_per_epoch = len(trainer.plan(train_data, rd.budget))
+  sample = input_pipeline.assemble(train_data, np.arange(1), rd.budget)
+  state = trainer.init_state(sample, steps_per_epoch)
+  ckpt = workdir_lib.Checkpoints(run.checkpoint_dir, keep=config.train.keep_checkpoints)
+  progress = ckpt.restore_latest(state)
+  if progress is None:
+    progress = workdir_lib.Progress()
+  else:
+    state = progress.state
+    logging.info("resuming from epoch %d step %d (global step %d)", progress.epoch,
+                 progress.step_in_epoch, int(state.step))
+  n_params = models.count_params(state.params)
+  logging.info("model: %s encoder, %s decoder, %d parameters; %d train / %d val / %d test; "
+               "budget %s; %d devices", config.model.encoder, config.model.decoder, n_params,
+               len(train_data.graphs), len(val_data.graphs), len(rd.splits["test"].graphs),
+               rd.budget, jax.device_count())
+  state_repl = trainer.replicate(state)
+
+  with _StopFlag() as stop:
+    epoch = progress.epoch
+    while epoch < config.train.num_epochs and progress.bad_epochs < config.train.patience:
+      plan = trainer.plan(train_data, rd.budget, epoch=epoch, shuffle=True)
+      start_step = progress.step_in_epoch
+      bar = ProgressBar(len(plan), f"epoch {epoch + 1}/{config.train.num_epochs}",
+                        enabled=config.train.progress and _is_lead())
+      bar.count = start_step
+      t0 = time.perf_counter()
+      loss_sum, count = 0.0, 0.0
+      for s, batch in enumerate(trainer.batches(train_data, rd.budget, plan[start_step:]),
+                                start=start_step):
+        state_repl, out = trainer.p_train_step(state_repl, batch)
+        out = jax.tree.map(lambda x: float(x[0]), out)
+        loss_sum += out["loss_sum"]
+        count += out["count"]
+        bar.update(int(out["count"]), f"loss {loss_sum / max(count, 1):.4g}")
+        if stop.requested:
+          progress = progress.replace(epoch=epoch, step_in_epoch=s + 1)
+          ckpt.save(flax.jax_utils.unreplicate(state_repl), progress)
+          ckpt.close()
+          raise Preempted(f"preempted at epoch {epoch + 1} step {s + 1}; rerun to resume")
+      train_seconds = time.perf_counter() - t0
+      val = trainer.evaluate(state_repl.params, val_data, rd.budget, bin_width)
+      bar.close(f"loss {loss_sum / max(count, 1):.4g} val {val['loss']:.4g} "
+                f"val R^2 {val['normalized']['r2']:.3f}")
+      epoch += 1
+      improved = val["loss"] < progress.best_val_loss
+      progress = progress.replace(
+          epoch=epoch, step_in_epoch=0,
+          best_val_loss=min(val["loss"], progress.best_val_loss),
+          best_epoch=epoch if improved else progress.best_epoch,
+          bad_epochs=0 if improved else progress.bad_epochs + 1)
+      record = {"epoch": epoch, "step": int(state_repl.step[0]),
+                "train_loss": loss_sum / max(count, 1.0), "val_loss": val["loss"],
+                "val": {k: val[k] for k in ("normalized", "original")},
+                "learning_rate": float(trainer.learning_rate_fn(int(state_repl.step[0]))),
+                "train_seconds": train_seconds,
+                "train_crystals_per_s": count / max(train_seconds, 1e-9)}
+      state_host = flax.jax_utils.unreplicate(state_repl)
+      if improved:
+        ckpt.save_best(state_host, progress, val["loss"])
+      if epoch % config.train.checkpoint_every == 0 or epoch == config.train.num_epochs:
+        ckpt.save(state_host, progress)
+      if _is_lead():
+        run.append_metrics(record)
+
+  ckpt.save(flax.jax_utils.unreplicate(state_repl), progress)
+  best = ckpt.restore_best(state_host)
+  params_repl = trainer.replicate(best.params)
+  results = {split: trainer.evaluate(params_repl, rd.splits[split], rd.budget, bin_width)
+             for split in ("validation", "test")}
+  ckpt.close()
+  summary = {"metrics": results, "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+             "num_params": n_params}
+  if _is_lead():
+    run.save_results(summary)
+  logging.info("best epoch %d; metrics:\n%s", progress.best_epoch, format_table(results))
+  return summary

@@ -1,0 +1,267 @@
+"""What a run keeps on disk, so evaluate/predict need only `--workdir`.
+
+    workdir/config.json        the run's config (a rerun with another config is refused)
+    workdir/run.json           seed, package versions, devices, start time
+    workdir/splits.json        crystal ids per split (evaluate uses exactly this test set)
+    workdir/label_scaler.json  label scaling and its statistics
+    workdir/skipped.json       inputs left out, with reasons
+    workdir/metrics.jsonl      one line per epoch
+    workdir/results.json       final metrics; its presence marks a finished run
+    workdir/checkpoints/{latest,best}/<step>   Orbax checkpoints
+
+Every JSON file is written atomically (temp file + rename), and Orbax commits a
+checkpoint only once it is complete, so a run killed at any moment leaves either
+the old or the new file, never a torn one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from xtal2dos_jax import labels
+from xtal2dos_jax.errors import InputError
+
+# Config entries that may differ between a run and its resumption.
+_MUTABLE_KEYS = {"train.progress"}
+_PACKAGES = ("xtal2dos_jax", "jax", "jaxlib", "flax", "optax", "jraph", "orbax-checkpoint", "ase",
+             "numpy", "ml-collections")
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json())
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was trained with."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise InputError(workdir, "is not a training workdir (no config.json); train first with "
+                     "python -m experiments.train --workdir=...")
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise InputError(path, f"unreadable run config ({e})") from None
+
+
+def package_versions() -> dict[str, str]:
+  out = {}
+  for name in _PACKAGES:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = "not installed"
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+  """Where a run stands; saved beside every checkpoint."""
+  epoch: int = 0                 # completed epochs
+  step_in_epoch: int = 0         # steps done in the current epoch (after a preemption)
+  best_val_loss: float = math.inf
+  best_epoch: int = 0
+  bad_epochs: int = 0            # epochs since the last validation improvement
+  state: Any = None              # the restored TrainState (not serialised)
+
+  def replace(self, **kw) -> "Progress":
+    return dataclasses.replace(self, **kw)
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    d.pop("state")
+    d["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
+    return d
+
+  @classmethod
+  def from_json(cls, d: dict, state) -> "Progress":
+    d = dict(d)
+    d["best_val_loss"] = math.inf if d["best_val_loss"] is None else d["best_val_loss"]
+    return cls(state=state, **d)
+
+
+class Workdir:
+  """The files of one run (see the module docstring)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.checkpoint_dir = os.path.join(os.path.abspath(path), "checkpoints")
+
+  def file(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  def prepare(self, config: ml_collections.ConfigDict, overwrite: bool = False) -> dict | None:
+    """Creates or validates the workdir; returns saved results if the run finished."""
+    try:
+      os.makedirs(self.path, exist_ok=True)
+      probe = self.file(".write_probe")
+      with open(probe, "w") as f:
+        f.write("ok")
+      os.remove(probe)
+    except OSError as e:
+      raise InputError(self.path, f"workdir is not writable ({e.strerror or e})") from None
+    new = config_to_dict(config)
+    if overwrite:
+      self._clear()
+    elif os.path.exists(self.file("config.json")):
+      old = config_to_dict(load_config(self.path))
+      a, b = _flatten(old), _flatten(new)
+      diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _MUTABLE_KEYS)
+      if diff:
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
+        raise InputError(self.path, f"holds a run with a different config ({shown}); use another "
+                         "--workdir, or --overwrite to discard that run")
+      if os.path.exists(self.file("results.json")):
+        with open(self.file("results.json")) as f:
+          return json.load(f)
+    if jax.process_index() == 0:
+      write_json_atomic(self.file("config.json"), new)
+      if not os.path.exists(self.file("run.json")):
+        write_json_atomic(self.file("run.json"), {
+            "seed": config.seed, "versions": package_versions(),
+            "devices": jax.device_count(), "processes": jax.process_count(),
+            "platform": jax.default_backend(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return None
+
+  def _clear(self) -> None:
+    for name in ("config.json", "run.json", "splits.json", "label_scaler.json", "skipped.json",
+                 "metrics.jsonl", "results.json"):
+      if os.path.exists(self.file(name)):
+        os.remove(self.file(name))
+    shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
+  def load_splits(self) -> dict[str, list[str]] | None:
+    path = self.file("splits.json")
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+  def load_scaler(self) -> labels.LabelScaler | None:
+    path = self.file("label_scaler.json")
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return labels.LabelScaler.from_dict(json.load(f))
+
+  def save_data_description(self, run_data) -> None:
+    write_json_atomic(self.file("splits.json"), run_data.split_ids)
+    write_json_atomic(self.file("label_scaler.json"), run_data.scaler.to_dict())
+    write_json_atomic(self.file("skipped.json"), [list(s) for s in run_data.skipped])
+
+  def append_metrics(self, record: dict) -> None:
+    with open(self.file("metrics.jsonl"), "a") as f:
+      f.write(json.dumps(record) + "\n")
+      f.flush()
+
+  def save_results(self, results: dict) -> None:
+    write_json_atomic(self.file("results.json"), results)
+
+
+class Checkpoints:
+  """Orbax managers for the latest and the best (lowest validation loss) states."""
+
+  def __init__(self, directory: str, keep: int = 2):
+    self.directory = directory
+    opts = dict(create=True, enable_async_checkpointing=False)
+    self.latest = ocp.CheckpointManager(
+        os.path.join(directory, "latest"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
+    self.best = ocp.CheckpointManager(
+        os.path.join(directory, "best"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val_loss"],
+                                             best_mode="min", **opts))
+
+  @staticmethod
+  def _args(state, progress: Progress):
+    return ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)),
+                              progress=ocp.args.JsonSave(progress.to_json()))
+
+  def save(self, state, progress: Progress) -> None:
+    step = _checkpoint_step(progress)
+    if step in self.latest.all_steps():
+      return
+    self.latest.save(step, args=self._args(state, progress))
+    self.latest.wait_until_finished()
+
+  def save_best(self, state, progress: Progress, val_loss: float) -> None:
+    self.best.save(_checkpoint_step(progress), args=self._args(state, progress),
+                   metrics={"val_loss": float(val_loss)})
+    self.best.wait_until_finished()
+
+  def _restore(self, manager, step, template) -> Progress:
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_state_tree(template)),
+          progress=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types for torn or mismatched trees
+      raise InputError(os.path.join(manager.directory, str(step)),
+                       f"checkpoint cannot be restored into this model ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    state = template.replace(**restored.state)
+    return Progress.from_json(restored.progress, state)
+
+  def restore_latest(self, template) -> Progress | None:
+    step = self.latest.latest_step()
+    return None if step is None else self._restore(self.latest, step, template)
+
+  def restore_best(self, template) -> Progress:
+    step = self.best.best_step()
+    if step is None:
+      step = self.latest.latest_step()
+      if step is None:
+        raise InputError(self.directory, "holds no checkpoint; train first")
+      return self._restore(self.latest, step, template)
+    return self._restore(self.best, step, template)
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def _checkpoint_step(progress: Progress) -> int:
+  # Unique, increasing id for (epoch, step in epoch): a mid-epoch preemption save
+  # never collides with an end-of-epoch one.
+  return progress.epoch * 1_000_000 + progress.step_in_epoch
+
+
+def _state_tree(state) -> dict:
+  return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+          "rng": state.rng}
