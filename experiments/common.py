@@ -1,5 +1,6 @@
 """Shared plumbing for the absl binaries: runtime set-up and one-line user errors."""
 import contextlib
+import logging as logging_std
 import os
 import sys
 
@@ -11,8 +12,17 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 
 
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of Orbax/JAX internals from the absl log; keeps warnings."""
+
+  def filter(self, record):
+    noisy = any(p in record.pathname for p in ("/orbax/", "/jax/_src/", "/etils/"))
+    return record.levelno >= logging_std.WARNING or not noisy
+
+
 def setup_runtime() -> None:
-  """Initialises JAX's distributed runtime when asked (flags or environment)."""
+  """Quiets library logs; initialises JAX's distributed runtime when asked."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
   f = flags.FLAGS
   if f.num_processes and f.num_processes > 1:

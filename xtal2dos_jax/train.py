@@ -165,7 +165,8 @@ class Trainer:
     count = sum(t["normalized"]["count"] for t in totals)
     return {
         "loss": float(sum(t["loss_sum"] for t in totals) / max(count, 1.0)),
-        "normalized": metrics.finalize(metrics.sum_stats(t["normalized"] for t in totals), 1.0),
+        "normalized": metrics.finalize(metrics.sum_stats(t["normalized"] for t in totals),
+                                       bin_width),
         "original": metrics.finalize(metrics.sum_stats(t["original"] for t in totals),
                                      bin_width),
     }
@@ -314,9 +315,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if _is_lead():
         run.append_metrics(record)
 
-  ckpt.save(flax.jax_utils.unreplicate(state_repl), progress)
+  state_host = flax.jax_utils.unreplicate(state_repl)
+  ckpt.save(state_host, progress)
   best = ckpt.restore_best(state_host)
-  params_repl = trainer.replicate(best.params)
+  params_repl = trainer.replicate(best.state.params)
   results = {split: trainer.evaluate(params_repl, rd.splits[split], rd.budget, bin_width)
              for split in ("validation", "test")}
   ckpt.close()

@@ -1,0 +1,132 @@
+"""Session-scoped fixtures: a tiny config, a few featurised crystals and padded batches.
+
+Everything is small (d_model 16, 2 heads, 2 encoder + 1 decoder layers, l_y 12, at most
+6 atoms per crystal) so that the jitted model compiles in seconds; all crystals share one
+padding budget (`tiny_budget`), so every batch built with it reuses one compiled function.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import ase
+import ase.build
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import phdos
+from xtal2dos_jax import losses
+from xtal2dos_jax.featurize import featurize_crystal
+from xtal2dos_jax.graphset import GraphSet
+from xtal2dos_jax.input_pipeline import Batch, Budget, LabelledGraphs, assemble
+from xtal2dos_jax.models import create_model
+
+
+def _triclinic() -> ase.Atoms:
+  """A 3-atom triclinic cell with generic positions (no distance ties between species)."""
+  cell = [[4.2, 0.3, 0.2], [0.6, 4.0, 0.3], [0.4, 0.5, 4.4]]
+  scaled = [[0.0, 0.0, 0.0], [0.48, 0.31, 0.22], [0.21, 0.67, 0.59]]
+  return ase.Atoms("MgAlO", scaled_positions=scaled, cell=cell, pbc=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+  config = phdos.get_config()
+  config.data.l_y = 12
+  config.data.radius = 6.0
+  config.data.gaussian_step = 0.4
+  config.data.max_num_nbr = 8
+  m = config.model
+  m.d_model = 16
+  m.num_heads = 2
+  m.encoder_layers = 2
+  m.decoder_layers = 1
+  m.ff_dim = 32
+  m.encoder_dropout = 0.1
+  m.decoder_dropout = 0.1
+  return config
+
+
+@pytest.fixture(scope="session")
+def tiny_crystals() -> dict[str, ase.Atoms]:
+  """name -> structure. `tri_perm` / `tri_super` / `nacl_super` are the same crystals as
+  `tri` / `nacl` with permuted atoms / a 2x1x1 supercell."""
+  nacl = ase.build.bulk("NaCl", "rocksalt", a=5.64)
+  tri = _triclinic()
+  return {
+      "nacl": nacl,
+      "si": ase.build.bulk("Si", "diamond", a=5.43),
+      "tri": tri,
+      "tri_perm": tri[[2, 0, 1]],
+      "tri_super": tri.repeat((2, 1, 1)),
+      "nacl_super": nacl.repeat((2, 1, 1)),
+  }
+
+
+@pytest.fixture(scope="session")
+def tiny_labelled(tiny_config, tiny_crystals) -> LabelledGraphs:
+  """All tiny crystals featurised, with random labels normalised to sum 1."""
+  d = tiny_config.data
+  names = list(tiny_crystals)
+  graphs = GraphSet.from_graphs(
+      names, [featurize_crystal(a, d.radius, d.max_num_nbr, name=n)
+              for n, a in tiny_crystals.items()])
+  y = np.random.default_rng(0).dirichlet(np.ones(d.l_y), len(names)).astype(np.float32)
+  return LabelledGraphs(graphs, y, np.ones(len(names), np.float32))
+
+
+@pytest.fixture(scope="session")
+def tiny_budget(tiny_labelled) -> Budget:
+  """One budget that holds all tiny crystals at once (plus padding)."""
+  g = tiny_labelled.graphs
+  return Budget(n_node=int(g.n_node.sum()) + 8, n_edge=int(g.n_edge.sum()) + 16,
+                n_graph=len(g) + 1, max_atoms=int(g.n_node.max()))
+
+
+@pytest.fixture(scope="session")
+def make_tiny_batch(tiny_labelled, tiny_budget) -> Callable[..., Batch]:
+  """make_tiny_batch(names, budget=tiny_budget) -> Batch of those crystals, in order."""
+  ids = tiny_labelled.graphs.ids
+
+  def make(names: Sequence[str], budget: Budget | None = None) -> Batch:
+    return assemble(tiny_labelled, np.array([ids.index(n) for n in names]),
+                    budget or tiny_budget)
+  return make
+
+
+@pytest.fixture(scope="session")
+def tiny_batch(make_tiny_batch) -> Batch:
+  """NaCl, Si and the triclinic cell, then padding crystals."""
+  return make_tiny_batch(["nacl", "si", "tri"])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+  return create_model(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_variables(tiny_model, tiny_batch):
+  return tiny_model.init(jax.random.key(0), tiny_batch, train=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_predict(tiny_model):
+  """Jitted eval-mode forward pass: (variables, batch) -> float32[G, l_y]."""
+  return jax.jit(functools.partial(tiny_model.apply, train=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_train_step(tiny_model):
+  """Jitted training-mode pass: (params, batch, dropout_key) -> ((loss, predictions), grads).
+
+  loss = sum over real crystals of KL(y || prediction).
+  """
+  def loss_fn(params, batch, key):
+    pred = tiny_model.apply({"params": params}, batch, train=True, rngs={"dropout": key})
+    per_crystal = losses.kl_divergence(batch.y, pred)
+    return jnp.sum(jnp.where(batch.graph_mask, per_crystal, 0.0)), pred
+
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))

@@ -1,0 +1,384 @@
+"""Tests for xtal2dos_jax.models: shapes, masking, causality, invariances, dtypes, factory."""
+from __future__ import annotations
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.input_pipeline import Budget
+from xtal2dos_jax.models import (DECODERS, ENCODERS, CausalTransformerDecoder, CrystalContext,
+                                 UniMPEncoder, UniMPLayer, Xtal2DoS, count_params, create_model,
+                                 output_activation_for)
+from xtal2dos_jax.models import encoders
+from xtal2dos_jax.models.attention import MultiHeadAttention, masked_softmax, segment_softmax
+
+TOL = dict(rtol=1e-4, atol=1e-6)   # float32 agreement of the same computation
+
+
+def _real(batch, out):
+  """Rows of `out` for the real crystals of `batch`."""
+  return np.asarray(out)[np.asarray(batch.graph_mask)]
+
+
+def _encoder_from_config(config, **overrides):
+  m, d = config.model, config.data
+  kwargs = dict(d_model=m.d_model, num_heads=m.num_heads, num_layers=m.encoder_layers,
+                dropout=m.encoder_dropout, radius=d.radius, gaussian_step=d.gaussian_step)
+  kwargs.update(overrides)
+  return UniMPEncoder(**kwargs)
+
+
+def _decoder(config, causal=True, position_embedding="onehot", dropout=0.0, num_layers=None):
+  m = config.model
+  return CausalTransformerDecoder(l_y=config.data.l_y, d_model=m.d_model, num_heads=m.num_heads,
+                                  num_layers=num_layers or m.decoder_layers, ff_dim=m.ff_dim,
+                                  dropout=dropout,
+                                  causal=causal, position_embedding=position_embedding)
+
+
+# --------------------------------------------------------------------------------------------
+# Attention math
+
+
+def _dense_segment_softmax(logits, segment_ids, mask, num_segments):
+  """float64 reference: plain softmax over each segment's unmasked entries."""
+  logits = np.asarray(logits, np.float64)
+  out = np.zeros_like(logits)
+  for s in range(num_segments):
+    idx = np.where((segment_ids == s) & mask)[0]
+    if len(idx):
+      x = logits[idx] - logits[idx].max(0)
+      out[idx] = np.exp(x) / np.exp(x).sum(0)
+  return out
+
+
+def test_segment_softmax_extreme_logits_match_dense_reference():
+  rng = np.random.default_rng(1)
+  num_edges, num_segments = 40, 7            # segment 6 is empty; segment 5 fully masked
+  segment_ids = np.sort(rng.integers(0, 6, num_edges)).astype(np.int32)
+  logits = rng.uniform(-1e4, 1e4, (num_edges, 3)).astype(np.float32)
+  mask = rng.random(num_edges) > 0.2
+  mask[segment_ids == 5] = False
+  expected = _dense_segment_softmax(logits, segment_ids, mask, num_segments)
+
+  for sorted_hint in (True, False):
+    fn = jax.jit(functools.partial(segment_softmax, num_segments=num_segments,
+                                   indices_are_sorted=sorted_hint))
+    out = fn(logits, segment_ids, mask=mask)
+    chex.assert_shape(out, (num_edges, 3))
+    chex.assert_type(out, jnp.float32)
+    chex.assert_tree_all_finite(out)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+  assert np.all(np.asarray(out)[~mask] == 0.0)
+
+  grad = jax.grad(lambda x: jnp.sum(segment_softmax(x, segment_ids, num_segments, mask)
+                                    * jnp.arange(3.0)))(logits)
+  chex.assert_tree_all_finite(grad)
+  assert np.all(np.asarray(grad)[~mask] == 0.0)
+
+
+def test_masked_softmax_fully_masked_row_is_zero_with_finite_gradient():
+  logits = jnp.array([[1e4, -1e4, 3.0], [1.0, 2.0, 3.0]])
+  mask = jnp.array([[True, True, False], [False, False, False]])
+  out = masked_softmax(logits, mask)
+  np.testing.assert_allclose(out, [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], atol=1e-7)
+  grad = jax.grad(lambda x: jnp.sum(masked_softmax(x, mask) ** 2))(logits)
+  chex.assert_tree_all_finite(grad)
+
+
+def test_multi_head_attention_ignores_masked_keys():
+  rng = np.random.default_rng(2)
+  q = jnp.asarray(rng.normal(size=(2, 4, 16)), jnp.float32)
+  kv = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+  key_mask = jnp.array([[True, True, True, False, False], [False] * 5])
+  mask = key_mask[:, None, :]
+  mha = MultiHeadAttention(d_model=16, num_heads=2)
+  variables = mha.init(jax.random.key(0), q, kv, mask, train=False)
+  out = mha.apply(variables, q, kv, mask, train=False)
+  chex.assert_shape(out, (2, 4, 16))
+  chex.assert_type(out, jnp.float32)
+  chex.assert_tree_all_finite(out)
+  kv2 = kv.at[:, 3:].set(1e3).at[1].set(-7.0)  # change only masked keys/values
+  np.testing.assert_allclose(mha.apply(variables, q, kv2, mask, train=False), out, **TOL)
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes and dtypes of the public modules
+
+
+def test_graph_masks_and_mean_pool(tiny_batch):
+  g = tiny_batch.graph
+  nm, em = encoders.node_mask(g), encoders.edge_mask(g)
+  n_real = int(np.asarray(g.n_node)[np.asarray(tiny_batch.graph_mask)].sum())
+  e_real = int(np.asarray(g.n_edge)[np.asarray(tiny_batch.graph_mask)].sum())
+  assert int(nm.sum()) == n_real and bool(nm[:n_real].all())
+  assert int(em.sum()) == e_real and bool(em[:e_real].all())
+  states = jnp.where(nm[:, None], 1.0, 1e6) * jnp.ones((g.nodes.shape[0], 3))
+  pooled = encoders.mean_pool(states, g)
+  chex.assert_shape(pooled, (g.n_node.shape[0], 3))
+  np.testing.assert_allclose(pooled, np.asarray(tiny_batch.graph_mask)[:, None] * np.ones(3))
+
+
+def test_unimp_layer_shapes(tiny_config, tiny_batch):
+  g = tiny_batch.graph
+  n, e, d = g.nodes.shape[0], g.edges.shape[0], tiny_config.model.d_model
+  rng = np.random.default_rng(3)
+  h = jnp.asarray(rng.normal(size=(n, 8)), jnp.float32)
+  edge_states = jnp.asarray(rng.normal(size=(e, d)), jnp.float32)
+  args = (h, edge_states, g.senders, g.receivers, encoders.edge_mask(g))
+  layer = UniMPLayer(d_model=d, num_heads=tiny_config.model.num_heads)
+  variables = layer.init(jax.random.key(0), *args, train=False)
+  out = layer.apply(variables, *args, train=False)
+  chex.assert_shape(out, (n, d))
+  chex.assert_type(out, jnp.float32)
+  chex.assert_tree_all_finite(out)
+  assert "LayerNorm_0" in variables["params"]
+  last = UniMPLayer(d_model=d, num_heads=tiny_config.model.num_heads, last=True)
+  last_params = jax.eval_shape(functools.partial(last.init, train=False), jax.random.key(0),
+                               *args)["params"]
+  assert "LayerNorm_0" not in last_params
+
+
+def test_encoder_context_decoder_model_shapes(tiny_config, tiny_batch, tiny_model,
+                                              tiny_variables, tiny_predict):
+  g = tiny_batch.graph
+  n, num_graphs, d = g.nodes.shape[0], g.n_node.shape[0], tiny_config.model.d_model
+  l_y, max_atoms = tiny_config.data.l_y, tiny_batch.atom_mask.shape[1]
+  params = tiny_variables["params"]
+
+  node_states = tiny_model.encoder.apply({"params": params["encoder"]}, g, train=False)
+  chex.assert_shape(node_states, (n, d))
+  chex.assert_type(node_states, jnp.float32)
+  chex.assert_tree_all_finite(node_states)
+
+  context = CrystalContext().apply({"params": params["context"]}, node_states, g)
+  chex.assert_shape(context, (num_graphs, 2 * d))
+  chex.assert_type(context, jnp.float32)
+
+  atoms = jnp.zeros((num_graphs, max_atoms, d))
+  raw = tiny_model.decoder.apply({"params": params["decoder"]}, context, atoms,
+                                 tiny_batch.atom_mask, None, train=False)
+  chex.assert_shape(raw, (num_graphs, l_y))
+  chex.assert_type(raw, jnp.float32)
+
+  out = tiny_predict(tiny_variables, tiny_batch)
+  chex.assert_shape(out, (num_graphs, l_y))
+  chex.assert_type(out, jnp.float32)
+
+
+def test_learned_position_embedding(tiny_config, tiny_batch):
+  dec = _decoder(tiny_config, position_embedding="learned")
+  num_graphs, max_atoms = tiny_batch.atom_mask.shape
+  d = tiny_config.model.d_model
+  args = (jnp.ones((num_graphs, 2 * d)), jnp.ones((num_graphs, max_atoms, d)),
+          tiny_batch.atom_mask, None)
+  variables = dec.init(jax.random.key(0), *args, train=False)
+  chex.assert_shape(variables["params"]["position_table"]["embedding"],
+                    (tiny_config.data.l_y, d))
+  out = dec.apply(variables, *args, train=False)
+  chex.assert_shape(out, (num_graphs, tiny_config.data.l_y))
+  with pytest.raises(InputError, match="config.model.position_embedding"):
+    _decoder(tiny_config, position_embedding="sinusoid").init(jax.random.key(0), *args,
+                                                               train=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-model properties
+
+
+def test_outputs_finite_softmax_sums_to_one(tiny_batch, tiny_variables, tiny_predict):
+  out = np.asarray(tiny_predict(tiny_variables, tiny_batch))
+  assert not np.asarray(tiny_batch.graph_mask).all()    # the batch has padding crystals
+  chex.assert_tree_all_finite(out)                      # padding crystals included
+  np.testing.assert_allclose(_real(tiny_batch, out).sum(-1), 1.0, rtol=1e-5)
+  assert (out >= 0).all()
+
+
+def test_jit_matches_eager(tiny_model, tiny_batch, tiny_variables, tiny_predict):
+  jitted = tiny_predict(tiny_variables, tiny_batch)
+  eager = tiny_model.apply(tiny_variables, tiny_batch, train=False)   # op by op
+  np.testing.assert_allclose(jitted, eager, rtol=1e-4, atol=1e-6)
+
+
+def test_gradients_finite_and_reach_every_parameter(tiny_batch, tiny_variables,
+                                                    tiny_train_step):
+  (loss, _), grads = tiny_train_step(tiny_variables["params"], tiny_batch, jax.random.key(1))
+  assert np.isfinite(float(loss)) and float(loss) > 0
+  chex.assert_tree_all_finite(grads)
+  norms = jax.tree.map(lambda x: float(jnp.abs(x).max()), grads)
+  zero = [jax.tree_util.keystr(p) for p, v in jax.tree_util.tree_leaves_with_path(norms)
+          if v == 0.0]
+  assert not zero, f"parameters without gradient: {zero}"
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_decoder_causality(tiny_config, causal):
+  """Output t depends on the position states z_s only for s <= t (and on all s if not causal)."""
+  d, l_y = tiny_config.model.d_model, tiny_config.data.l_y
+  dec = _decoder(tiny_config, causal=causal, num_layers=2)
+  rng = np.random.default_rng(4)
+  context = jnp.asarray(rng.normal(size=(2, 2 * d)), jnp.float32)
+  atoms = jnp.asarray(rng.normal(size=(2, 3, d)), jnp.float32)
+  atom_mask = jnp.array([[True, True, False], [False, False, False]])  # 2nd: padding crystal
+  variables = dec.init(jax.random.key(0), context, atoms, atom_mask, None, train=False)
+  z = dec.apply(variables, context, train=False, method="embed_inputs")
+  chex.assert_shape(z, (2, l_y, d))
+
+  decode = lambda z: dec.apply(variables, z, atoms, atom_mask, train=False,
+                               method="decode_from_embeddings")
+  np.testing.assert_allclose(decode(z), dec.apply(variables, context, atoms, atom_mask, None,
+                                                  train=False), **TOL)
+  jac = np.asarray(jax.jit(jax.jacobian(decode))(z))        # [G, l_y, G, l_y, d]
+  chex.assert_tree_all_finite(jac)
+  for g in range(2):
+    dependence = np.abs(jac[g, :, g]).max(-1)               # [t, s]
+    future = np.triu(np.ones((l_y, l_y), bool), k=1)        # s > t
+    assert (np.diag(dependence) > 0).all()
+    if causal:
+      assert (dependence[future] == 0.0).all()
+    else:
+      assert (dependence[future] > 1e-7).all()
+  assert (np.abs(jac[0, :, 1]).max() == 0.0) and (np.abs(jac[1, :, 0]).max() == 0.0)
+
+
+def _predict_one(predict, variables, make_batch, names, which, budget=None):
+  batch = make_batch(names, budget)
+  return np.asarray(predict(variables, batch))[names.index(which)]
+
+
+def test_atom_permutation_invariance(tiny_predict, tiny_variables, make_tiny_batch):
+  a = _predict_one(tiny_predict, tiny_variables, make_tiny_batch, ["tri"], "tri")
+  b = _predict_one(tiny_predict, tiny_variables, make_tiny_batch, ["tri_perm"], "tri_perm")
+  np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_extra_padding_invariance(tiny_predict, tiny_variables, make_tiny_batch, tiny_budget):
+  names = ["nacl", "si", "tri"]
+  bigger = Budget(n_node=tiny_budget.n_node + 13, n_edge=tiny_budget.n_edge + 29,
+                  n_graph=tiny_budget.n_graph + 2, max_atoms=tiny_budget.max_atoms + 3)
+  small, big = make_tiny_batch(names), make_tiny_batch(names, bigger)
+  out_small = _real(small, tiny_predict(tiny_variables, small))
+  out_big = _real(big, tiny_predict(tiny_variables, big))
+  np.testing.assert_allclose(out_small, out_big, **TOL)
+
+
+def test_batch_composition_invariance(tiny_predict, tiny_variables, make_tiny_batch):
+  alone = _predict_one(tiny_predict, tiny_variables, make_tiny_batch, ["tri"], "tri")
+  for names in (["nacl", "si", "tri"], ["tri", "nacl", "si"]):
+    together = _predict_one(tiny_predict, tiny_variables, make_tiny_batch, names, "tri")
+    np.testing.assert_allclose(alone, together, **TOL)
+
+
+@pytest.mark.parametrize("name", ["tri", "nacl"])
+def test_supercell_invariance(tiny_predict, tiny_variables, make_tiny_batch, name):
+  primitive = _predict_one(tiny_predict, tiny_variables, make_tiny_batch, [name], name)
+  supercell = _predict_one(tiny_predict, tiny_variables, make_tiny_batch, [f"{name}_super"],
+                           f"{name}_super")
+  np.testing.assert_allclose(primitive, supercell, rtol=1e-4, atol=1e-5)
+
+
+def test_padding_edges_are_masked(tiny_config, tiny_batch, tiny_variables):
+  """Rewiring the padding edges onto real atoms changes no real node state."""
+  encoder = _encoder_from_config(tiny_config, sorted_receivers=False)
+  variables = {"params": tiny_variables["params"]["encoder"]}
+  g = tiny_batch.graph
+  e_real = int(np.asarray(g.n_edge)[np.asarray(tiny_batch.graph_mask)].sum())
+  n_real = int(np.asarray(g.n_node)[np.asarray(tiny_batch.graph_mask)].sum())
+  assert e_real < g.edges.shape[0]
+  rewired = g._replace(senders=g.senders.copy(), receivers=g.receivers.copy(),
+                       edges=g.edges.copy())
+  rewired.senders[e_real:], rewired.receivers[e_real:], rewired.edges[e_real:] = 0, 1, 1.5
+  apply = jax.jit(functools.partial(encoder.apply, train=False))
+  np.testing.assert_allclose(apply(variables, rewired)[:n_real], apply(variables, g)[:n_real],
+                             **TOL)
+
+
+def test_dropout_only_in_training(tiny_batch, tiny_variables, tiny_predict, tiny_train_step):
+  eval_a = tiny_predict(tiny_variables, tiny_batch)
+  eval_b = tiny_predict(tiny_variables, tiny_batch)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  params = tiny_variables["params"]
+  (_, train_a), _ = tiny_train_step(params, tiny_batch, jax.random.key(1))
+  (_, train_b), _ = tiny_train_step(params, tiny_batch, jax.random.key(2))
+  chex.assert_tree_all_finite((train_a, train_b))
+  assert np.abs(_real(tiny_batch, train_a) - _real(tiny_batch, train_b)).max() > 1e-6
+  assert np.abs(_real(tiny_batch, train_a) - _real(tiny_batch, eval_a)).max() > 1e-6
+
+
+def test_bfloat16_close_to_float32_with_float32_params(tiny_config, tiny_batch, tiny_variables,
+                                                       tiny_predict):
+  config = tiny_config.copy_and_resolve_references()
+  config.model.dtype = "bfloat16"
+  model = create_model(config)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                             tiny_batch)
+  dtypes = {x.dtype for x in jax.tree.leaves(variables)}
+  assert dtypes == {jnp.dtype(jnp.float32)}, dtypes
+  chex.assert_trees_all_equal_shapes(variables, tiny_variables)
+  out = jax.jit(functools.partial(model.apply, train=False))(tiny_variables, tiny_batch)
+  chex.assert_type(out, jnp.float32)
+  reference = tiny_predict(tiny_variables, tiny_batch)
+  np.testing.assert_allclose(_real(tiny_batch, out), _real(tiny_batch, reference),
+                             rtol=0.1, atol=0.1 / config.data.l_y)
+  np.testing.assert_allclose(_real(tiny_batch, out).sum(-1), 1.0, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Factory
+
+
+def test_output_activation_for():
+  assert output_activation_for("normalized_sum") == "softmax"
+  assert output_activation_for("normalized_max") == "softplus"
+  assert output_activation_for("standardized") == "identity"
+  with pytest.raises(InputError, match="config.data.scaling"):
+    output_activation_for("log")
+
+
+@pytest.mark.parametrize("key,value", [
+    ("model.decoder", "lstm"), ("model.encoder", "schnet"), ("data.scaling", "log"),
+    ("model.dtype", "float16"), ("model.position_embedding", "sinusoid"), ("model.num_heads", 3),
+])
+def test_create_model_rejects_bad_config(tiny_config, key, value):
+  config = tiny_config.copy_and_resolve_references()
+  section, field = key.split(".")
+  config[section][field] = value
+  with pytest.raises(InputError) as info:
+    create_model(config)
+  assert info.value.name == f"config.{key}"
+  assert "expected one of" in str(info.value) or "divide" in str(info.value)
+
+
+def test_create_model_uses_config_and_registries(tiny_config, monkeypatch):
+  model = create_model(tiny_config)
+  assert isinstance(model, Xtal2DoS) and model.output_activation == "softmax"
+  assert isinstance(model.encoder, UniMPEncoder) and model.encoder.num_layers == 2
+  assert isinstance(model.decoder, CausalTransformerDecoder) and model.decoder.causal
+  assert model.decoder.l_y == tiny_config.data.l_y
+  assert "unimp" in ENCODERS and "transformer" in DECODERS
+
+  class ZeroDecoder(nn.Module):
+    l_y: int
+
+    def __call__(self, context, atoms, atom_mask, y_teacher, *, train):
+      return jnp.zeros((context.shape[0], self.l_y))
+
+  monkeypatch.setitem(DECODERS, "zero", lambda config: ZeroDecoder(config.data.l_y))
+  config = tiny_config.copy_and_resolve_references()
+  config.model.decoder = "zero"
+  config.data.scaling = "standardized"
+  model = create_model(config)
+  assert isinstance(model.decoder, ZeroDecoder) and model.output_activation == "identity"
+
+
+def test_count_params():
+  params = {"a": {"kernel": jnp.zeros((3, 4)), "bias": jnp.zeros(4)}, "b": jnp.zeros((2, 2, 2))}
+  assert count_params(params) == 24
+  variables = nn.Dense(5).init(jax.random.key(0), jnp.ones((1, 7)))
+  assert count_params(variables) == 7 * 5 + 5

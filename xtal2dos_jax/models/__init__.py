@@ -1,0 +1,106 @@
+"""Model factory: any registered encoder / decoder pairing from a config (DESIGN 4).
+
+`create_model(config)` builds `Xtal2DoS(ENCODERS[config.model.encoder](config),
+DECODERS[config.model.decoder](config), output_activation_for(config.data.scaling))`.
+Adding an encoder or decoder is one registry line: a function ConfigDict -> nn.Module
+with the interface documented in `encoders.py` / `decoders.py`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.models.decoders import CausalTransformerDecoder, check_position_embedding
+from xtal2dos_jax.models.encoders import UniMPEncoder, UniMPLayer
+from xtal2dos_jax.models.xtal2dos import (CrystalContext, Xtal2DoS, apply_output_activation,
+                                          output_activation_for)
+
+ModelFactory = Callable[[ml_collections.ConfigDict], nn.Module]
+
+DTYPES: Dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+  """jnp dtype named by config.model.dtype ('float32' | 'bfloat16'; params stay float32)."""
+  name = config.model.get("dtype", "float32")
+  try:
+    return DTYPES[name]
+  except (KeyError, TypeError):
+    raise InputError("config.model.dtype",
+                     f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}") from None
+
+
+def _check_heads(config: ml_collections.ConfigDict) -> None:
+  m = config.model
+  if m.num_heads < 1 or m.d_model % m.num_heads:
+    raise InputError("config.model.num_heads",
+                     f"num_heads={m.num_heads} must be >= 1 and divide d_model={m.d_model}")
+
+
+def _unimp(config: ml_collections.ConfigDict) -> nn.Module:
+  m, d = config.model, config.data
+  return UniMPEncoder(d_model=m.d_model, num_heads=m.num_heads, num_layers=m.encoder_layers,
+                      dropout=m.encoder_dropout, radius=d.radius, gaussian_step=d.gaussian_step,
+                      dtype=compute_dtype(config))
+
+
+def _transformer(config: ml_collections.ConfigDict) -> nn.Module:
+  m = config.model
+  return CausalTransformerDecoder(l_y=config.data.l_y, d_model=m.d_model, num_heads=m.num_heads,
+                                  num_layers=m.decoder_layers, ff_dim=m.ff_dim,
+                                  dropout=m.decoder_dropout, causal=m.causal,
+                                  position_embedding=check_position_embedding(
+                                      m.position_embedding),
+                                  dtype=compute_dtype(config))
+
+
+# name (config.model.encoder) -> factory: config -> module(graph, train=) -> float[N, d].
+ENCODERS: Dict[str, ModelFactory] = {
+    "unimp": _unimp,
+}
+
+# name (config.model.decoder) -> factory: config ->
+# module(context, atoms, atom_mask, y_teacher, train=) -> float[G, l_y] raw outputs.
+DECODERS: Dict[str, ModelFactory] = {
+    "transformer": _transformer,
+}
+
+
+def _lookup(registry: Dict[str, ModelFactory], key: str, kind: str) -> ModelFactory:
+  try:
+    return registry[key]
+  except (KeyError, TypeError):
+    raise InputError(f"config.model.{kind}",
+                     f"unknown {kind} {key!r}; expected one of {', '.join(registry)}") from None
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """The model named by config.model.{encoder, decoder}, sized by config.model / config.data.
+
+  Raises InputError naming the config key for an unknown encoder, decoder, dtype,
+  scaling or position embedding, or heads that do not divide d_model.
+  """
+  encoder_factory = _lookup(ENCODERS, config.model.encoder, "encoder")
+  decoder_factory = _lookup(DECODERS, config.model.decoder, "decoder")
+  _check_heads(config)
+  return Xtal2DoS(encoder=encoder_factory(config), decoder=decoder_factory(config),
+                  output_activation=output_activation_for(config.data.scaling),
+                  dtype=compute_dtype(config))
+
+
+def count_params(params: Any) -> int:
+  """Total number of scalar parameters in a pytree of arrays."""
+  return int(sum(np.prod(np.shape(x), dtype=np.int64) for x in jax.tree.leaves(params)))
+
+
+__all__ = [
+    "DECODERS", "DTYPES", "ENCODERS", "CausalTransformerDecoder", "CrystalContext", "UniMPEncoder",
+    "UniMPLayer", "Xtal2DoS", "apply_output_activation", "compute_dtype", "count_params",
+    "create_model", "output_activation_for",
+]

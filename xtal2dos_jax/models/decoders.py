@@ -1,0 +1,176 @@
+"""Sequence decoders: crystal context + atom states -> l_y DoS values (DESIGN 4, paper Sec. 2.3).
+
+Every decoder has the same interface:
+
+  decoder(context, atoms, atom_mask, y_teacher, train=...) -> float[G, l_y]
+
+  context: float[G, c] crystal context (mean node state + composition embedding).
+  atoms: float[G, A, d] per-crystal atom states (zeros where `atom_mask` is False).
+  atom_mask: bool[G, A] real atoms; padding crystals have an all-False row.
+  y_teacher: float[G, l_y] scaled targets for teacher forcing in autoregressive
+    decoders, or None at inference; non-autoregressive decoders ignore it.
+
+and returns raw outputs, before the output activation applied by `Xtal2DoS`.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.models.attention import MultiHeadAttention, causal_mask, key_padding_mask
+
+Dtype = Any
+
+POSITION_EMBEDDINGS = ("onehot", "learned")
+
+
+def check_position_embedding(name: str) -> str:
+  """Returns `name` if it is one of POSITION_EMBEDDINGS, else raises InputError."""
+  if name not in POSITION_EMBEDDINGS:
+    raise InputError("config.model.position_embedding",
+                     f"unknown position embedding {name!r}; expected one of "
+                     f"{', '.join(POSITION_EMBEDDINGS)}")
+  return name
+
+
+class FeedForward(nn.Module):
+  """Position-wise feed-forward: Dense(ff_dim) -> relu -> dropout -> Dense(d_model)."""
+  d_model: int
+  ff_dim: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = nn.relu(nn.Dense(self.ff_dim, dtype=self.dtype)(x))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.d_model, dtype=self.dtype)(x)
+
+
+class TransformerDecoderLayer(nn.Module):
+  """Self-attention over positions, source attention to atoms, feed-forward.
+
+  Each sublayer is x + dropout(sublayer(LayerNorm(x))) (pre-norm residual, as in the
+  public Xtal2DoS code).
+
+  Attributes:
+    d_model, num_heads, ff_dim: sizes.
+    dropout: rate for sublayer outputs and attention weights (train only).
+    dtype: compute dtype (parameters stay float32).
+  """
+  d_model: int
+  num_heads: int
+  ff_dim: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, atoms: jax.Array, self_mask: Optional[jax.Array],
+               source_mask: jax.Array, *, train: bool) -> jax.Array:
+    """Updates position states.
+
+    Args:
+      x: float[G, L, d_model] position states.
+      atoms: float[G, A, d] atom states.
+      self_mask: bool[L, L] (True = may attend) or None for unmasked self-attention.
+      source_mask: bool[G, L, A] valid atoms for each position.
+      train: enables dropout.
+
+    Returns:
+      float[G, L, d_model].
+    """
+    attention = lambda name: MultiHeadAttention(self.d_model, self.num_heads, self.dropout,
+                                                dtype=self.dtype, name=name)
+    drop = lambda y: nn.Dropout(self.dropout, deterministic=not train)(y)
+    norm = lambda name: nn.LayerNorm(dtype=self.dtype, name=name)
+
+    y = norm("self_attention_norm")(x)
+    x = x + drop(attention("self_attention")(y, y, self_mask, train=train))
+    y = norm("source_attention_norm")(x)
+    x = x + drop(attention("source_attention")(y, atoms, source_mask, train=train))
+    y = norm("feed_forward_norm")(x)
+    return x + drop(FeedForward(self.d_model, self.ff_dim, self.dropout, dtype=self.dtype,
+                                name="feed_forward")(y, train=train))
+
+
+class CausalTransformerDecoder(nn.Module):
+  """The Xtal2DoS transformer decoder over the l_y output positions.
+
+  z_t = leaky_relu(Dense([s_t; context])) with s_t the position embedding (one-hot of
+  length l_y as in the paper, or learned); then `num_layers` `TransformerDecoderLayer`s
+  with causal self-attention (position t attends to positions <= t; `causal=False`
+  reproduces the public code's unmasked decoder), a final LayerNorm and Dense(1).
+
+  `embed_inputs` and `decode_from_embeddings` split `__call__` in two so tests (and
+  analyses) can differentiate with respect to the position states z.
+
+  Attributes:
+    l_y: number of output positions.
+    d_model, num_heads, num_layers, ff_dim: sizes.
+    dropout: dropout rate (train only).
+    causal: mask self-attention to positions <= t.
+    position_embedding: 'onehot' or 'learned'.
+    dtype: compute dtype (parameters stay float32).
+  """
+  l_y: int
+  d_model: int
+  num_heads: int
+  num_layers: int
+  ff_dim: int
+  dropout: float = 0.0
+  causal: bool = True
+  position_embedding: str = "onehot"
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    if check_position_embedding(self.position_embedding) == "learned":
+      self.position_table = nn.Embed(self.l_y, self.d_model)
+    self.input_projection = nn.Dense(self.d_model, dtype=self.dtype)
+    self.input_dropout = nn.Dropout(self.dropout)
+    self.layers = [
+        TransformerDecoderLayer(self.d_model, self.num_heads, self.ff_dim, self.dropout,
+                                dtype=self.dtype) for _ in range(self.num_layers)
+    ]
+    self.final_norm = nn.LayerNorm(dtype=self.dtype)
+    self.head = nn.Dense(1, dtype=self.dtype)
+
+  def positions(self) -> jax.Array:
+    """float[l_y, p] position embeddings s_t (p = l_y for one-hot, d_model if learned)."""
+    if self.position_embedding == "learned":
+      return self.position_table(jnp.arange(self.l_y))
+    return jnp.eye(self.l_y, dtype=jnp.float32)
+
+  def embed_inputs(self, context: jax.Array, *, train: bool) -> jax.Array:
+    """float[G, c] context -> float[G, l_y, d_model] initial position states z."""
+    s = self.positions()
+    num_graphs = context.shape[0]
+    z = jnp.concatenate([
+        jnp.broadcast_to(s[None], (num_graphs,) + s.shape),
+        jnp.broadcast_to(context[:, None, :], (num_graphs, self.l_y, context.shape[-1])),
+    ], axis=-1)
+    z = nn.leaky_relu(self.input_projection(z))
+    return self.input_dropout(z, deterministic=not train)
+
+  def decode_from_embeddings(self, z: jax.Array, atoms: jax.Array, atom_mask: jax.Array, *,
+                             train: bool) -> jax.Array:
+    """float[G, L, d_model] position states -> float[G, L] raw outputs.
+
+    With `causal=True`, output t depends on z[:, :t + 1] only.
+    """
+    self_mask = causal_mask(z.shape[1]) if self.causal else None
+    source_mask = key_padding_mask(atom_mask, z.shape[1])
+    x = z
+    for layer in self.layers:
+      x = layer(x, atoms, self_mask, source_mask, train=train)
+    return self.head(self.final_norm(x))[..., 0]
+
+  def __call__(self, context: jax.Array, atoms: jax.Array, atom_mask: jax.Array,
+               y_teacher: Optional[jax.Array], *, train: bool) -> jax.Array:
+    """float[G, l_y] raw outputs; `y_teacher` is ignored (non-autoregressive)."""
+    del y_teacher
+    z = self.embed_inputs(context, train=train)
+    return self.decode_from_embeddings(z, atoms, atom_mask, train=train)

@@ -1,0 +1,201 @@
+"""Graph encoders: crystal graph -> node states (DESIGN 4, paper Sec. 2.2).
+
+Every encoder maps the padded batch graph of `input_pipeline.Batch` (nodes = int32[N]
+atomic numbers, 0 for padding; edges = float32[E] distances in Å; messages flow
+sender j (neighbour) -> receiver i (centre)) to float[N, d_model] node states:
+
+  encoder(graph, train=...) -> float[N, d_model]
+
+Padding nodes get finite states that no real node depends on. The helpers at the top
+(`node_mask`, `edge_mask`, `node_graph_index`, `mean_pool`, the embeddings) are shared
+with the other encoders.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+
+from xtal2dos_jax.featurize import atom_feature_table, gaussian_expansion
+from xtal2dos_jax.models.attention import segment_softmax
+
+Dtype = Any
+
+
+def node_mask(graph: jraph.GraphsTuple) -> jax.Array:
+  """bool[N]: True for real atoms (atomic number > 0)."""
+  return graph.nodes > 0
+
+
+def node_graph_index(n_node: jax.Array, num_nodes: int) -> jax.Array:
+  """int32[N] graph of each node, from int[G] `n_node` (non-decreasing)."""
+  return jnp.repeat(jnp.arange(n_node.shape[0], dtype=jnp.int32), n_node,
+                    total_repeat_length=num_nodes)
+
+
+def edge_mask(graph: jraph.GraphsTuple) -> jax.Array:
+  """bool[E]: True for real edges.
+
+  An edge is real if its graph (from `n_edge`) contains a real atom and both its ends
+  are real atoms, so padding edges are excluded however they are wired.
+  """
+  num_nodes, num_edges = graph.nodes.shape[0], graph.senders.shape[0]
+  real = node_mask(graph)
+  graph_is_real = jax.ops.segment_max(real.astype(jnp.int32),
+                                      node_graph_index(graph.n_node, num_nodes),
+                                      graph.n_node.shape[0], indices_are_sorted=True) > 0
+  edge_graph = node_graph_index(graph.n_edge, num_edges)
+  return graph_is_real[edge_graph] & real[graph.senders] & real[graph.receivers]
+
+
+def mean_pool(node_states: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
+  """Mean of the real nodes' states per graph: float[N, d] -> float[G, d].
+
+  Padding nodes are excluded; a graph without real nodes gets zeros.
+  """
+  num_nodes, num_graphs = node_states.shape[0], graph.n_node.shape[0]
+  index = node_graph_index(graph.n_node, num_nodes)
+  weight = node_mask(graph).astype(node_states.dtype)
+  sums = jax.ops.segment_sum(node_states * weight[:, None], index, num_graphs,
+                             indices_are_sorted=True)
+  counts = jax.ops.segment_sum(weight, index, num_graphs, indices_are_sorted=True)
+  return sums / jnp.maximum(counts, 1.0)[:, None]
+
+
+class AtomEmbedding(nn.Module):
+  """Atomic numbers -> Dense(CGCNN element vector): int[N] -> float[N, d_model].
+
+  The 92-d element table is a constant (not a parameter); padding (Z = 0) maps to the
+  zero vector, i.e. to the Dense bias.
+  """
+  d_model: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, atomic_numbers: jax.Array) -> jax.Array:
+    table = jnp.asarray(atom_feature_table())
+    return nn.Dense(self.d_model, dtype=self.dtype)(table[atomic_numbers])
+
+
+class EdgeEmbedding(nn.Module):
+  """Distances -> g = W_e gaussian(d) + b_e (paper Eq. 3): float[E] Å -> float[E, d_model]."""
+  d_model: int
+  radius: float
+  gaussian_step: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, distances: jax.Array) -> jax.Array:
+    features = gaussian_expansion(distances, self.radius, self.gaussian_step)
+    return nn.Dense(self.d_model, dtype=self.dtype)(features)
+
+
+class UniMPLayer(nn.Module):
+  """One UniMP graph-transformer layer with edge features (paper Eq. 2, 4-6).
+
+  Per head h (d_h = d_model / H), for each edge j -> i:
+    alpha_ij = softmax over the incoming edges of i of q_i . (k_j + g_ij) / sqrt(d_h),
+    m_i = sum_j alpha_ij (v_j + g_ij);
+  heads are concatenated, then the gated residual
+    r_i = W_r h_i + b_r,  beta_i = sigmoid(w . [m_i; r_i; m_i - r_i]),
+    h'_i = act(LayerNorm((1 - beta_i) m_i + beta_i r_i))
+  (no LayerNorm / activation when `last`), followed by dropout in training.
+
+  Attributes:
+    d_model: width of node states and edge embeddings.
+    num_heads: H; must divide d_model.
+    dropout: dropout rate on the layer output (train only).
+    last: skip LayerNorm and activation (the encoder's final layer).
+    activation: the non-linearity sigma.
+    sorted_receivers: `receivers` is non-decreasing (true for `input_pipeline` batches);
+      enables the sorted-segment fast path.
+    dtype: compute dtype (parameters stay float32).
+  """
+  d_model: int
+  num_heads: int
+  dropout: float = 0.0
+  last: bool = False
+  activation: Callable[[jax.Array], jax.Array] = nn.leaky_relu
+  sorted_receivers: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array, g: jax.Array, senders: jax.Array, receivers: jax.Array,
+               edge_mask: jax.Array, *, train: bool) -> jax.Array:
+    """Updates node states.
+
+    Args:
+      h: float[N, d_in] node states.
+      g: float[E, d_model] edge embeddings g_ij (shared by all layers).
+      senders: int32[E] neighbour j of each edge.
+      receivers: int32[E] centre i of each edge.
+      edge_mask: bool[E] real edges; masked edges carry no message.
+      train: enables dropout.
+
+    Returns:
+      float[N, d_model] new node states.
+    """
+    if self.d_model % self.num_heads:
+      raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+    num_nodes, head_dim = h.shape[0], self.d_model // self.num_heads
+    heads = lambda x: x.reshape(x.shape[0], self.num_heads, head_dim)
+    q = heads(nn.Dense(self.d_model, dtype=self.dtype, name="query")(h))      # [N, H, d_h]
+    k = heads(nn.Dense(self.d_model, dtype=self.dtype, name="key")(h))
+    v = heads(nn.Dense(self.d_model, dtype=self.dtype, name="value")(h))
+    g = heads(g.astype(self.dtype))                                           # [E, H, d_h]
+
+    keys = k[senders] + g                                                     # [E, H, d_h]
+    logits = jnp.sum(q[receivers] * keys, axis=-1) / math.sqrt(head_dim)
+    alpha = segment_softmax(logits, receivers, num_nodes, mask=edge_mask,
+                            indices_are_sorted=self.sorted_receivers)          # [E, H]
+    messages = alpha[..., None] * (v[senders] + g)
+    m = jax.ops.segment_sum(messages, receivers, num_nodes,
+                            indices_are_sorted=self.sorted_receivers)
+    m = m.reshape(num_nodes, self.d_model)
+
+    r = nn.Dense(self.d_model, dtype=self.dtype, name="skip")(h)
+    beta = nn.sigmoid(nn.Dense(1, use_bias=False, dtype=self.dtype, name="gate")(
+        jnp.concatenate([m, r, m - r], axis=-1)))
+    out = (1.0 - beta) * m + beta * r
+    if not self.last:
+      out = self.activation(nn.LayerNorm(dtype=self.dtype)(out))
+    return nn.Dropout(self.dropout, deterministic=not train)(out)
+
+
+class UniMPEncoder(nn.Module):
+  """Xtal2DoS graph encoder: atom/edge embeddings + `num_layers` UniMP layers.
+
+  Attributes:
+    d_model: node-state width.
+    num_heads: attention heads per layer.
+    num_layers: number of `UniMPLayer`s (the last without LayerNorm / activation).
+    dropout: dropout rate after each layer (train only).
+    radius: neighbour cutoff in Å (range of the Gaussian centres).
+    gaussian_step: Gaussian width and centre spacing in Å.
+    sorted_receivers: see `UniMPLayer`.
+    dtype: compute dtype (parameters stay float32).
+  """
+  d_model: int
+  num_heads: int
+  num_layers: int
+  dropout: float
+  radius: float
+  gaussian_step: float
+  sorted_receivers: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, graph: jraph.GraphsTuple, *, train: bool) -> jax.Array:
+    """float[N, d_model] node states of the padded batch graph."""
+    h = AtomEmbedding(self.d_model, dtype=self.dtype)(graph.nodes)
+    g = EdgeEmbedding(self.d_model, self.radius, self.gaussian_step, dtype=self.dtype)(graph.edges)
+    mask = edge_mask(graph)
+    for i in range(self.num_layers):
+      h = UniMPLayer(self.d_model, self.num_heads, self.dropout, last=i == self.num_layers - 1,
+                     sorted_receivers=self.sorted_receivers, dtype=self.dtype,
+                     name=f"layer_{i}")(h, g, graph.senders, graph.receivers, mask, train=train)
+    return h

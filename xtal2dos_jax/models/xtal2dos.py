@@ -1,0 +1,111 @@
+"""The Xtal2DoS model: graph encoder -> crystal context -> sequence decoder (DESIGN 4).
+
+  node states = encoder(batch.graph)                              float[N, d]
+  atoms       = node states gathered per crystal (batch.atom_index)  float[G, A, d]
+  context     = [mean of real node states; Dense(composition)]    float[G, c]
+  raw         = decoder(context, atoms, atom_mask, y_teacher)     float[G, l_y]
+                (y_teacher = batch.y when training, else None)
+  output      = activation(raw), chosen by the label scaling (`output_activation_for`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+
+from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.featurize import composition_fractions
+from xtal2dos_jax.input_pipeline import Batch
+from xtal2dos_jax.models.encoders import mean_pool
+
+Dtype = Any
+
+OUTPUT_ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
+    "softmax": lambda x: jax.nn.softmax(x, axis=-1),   # over the l_y positions
+    "softplus": jax.nn.softplus,
+    "identity": lambda x: x,
+}
+
+# Label scaling (config.data.scaling, see labels.py) -> output activation.
+SCALING_ACTIVATIONS: Dict[str, str] = {
+    "normalized_sum": "softmax",
+    "normalized_max": "softplus",
+    "standardized": "identity",
+}
+
+
+def output_activation_for(scaling: str) -> str:
+  """Output activation matching a label scaling: normalized_sum -> 'softmax',
+  normalized_max -> 'softplus', standardized -> 'identity'."""
+  try:
+    return SCALING_ACTIVATIONS[scaling]
+  except (KeyError, TypeError):
+    raise InputError("config.data.scaling",
+                     f"unknown scaling {scaling!r}; expected one of "
+                     f"{', '.join(SCALING_ACTIVATIONS)}") from None
+
+
+def apply_output_activation(raw: jax.Array, name: str) -> jax.Array:
+  """float[G, l_y] raw decoder outputs -> predictions on the scaled-label scale."""
+  try:
+    fn = OUTPUT_ACTIVATIONS[name]
+  except (KeyError, TypeError):
+    raise InputError("output_activation",
+                     f"unknown output activation {name!r}; expected one of "
+                     f"{', '.join(OUTPUT_ACTIVATIONS)}") from None
+  return fn(raw)
+
+
+def gather_atoms(node_states: jax.Array, atom_index: jax.Array,
+                 atom_mask: jax.Array) -> jax.Array:
+  """float[N, d] node states -> float[G, A, d] per-crystal atoms, zeros where masked."""
+  return node_states[atom_index] * atom_mask[..., None].astype(node_states.dtype)
+
+
+class CrystalContext(nn.Module):
+  """Crystal context h_x = [mean of real node states; Dense(composition fractions)].
+
+  Attributes:
+    composition_features: width of the composition embedding (None = node-state width).
+    dtype: compute dtype (parameters stay float32).
+  """
+  composition_features: Optional[int] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, node_states: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
+    """float[N, d] node states -> float[G, d + composition_features]."""
+    pooled = mean_pool(node_states, graph)
+    composition = composition_fractions(graph.nodes, graph.n_node)          # [G, 103]
+    features = self.composition_features or node_states.shape[-1]
+    embedded = nn.Dense(features, dtype=self.dtype, name="composition")(composition)
+    return jnp.concatenate([pooled.astype(embedded.dtype), embedded], axis=-1)
+
+
+class Xtal2DoS(nn.Module):
+  """Crystal graph -> DoS sequence with any encoder / decoder pair.
+
+  Attributes:
+    encoder: module mapping (graph, train=) -> float[N, d] node states.
+    decoder: module mapping (context, atoms, atom_mask, y_teacher, train=) -> float[G, l_y].
+    output_activation: 'softmax' (over positions), 'softplus' or 'identity'.
+    dtype: compute dtype of the context embedding (parameters stay float32).
+  """
+  encoder: nn.Module
+  decoder: nn.Module
+  output_activation: str = "softmax"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, batch: Batch, *, train: bool) -> jax.Array:
+    """float32[G, l_y] predictions on the scaled-label scale (padding crystals finite)."""
+    node_states = self.encoder(batch.graph, train=train)
+    atoms = gather_atoms(node_states, batch.atom_index, batch.atom_mask)
+    context = CrystalContext(dtype=self.dtype, name="context")(node_states, batch.graph)
+    # Teacher forcing only in training: evaluation never sees the labels.
+    y_teacher = batch.y if train else None
+    raw = self.decoder(context, atoms, batch.atom_mask, y_teacher, train=train)
+    return apply_output_activation(raw.astype(jnp.float32), self.output_activation)
