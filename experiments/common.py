@@ -10,6 +10,8 @@ flags.DEFINE_string("coordinator_address", None,
                     "Multi-host: host:port of process 0 (else from the environment).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+flags.DEFINE_bool("no_compilation_cache", False,
+                  "Do not keep compiled XLA executables in ~/.cache/xtal2dos_jax.")
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -24,6 +26,9 @@ def setup_runtime() -> None:
   """Quiets library logs; initialises JAX's distributed runtime when asked."""
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
+  from xtal2dos_jax import runtime
+  if not flags.FLAGS.no_compilation_cache:
+    runtime.enable_compilation_cache()
   f = flags.FLAGS
   if f.num_processes and f.num_processes > 1:
     if jax.default_backend() == "cpu":

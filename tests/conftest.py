@@ -22,6 +22,17 @@ from xtal2dos_jax.featurize import featurize_crystal
 from xtal2dos_jax.graphset import GraphSet
 from xtal2dos_jax.input_pipeline import Batch, Budget, LabelledGraphs, assemble
 from xtal2dos_jax.models import create_model
+from xtal2dos_jax.runtime import enable_compilation_cache
+
+
+def pytest_configure(config):
+  """Shares compiled XLA executables across tests, xdist workers and CI runs, and keeps
+  featurisation caches out of the user's home."""
+  import os
+  import tempfile
+  root = os.path.join(tempfile.gettempdir(), "xtal2dos_jax_tests")
+  os.environ.setdefault("XDG_CACHE_HOME", os.path.join(root, "xdg"))
+  enable_compilation_cache(os.path.join(root, "jax_compilation_cache"))
 
 
 def _triclinic() -> ase.Atoms:

@@ -59,8 +59,11 @@ def create_optimizer(train_config: ml_collections.ConfigDict,
     opt = optax.adam(learning_rate_fn)
   elif name == "adamw":
     opt = optax.adamw(learning_rate_fn, weight_decay=train_config.weight_decay)
+  elif name == "sgd":
+    opt = optax.sgd(learning_rate_fn, momentum=0.9)
   else:
-    raise InputError("config.train.optimizer", f"unknown optimizer '{name}'; expected adam, adamw")
+    raise InputError("config.train.optimizer",
+                     f"unknown optimizer '{name}'; expected adam, adamw, sgd")
   return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), opt)
 
 
@@ -135,7 +138,14 @@ class Trainer:
     return len(self.devices)
 
   def replicate(self, tree):
-    return flax.jax_utils.replicate(tree, self.devices)
+    """Copies of `tree` on every local device, laid out exactly as pmap outputs are
+    (same mesh axis name), so feeding them back to a step never recompiles it."""
+    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(self.devices), (AXIS,)),
+                                          jax.sharding.PartitionSpec(AXIS))
+    n = len(self.devices)
+    return jax.tree.map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding),
+        tree)
 
   def init_state(self, sample: input_pipeline.Batch, steps_per_epoch: int) -> TrainState:
     self.learning_rate_fn = create_learning_rate_fn(self.config.train, steps_per_epoch)

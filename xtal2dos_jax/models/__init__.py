@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.models import dostransformer, gat_encoder, mlp_decoder, rnn_decoders
 from xtal2dos_jax.models.decoders import CausalTransformerDecoder, check_position_embedding
 from xtal2dos_jax.models.encoders import UniMPEncoder, UniMPLayer
 from xtal2dos_jax.models.xtal2dos import (CrystalContext, Xtal2DoS, apply_output_activation,
@@ -63,12 +64,18 @@ def _transformer(config: ml_collections.ConfigDict) -> nn.Module:
 # name (config.model.encoder) -> factory: config -> module(graph, train=) -> float[N, d].
 ENCODERS: Dict[str, ModelFactory] = {
     "unimp": _unimp,
+    "gat": lambda c: gat_encoder.gat_encoder(c, compute_dtype(c)),
 }
 
 # name (config.model.decoder) -> factory: config ->
 # module(context, atoms, atom_mask, y_teacher, train=) -> float[G, l_y] raw outputs.
 DECODERS: Dict[str, ModelFactory] = {
     "transformer": _transformer,
+    "rnn": lambda c: rnn_decoders.rnn_decoder(c, compute_dtype(c)),
+    "rnn_attn": lambda c: rnn_decoders.rnn_attention_decoder(c, compute_dtype(c)),
+    "chunk_rnn_attn": lambda c: rnn_decoders.chunk_rnn_attention_decoder(c, compute_dtype(c)),
+    "mlp": lambda c: mlp_decoder.mlp_decoder(c, compute_dtype(c)),
+    "dostransformer": lambda c: dostransformer.dostransformer_decoder(c, compute_dtype(c)),
 }
 
 

@@ -1,0 +1,55 @@
+"""Benchmark config: the comparison configuration of the speed study (experiments/benchmark.py).
+
+Model and optimiser as in the PyTorch reference run we compare against: 51 outputs,
+normalized_sum labels + KL loss, d_model 128, 4 heads, feed-forward 512, 3 UniMP layers,
+3 decoder layers, dropout 0.1 in the encoder and 0 in the decoder, global batch 64,
+Adam at 1e-3, neighbour graph of radius 8 Å with 12 neighbours per atom.
+
+`config.bench` holds the benchmark's own knobs (how long to measure, the scaling sweeps);
+the rest is an ordinary training config, so `Trainer(config, scaler)` accepts it.
+"""
+import ml_collections
+
+from configs import phdos
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = phdos.get_config()
+  config.data.l_y = 51
+  config.data.scaling = "normalized_sum"
+  config.data.radius = 8.0
+  config.data.max_num_nbr = 12
+  config.data.limit = 0                 # the whole embedded set
+
+  m = config.model
+  m.encoder = "unimp"
+  m.decoder = "transformer"
+  m.d_model = 128
+  m.num_heads = 4
+  m.ff_dim = 512
+  m.encoder_layers = 3
+  m.decoder_layers = 3
+  m.encoder_dropout = 0.1
+  m.decoder_dropout = 0.0
+  m.dtype = "float32"
+
+  t = config.train
+  t.batch_size = 64
+  t.optimizer = "adam"
+  t.learning_rate = 1e-3
+  t.loss = "kl"
+  t.warmup_epochs = 0
+  t.progress = False
+
+  config.bench = b = ml_collections.ConfigDict()
+  b.repeats = 2                 # timed repetitions of each throughput measurement
+  b.measured_epochs = 2         # steady-state training epochs timed after the warm-up epoch
+  b.scaling_steps = 2           # timed steps per scaling row (after one compile/warm-up step)
+  b.atoms_per_cell = (8, 32, 128)   # crystal-size sweep (supercells of conventional NaCl)
+  b.batch_sizes = (16, 64, 128)     # batch-size sweep (embedded set, network only)
+  b.paper_model = True          # the paper-size row: d_model 512, 8 heads, 6 decoder layers
+  b.paper_d_model = 512
+  b.paper_num_heads = 8
+  b.paper_decoder_layers = 6
+  b.paper_ff_dim = 2048         # 4 x d_model (the paper does not state it)
+  return config

@@ -1,0 +1,174 @@
+"""End-to-end training, resume, evaluate and predict on the smoke config."""
+import json
+import os
+import signal
+
+import ase.io
+import chex
+import jax
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from configs import smoke
+from xtal2dos_jax import inference, train, workdir as workdir_lib
+from xtal2dos_jax.errors import InputError
+
+
+def _config(**train_overrides):
+  config = smoke.get_config()
+  config.data.limit = 60
+  config.train.num_epochs = 2
+  config.train.batch_size = 16
+  for k, v in train_overrides.items():
+    config.train[k] = v
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """One finished smoke run shared by the tests below."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  summary = train.train_and_evaluate(_config(), workdir)
+  return workdir, summary
+
+
+def _final_params(workdir, config):
+  """Parameters of the latest checkpoint of a run."""
+  ckpt = workdir_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
+  step = ckpt.latest.latest_step()
+  restored = ckpt.latest.restore(step)
+  ckpt.close()
+  return restored["state"]["params"]
+
+
+@pytest.mark.slow
+def test_train_writes_run_files_and_metrics(trained):
+  workdir, summary = trained
+  for name in ("config.json", "run.json", "splits.json", "label_scaler.json", "metrics.jsonl",
+               "results.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [l["epoch"] for l in lines] == [1, 2]
+  assert all(np.isfinite(l["train_loss"]) and np.isfinite(l["val_loss"]) for l in lines)
+  splits = json.load(open(os.path.join(workdir, "splits.json")))
+  ids = splits["train"] + splits["validation"] + splits["test"]
+  assert len(ids) == len(set(ids)) == 60
+  for split in ("validation", "test"):
+    for scale in ("normalized", "original"):
+      m = summary["metrics"][split][scale]
+      assert set(m) >= {"r2", "mae", "mse", "wd", "wd_physical", "count"}
+      assert m["count"] == len(splits[split])
+      assert np.isfinite([m["r2"], m["mae"], m["mse"], m["wd"]]).all()
+  run = json.load(open(os.path.join(workdir, "run.json")))
+  assert run["seed"] == 0 and "jax" in run["versions"]
+
+
+@pytest.mark.slow
+def test_finished_run_is_not_retrained(trained, monkeypatch):
+  workdir, summary = trained
+  monkeypatch.setattr(train.Trainer, "__init__", lambda *a, **k: pytest.fail("retrained"))
+  again = train.train_and_evaluate(_config(), workdir)
+  assert again["metrics"] == json.loads(json.dumps(summary["metrics"]))
+
+
+def test_workdir_with_other_config_is_refused(trained):
+  workdir, _ = trained
+  config = _config()
+  config.model.d_model = 32
+  with pytest.raises(InputError, match=r"different config \(model.d_model: 16 -> 32"):
+    train.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.slow
+def test_evaluate_from_workdir_only(trained):
+  workdir, summary = trained
+  out = inference.evaluate_run(workdir, "test")
+  # The same best checkpoint and test split as at the end of training.
+  chex.assert_trees_all_close(out["test"]["normalized"], summary["metrics"]["test"]["normalized"],
+                              rtol=1e-5)
+  with np.load(os.path.join(workdir, "predictions_test.npz")) as z:
+    assert list(z["ids"]) == json.load(open(os.path.join(workdir, "splits.json")))["test"]
+    chex.assert_shape(z["y_pred"], (len(z["ids"]), 51))
+    chex.assert_trees_all_close(z["y_pred"].sum(1), z["y_true"].sum(1), rtol=1e-4)
+  assert os.path.getsize(os.path.join(workdir, "eval_test.png")) > 1000
+
+
+@pytest.mark.slow
+def test_predict_reports_bad_files_and_finishes_the_rest(trained, tmp_path):
+  workdir, _ = trained
+  ase.io.write(tmp_path / "nacl.cif", bulk("NaCl", "rocksalt", a=5.64))
+  ase.io.write(tmp_path / "si.vasp", bulk("Si"), format="vasp")
+  (tmp_path / "broken.cif").write_text("data_x\n_cell_length_a 3\nloop_\n")
+  lonely = ase.Atoms("Na", cell=[20, 20, 20], pbc=True)  # no neighbour within 8 A
+  ase.io.write(tmp_path / "lonely.extxyz", lonely)
+  out = inference.predict_structures(workdir, str(tmp_path / "*"), str(tmp_path / "out"))
+  assert sorted(os.path.basename(i) for i in out["ids"]) == ["nacl.cif", "si.vasp"]
+  reasons = dict(out["skipped"])
+  assert any("broken.cif" in k for k in reasons) and any("lonely" in k for k in reasons)
+  assert "no neighbour" in next(v for k, v in reasons.items() if "lonely" in k)
+  with np.load(tmp_path / "out" / "predictions.npz") as z:
+    chex.assert_shape(z["dos"], (2, 51))
+    # Phonon DoS rescaled to 3N modes: sum * bin width = 3 * 2 atoms.
+    chex.assert_trees_all_close(z["dos"].sum(1) * 20.0, np.array([6.0, 6.0]), rtol=1e-4)
+    assert np.all((z["cv300_J_per_K_mol"] > 0) & (z["cv300_J_per_K_mol"] < 6 * 8.3145))
+  header = open(tmp_path / "out" / "predictions.csv").readline().strip().split(",")
+  assert header[:4] == ["id", "n_atoms", "cv300_J_per_K_mol", "mean_frequency_cm"]
+  with pytest.raises(InputError, match="already holds predictions.csv"):
+    inference.predict_structures(workdir, str(tmp_path / "*.cif"), str(tmp_path / "out"))
+
+
+def test_evaluate_without_run_is_one_line_error(tmp_path):
+  with pytest.raises(InputError, match="not a training workdir"):
+    inference.evaluate_run(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoint_is_named(trained, tmp_path):
+  import shutil
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(trained[0], workdir)
+  best = os.path.join(workdir, "checkpoints", "best")
+  step_dir = os.path.join(best, os.listdir(best)[0])
+  for root, _, files in os.walk(os.path.join(step_dir, "state")):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"\0garbage")
+  with pytest.raises(InputError, match="checkpoint cannot be restored"):
+    inference.evaluate_run(workdir)
+
+
+@pytest.mark.slow
+def test_preempted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+  """SIGTERM mid-epoch -> checkpoint + Preempted; rerun == uninterrupted run."""
+  config = _config(num_epochs=2)
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(config, straight)
+
+  interrupted = str(tmp_path / "interrupted")
+  original_init = train.Trainer.__init__
+
+  def init_with_preemption(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    step_fn, calls = self.p_train_step, [0]
+
+    def step(*a):
+      calls[0] += 1
+      if calls[0] == 5:  # epochs have 3 steps: stop in the middle of the second
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step_fn(*a)
+    self.p_train_step = step
+
+  monkeypatch.setattr(train.Trainer, "__init__", init_with_preemption)
+  # Preempted exactly once: the signal handler is only installed while training.
+  with pytest.raises(train.Preempted, match="rerun to resume"):
+    train.train_and_evaluate(config, interrupted)
+  assert not os.path.exists(os.path.join(interrupted, "results.json"))
+  monkeypatch.setattr(train.Trainer, "__init__", original_init)
+  train.train_and_evaluate(config, interrupted)
+
+  chex.assert_trees_all_close(_final_params(interrupted, config), _final_params(straight, config),
+                              rtol=1e-6, atol=1e-7)
+  a = [json.loads(l) for l in open(os.path.join(straight, "metrics.jsonl"))]
+  b = [json.loads(l) for l in open(os.path.join(interrupted, "metrics.jsonl"))]
+  assert [x["val_loss"] for x in a] == pytest.approx([x["val_loss"] for x in b], rel=1e-6)

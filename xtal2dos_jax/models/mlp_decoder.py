@@ -1,0 +1,93 @@
+"""MLP decoder: the GATGNN / Mat2Spec "expand the last layer" baseline (DESIGN 4).
+
+The crystal context goes through an MLP whose last layer has l_y outputs, one per DoS
+position; the atoms and the teacher targets are ignored. With `energy_embedding`, the
+MLP is instead shared across positions and reads [learned energy embedding e_t;
+context] for each position t (the "MLP with energy embeddings" baseline of the
+DOSTransformer comparison).
+
+Same interface as every decoder (see `decoders.py`).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+Dtype = Any
+
+
+class MLP(nn.Module):
+  """`num_layers` x (Dense(hidden) -> leaky_relu -> dropout), then Dense(out_features).
+
+  Attributes:
+    hidden: width of the hidden layers.
+    out_features: output width.
+    num_layers: number of hidden layers (0 = a single linear map).
+    dropout: dropout rate after each hidden layer (train only).
+    dtype: compute dtype (parameters stay float32).
+  """
+  hidden: int
+  out_features: int
+  num_layers: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """float[..., f] -> float[..., out_features]."""
+    for i in range(self.num_layers):
+      x = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype, name=f"hidden_{i}")(x))
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.out_features, dtype=self.dtype, name="out")(x)
+
+
+class MLPDecoder(nn.Module):
+  """Crystal context -> MLP -> l_y raw outputs (non-autoregressive; ignores atoms).
+
+  Attributes:
+    l_y: number of output positions.
+    hidden: MLP hidden width.
+    num_layers: MLP hidden layers.
+    dropout: dropout rate (train only).
+    energy_embedding: share one MLP over positions, reading [e_t; context] with e_t a
+      learned d-dimensional embedding of position t (d = `hidden`).
+    dtype: compute dtype (parameters stay float32).
+  """
+  l_y: int
+  hidden: int
+  num_layers: int = 2
+  dropout: float = 0.0
+  energy_embedding: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, context: jax.Array, atoms: jax.Array, atom_mask: jax.Array,
+               y_teacher: Optional[jax.Array], *, train: bool) -> jax.Array:
+    """float[G, c] context (atoms [G, A, d], atom_mask [G, A] and y_teacher unused)
+    -> float[G, l_y] raw outputs."""
+    del atoms, atom_mask, y_teacher
+    if not self.energy_embedding:
+      return MLP(self.hidden, self.l_y, self.num_layers, self.dropout, dtype=self.dtype,
+                 name="mlp")(context, train=train)
+    num_graphs = context.shape[0]
+    energies = nn.Embed(self.l_y, self.hidden, name="energy_embedding")(
+        jnp.arange(self.l_y))                                                 # [l_y, hidden]
+    x = jnp.concatenate([
+        jnp.broadcast_to(energies[None], (num_graphs,) + energies.shape).astype(context.dtype),
+        jnp.broadcast_to(context[:, None], (num_graphs, self.l_y, context.shape[-1])),
+    ], axis=-1)
+    return MLP(self.hidden, 1, self.num_layers, self.dropout, dtype=self.dtype,
+               name="mlp")(x, train=train)[..., 0]
+
+
+def mlp_decoder(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> nn.Module:
+  """`MLPDecoder`: config.model.decoder_layers hidden layers of width config.model.ff_dim;
+  config.model.mlp_energy_embedding (optional, default False) adds energy embeddings."""
+  m = config.model
+  return MLPDecoder(l_y=config.data.l_y, hidden=m.ff_dim, num_layers=m.decoder_layers,
+                    dropout=m.decoder_dropout,
+                    energy_embedding=bool(m.get("mlp_energy_embedding", False)), dtype=dtype)
