@@ -31,8 +31,9 @@ def setup_runtime() -> None:
     runtime.enable_compilation_cache()
   f = flags.FLAGS
   if f.num_processes and f.num_processes > 1:
-    if jax.default_backend() == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Cross-process collectives on CPU (ignored by GPU/TPU backends). Must be set
+    # before anything initialises the backend, so no jax.devices() before this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f.coordinator_address,
                                num_processes=f.num_processes, process_id=f.process_id)
   elif any(v in os.environ for v in ("SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS")) and \

@@ -119,19 +119,22 @@ class Trainer:
   """Compiled steps for one model/config, shared by train, evaluate and predict."""
 
   def __init__(self, config: ml_collections.ConfigDict, scaler, devices=None):
+    """`devices`: a subset of this process's devices (single-process only); by
+    default every device of every process takes part."""
     self.config = config
     self.devices = devices or jax.local_devices()
+    pmap_devices = devices  # None = all global devices, as multi-process pmap requires
     self.model = models.create_model(config)
     self.loss_fn = losses.get_loss(config.train.loss)
     self.scaler = scaler
     self.p_train_step = jax.pmap(functools.partial(train_step, loss_fn=self.loss_fn),
-                                 axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
+                                 axis_name=AXIS, devices=pmap_devices, donate_argnums=(0,))
     self.p_eval_step = jax.pmap(
         functools.partial(eval_step, apply_fn=self.model.apply, loss_fn=self.loss_fn,
                           inverse_fn=scaler.inverse),
-        axis_name=AXIS, devices=self.devices, in_axes=(0, 0, None, None))
+        axis_name=AXIS, devices=pmap_devices, in_axes=(0, 0, None, None))
     self.p_predict_step = jax.pmap(functools.partial(predict_step, apply_fn=self.model.apply),
-                                   axis_name=AXIS, devices=self.devices)
+                                   axis_name=AXIS, devices=pmap_devices)
 
   @property
   def num_local_devices(self) -> int:

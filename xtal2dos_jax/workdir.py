@@ -263,5 +263,7 @@ def _checkpoint_step(progress: Progress) -> int:
 
 
 def _state_tree(state) -> dict:
-  return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-          "rng": state.rng}
+  """The saved part of a TrainState, as host numpy arrays (identical on every
+  process, so any process can restore it)."""
+  return jax.device_get({"step": state.step, "params": state.params,
+                         "opt_state": state.opt_state, "rng": state.rng})
