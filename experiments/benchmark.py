@@ -5,18 +5,21 @@ compile times and compile counts as rows of their own:
 
 * data: dataset read time, cold featurisation (crystals/s, no cache), cache-load time;
 * training: end to end (host pipeline + pmapped step, train.py's loop) over full epochs
-  after a warm-up epoch, and network only (pre-assembled device batches);
+  after a warm-up epoch, and network only (pre-assembled device batches), interleaved;
 * compile counts of the train / eval steps over two epochs (a `jax.monitoring` listener on
-  XLA backend compilations, attributed to the step that triggered them), which must equal
-  the number of padding buckets (1), with nothing compiled in the second epoch;
+  XLA backend compilations, attributed to the step whose call triggered them), which must
+  equal the number of padding buckets (1), with nothing compiled in the second epoch;
 * evaluation and prediction crystals/s (`Trainer.evaluate` / `Trainer.predict` on the
   whole set), host pipeline vs device time per step, peak resident memory;
 * scaling: the paper-size model, crystal size (supercells) and batch size.
 
-`--quick` shrinks everything (smoke-sized model, data subset) to finish in seconds; it is
-what the tests run. `--output=rows.json` also writes the rows as JSON. Throughputs are the
-best of `config.bench.repeats` timed repetitions (the notes give the median): the machine
-is shared, so the best run is the closest to its capability.
+`--quick` shrinks everything (smoke-sized model, data subset) to finish in seconds; the
+tests run it. `--output=rows.json` also writes the rows as JSON. Throughputs are the best
+of `config.bench.repeats` timed repetitions (the notes give the median): the machine may
+be shared, and the best run is the closest to what it can do.
+
+Compile rows are cold: the user's persistent XLA cache is not used; a fresh one in a
+temporary directory (or `--xla_cache_dir`) serves the "warm persistent cache" row.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -45,11 +48,14 @@ config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config 
                                 lock_config=False)
 flags.DEFINE_bool("quick", False, "Smoke-sized model and a data subset (seconds; for tests).")
 flags.DEFINE_string("output", None, "Also write the rows (and the run's context) as JSON here.")
+flags.DEFINE_string("xla_cache_dir", None,
+                    "Persistent XLA cache for this run (default: a fresh temporary directory, "
+                    "so compile rows are cold).")
 
 # Fired by JAX around every XLA backend compilation (or persistent-cache load) of an
 # executable; see jax/_src/dispatch.py.
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-TABLE_HEADER = f"{'name':<48}{'value':>12}  {'unit':<12}notes"
+TABLE_HEADER = f"{'name':<46}{'value':>11}  {'unit':<12}notes"
 
 
 # --------------------------------------------------------------------------
@@ -71,22 +77,29 @@ def _format_value(value: float) -> str:
   if float(value).is_integer() and abs(value) < 1e9:
     return f"{int(value):d}"
   if abs(value) >= 100:
-    return f"{value:.1f}"
+    return f"{value:.0f}"
   if abs(value) >= 1:
     return f"{value:.2f}"
-  return f"{value:.4g}"
+  return f"{value:.3g}"
 
 
 def format_rows(rows: Sequence[Row]) -> str:
-  """The table: a header line, then one line per row."""
+  """The table: a header line, a rule, then one line per row."""
   lines = [TABLE_HEADER, "-" * len(TABLE_HEADER)]
   for r in rows:
-    lines.append(f"{r.name:<48}{_format_value(r.value):>12}  {r.unit:<12}{r.notes}")
+    lines.append(f"{r.name:<46}{_format_value(r.value):>11}  {r.unit:<12}{r.notes}")
   return "\n".join(lines)
 
 
+def _timed(fn: Callable[[], Any]) -> float:
+  """Wall seconds of one call of `fn`."""
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
+
+
 def best_of(fn: Callable[[], float], repeats: int) -> tuple[float, float]:
-  """(min, median) of `repeats` calls of `fn` (each returns seconds)."""
+  """(min, median) over `repeats` calls of `fn`, each returning seconds."""
   times = [fn() for _ in range(max(repeats, 1))]
   return min(times), statistics.median(times)
 
@@ -95,7 +108,7 @@ def rate_row(name: str, items: float, seconds: tuple[float, float], unit: str,
              notes: str = "") -> Row:
   """Throughput row items/s from (best, median) seconds; the median goes to the notes."""
   best, median = seconds
-  note = f"best of runs; median {items / median:.1f}"
+  note = f"best; median {items / median:.1f}"
   return Row(name, items / best, unit, f"{note}; {notes}" if notes else note)
 
 
@@ -130,16 +143,18 @@ def _signature(tree) -> tuple:
   import jax
   import numpy as np
   leaves, treedef = jax.tree.flatten(tree)
-  return (str(treedef),) + tuple((np.shape(x), str(x.dtype) if hasattr(x, "dtype") else type(x).__name__) for x in leaves)
+  return (str(treedef),) + tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__)))
+                                 for x in leaves)
 
 
 class CountedStep:
-  """Wraps a (pmapped) step: counts the XLA compilations its calls trigger.
+  """Wraps a (pmapped) step and counts the XLA compilations its calls trigger.
 
   Only compilations in the calling thread during a call are attributed, so helper
   compilations elsewhere (replicate, indexing, the prefetch thread) are not counted.
-  `compiles` / `compile_seconds` are totals; `signatures` holds the distinct static
-  shapes of the batch argument (`batch_arg`) seen, i.e. the padding buckets used.
+  A persistent-cache load counts as a compilation (it creates an executable too).
+  `compile_seconds` is the XLA backend time of those compilations; `signatures` holds
+  the distinct static shapes of the batch argument (`batch_arg`), i.e. padding buckets.
   """
 
   def __init__(self, fn: Callable, batch_arg: int = 1):
@@ -175,6 +190,10 @@ class EpochRecord:
   train_compiles: int
   eval_compiles: int
 
+  @property
+  def rate(self) -> float:
+    return self.crystals / self.seconds
+
 
 def whole_set(rd) -> Any:
   """All splits of a RunData as one LabelledGraphs (train, validation, test order)."""
@@ -188,15 +207,24 @@ def whole_set(rd) -> Any:
                                        np.concatenate([p.y_scale for p in parts]))
 
 
+def _device_sharding(devices):
+  """How pmap lays out its outputs: one shard per device on the `train.AXIS` mesh axis."""
+  import jax
+  import numpy as np
+  from xtal2dos_jax import train
+  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (train.AXIS,)),
+                                    jax.sharding.PartitionSpec(train.AXIS))
+
+
 class TrainingRun:
-  """A `Trainer` whose steps are counted, set up exactly as `train_and_evaluate` does
+  """A `Trainer` whose steps are counted, set up as `train_and_evaluate` does
   (init_state on a one-crystal sample, `Trainer.replicate`, shuffled epoch plans)."""
 
-  def __init__(self, config, rd):
+  def __init__(self, config, rd, devices=None):
     import numpy as np
     from xtal2dos_jax import input_pipeline, train
     self.config, self.rd = config, rd
-    self.trainer = train.Trainer(config, rd.scaler)
+    self.trainer = train.Trainer(config, rd.scaler, devices=devices)
     self.train_step = CountedStep(self.trainer.p_train_step)
     self.eval_step = CountedStep(self.trainer.p_eval_step)
     self.predict_step = CountedStep(self.trainer.p_predict_step)
@@ -212,9 +240,12 @@ class TrainingRun:
     self.bin_width = float(grid[1] - grid[0]) if len(grid) > 1 else 1.0
 
   def train_epoch(self, *, sync_every_step: bool = True, validate: bool = True) -> EpochRecord:
-    """One shuffled epoch; `sync_every_step` reads the step outputs back every step like
-    train.py's loop (`float(x[0])`), else only at the end. Validation (optional) is
-    outside the timing but inside the compile count."""
+    """One shuffled epoch through `Trainer.batches` (prefetching host pipeline).
+
+    `sync_every_step` reads the step outputs back every step as train.py's loop does
+    (`float(x[0])`), else only at the end. Validation (optional) is outside the timing
+    but inside the compile count.
+    """
     import jax
     trainer, budget = self.trainer, self.rd.budget
     plan = trainer.plan(self.train_data, budget, epoch=self.epoch, shuffle=True)
@@ -236,6 +267,17 @@ class TrainingRun:
     return EpochRecord(seconds, crystals, len(plan), self.train_step.compiles - c_train,
                        self.eval_step.compiles - c_eval)
 
+  def run_device_batches(self, batches: Sequence[Any]) -> float:
+    """Train steps over already device-resident batches; wall seconds."""
+    import jax
+    state = self.state
+    t0 = time.perf_counter()
+    for batch in batches:
+      state, out = self.train_step(state, batch)
+    jax.block_until_ready((state, out))
+    self.state = state
+    return time.perf_counter() - t0
+
   def evaluate(self, data, params=None) -> dict:
     return self.trainer.evaluate(self.state.params if params is None else params, data,
                                  self.rd.budget, self.bin_width)
@@ -252,10 +294,10 @@ def count_step_compiles(config, num_epochs: int = 2, rd=None) -> dict[str, Any]:
   Follows `train.train_and_evaluate`: replicated state, shuffled epochs, validation after
   every epoch, then a final evaluation with re-replicated parameters (the restore-best
   path). Returns per-epoch train/eval compile counts, the final evaluation's compiles,
-  their totals and the number of padding buckets (distinct batch shapes) seen.
+  totals, and the number of padding buckets (distinct batch shapes) each step saw.
   """
-  from xtal2dos_jax import data as data_lib
   import jax
+  from xtal2dos_jax import data as data_lib
   if rd is None:
     rd = data_lib.prepare_run_data(config, jax.device_count())
   run = TrainingRun(config, rd)
@@ -275,14 +317,6 @@ def count_step_compiles(config, num_epochs: int = 2, rd=None) -> dict[str, Any]:
   }
 
 
-def _device_sharding(devices):
-  import jax
-  import numpy as np
-  from xtal2dos_jax import train
-  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (train.AXIS,)),
-                                    jax.sharding.PartitionSpec(train.AXIS))
-
-
 def device_batches(trainer, data, budget, plan) -> list:
   """The plan's stacked batches, assembled and placed on the devices up front."""
   import jax
@@ -292,9 +326,9 @@ def device_batches(trainer, data, budget, plan) -> list:
 
 
 def warm_up(step: CountedStep, state, batch, max_calls: int = 3):
-  """Calls `step` until a call compiles nothing (at most `max_calls`).
+  """Calls `step` until a call compiles nothing (at most `max_calls` calls).
 
-  Returns (state, seconds of the calls that compiled, number of compiling calls).
+  Returns (state, wall seconds of the compiling calls, number of compiling calls).
   """
   import jax
   seconds, compiling = 0.0, 0
@@ -310,42 +344,35 @@ def warm_up(step: CountedStep, state, batch, max_calls: int = 3):
   return state, seconds, compiling
 
 
-def network_rate(config, data, budget, scaler, steps: int) -> dict[str, float]:
-  """Train-step crystals/s on pre-assembled device batches for `config` (fresh Trainer).
+def network_rate(run: TrainingRun, data, budget, steps: int,
+                 max_seconds: float = 20.0) -> dict[str, float]:
+  """Train-step crystals/s of `run`'s model on `data` packed with `budget`.
 
-  Warms up (compiles) on the first batch, then times `steps` steps cycling over the
-  first few batches of the epoch plan.
+  Pre-assembles device batches, warms up (compiles the new shapes), then times up to
+  `steps` steps (at least one; fewer if they exceed `max_seconds`).
   """
-  import jax
-  import numpy as np
-  from xtal2dos_jax import input_pipeline, train
-  trainer = train.Trainer(config, scaler)
-  step = CountedStep(trainer.p_train_step)
-  plan = trainer.plan(data, budget, shuffle=False)
-  sample = input_pipeline.assemble(data, np.arange(1), budget)
-  state = trainer.replicate(trainer.init_state(sample, len(plan)))
-  plan = plan[:max(1, min(steps, len(plan)))]
-  batches = device_batches(trainer, data, budget, plan)
-  state, compile_seconds, compiling_calls = warm_up(step, state, batches[0])
-  crystals = 0
-  t0 = time.perf_counter()
-  for s in range(steps):
-    state, out = step(state, batches[s % len(batches)])
-    crystals += sum(len(idx) for idx in plan[s % len(plan)])
-  jax.block_until_ready((state, out))
-  seconds = time.perf_counter() - t0
-  return {"rate": crystals / seconds, "step_ms": 1e3 * seconds / steps,
-          "compile_seconds": compile_seconds, "compiling_calls": compiling_calls,
-          "crystals_per_step": crystals / steps}
+  plan = run.trainer.plan(data, budget, shuffle=False)[:max(1, steps)]
+  batches = device_batches(run.trainer, data, budget, plan)
+  c0, s0 = run.train_step.compiles, run.train_step.compile_seconds
+  run.state, warm_seconds, _ = warm_up(run.train_step, run.state, batches[0])
+  crystals, seconds, done = 0, 0.0, 0
+  while done < max(1, steps) and (done == 0 or seconds < max_seconds):
+    seconds += run.run_device_batches([batches[done % len(batches)]])
+    crystals += sum(len(idx) for idx in plan[done % len(plan)])
+    done += 1
+  return {"rate": crystals / seconds, "step_ms": 1e3 * seconds / done, "steps": done,
+          "compiles": run.train_step.compiles - c0,
+          "compile_seconds": run.train_step.compile_seconds - s0,
+          "first_call_seconds": warm_seconds}
 
 
 # --------------------------------------------------------------------------
-# Scaling inputs.
+# Scaling inputs and config variants.
 
 
 def supercell_set(atoms_per_cell: int, count: int, config, seed: int = 0):
   """`count` rattled supercells of conventional rock-salt NaCl (8 atoms) with
-  `atoms_per_cell` atoms each (8, 16, 32, 64, 128, ...), random normalised labels."""
+  `atoms_per_cell` atoms each (8, 16, 32, 64, 128 or 256), random normalised labels."""
   import ase.build
   import numpy as np
   from xtal2dos_jax import graphset, input_pipeline
@@ -379,149 +406,121 @@ def with_overrides(config, **sections):
 
 
 def quick_config(config):
-  """The `--quick` variant: smoke-sized model, 120 crystals, one repeat, tiny sweeps."""
+  """The `--quick` variant: smoke-sized model, 96 crystals, one repeat, tiny sweeps."""
   from configs import smoke
   out = copy.deepcopy(config)
   s = smoke.get_config()
   for key in ("d_model", "num_heads", "encoder_layers", "decoder_layers", "ff_dim"):
     out.model[key] = s.model[key]
   out.train.batch_size = 16
-  out.data.limit = 120
+  out.data.limit = 96
   b = out.bench
   b.repeats = 1
   b.measured_epochs = 1
   b.scaling_steps = 1
-  b.atoms_per_cell = (8, 32)
-  b.batch_sizes = (16, 32)
+  b.atoms_per_cell = (8,)
+  b.batch_sizes = (8, 16)
   b.paper_model = False
   return out
 
 
 # --------------------------------------------------------------------------
-# The benchmark.
+# The benchmark, section by section.
 
 
-def run_benchmark(config, log: Callable[[str], None] = print) -> list[Row]:
-  """Runs every measurement; returns the rows in table order."""
-  import jax
+def _data_rows(config, repeats: int, log) -> tuple[list[Row], float]:
+  """Read, cold featurisation, warm cache load. Returns (rows, featurisation rate)."""
   import numpy as np
-  from xtal2dos_jax import data as data_lib, datasets, graphset, input_pipeline
-
-  _install_listener()
-  b = config.bench
-  repeats = int(b.repeats)
-  rows: list[Row] = []
-  start = time.perf_counter()
-  cache_dir = tempfile.mkdtemp(prefix="xtal2dos_bench_")
-  config = copy.deepcopy(config)
-  config.data.cache_dir = cache_dir
-
-  # --- data ---------------------------------------------------------------
+  from xtal2dos_jax import datasets, graphset
   log("data: read, featurise, cache")
-  raw_box = {}
+  box = {}
 
   def read():
     t0 = time.perf_counter()
-    raw_box["raw"] = datasets.load_raw_dataset(config.data)
+    box["raw"] = datasets.load_raw_dataset(config.data)
     return time.perf_counter() - t0
   read_s = best_of(read, repeats)
-  raw = raw_box["raw"]
+  raw = box["raw"]
   if config.data.limit and config.data.limit < len(raw):
     raw = raw.subset(np.arange(config.data.limit))
-  n = len(raw)
-  rows.append(Row("dataset read (load_raw_dataset)", read_s[0], "s",
-                  f"{n} crystals used; best of {repeats}, median {read_s[1]:.3g} s"))
-  r, k = config.data.radius, config.data.max_num_nbr
-
-  def featurise():
-    t0 = time.perf_counter()
-    graphset.featurize_structures(raw.ids, raw.structures, r, k)
-    return time.perf_counter() - t0
-  rows.append(rate_row("featurisation, cold (no cache)", n, best_of(featurise, repeats),
-                       "crystals/s", f"featurize_structures, radius {r} A, {k} neighbours"))
-  warm_dir = os.path.join(cache_dir, "warm")
+  n, r, k = len(raw), config.data.radius, config.data.max_num_nbr
+  rows = [Row("dataset read (load_raw_dataset)", read_s[0], "s",
+              f"embedded phDoS db incl. validation; best; median {read_s[1]:.3g} s; "
+              f"{n} crystals used")]
+  feat = best_of(lambda: _timed(lambda: graphset.featurize_structures(raw.ids, raw.structures,
+                                                                      r, k)), repeats)
+  rows.append(rate_row("featurisation, cold (no cache)", n, feat, "crystals/s",
+                       f"featurize_structures, radius {r} A, {k} neighbours"))
+  warm_dir = os.path.join(config.data.cache_dir, "warm")
   graphset.load_or_featurize(raw.ids, raw.structures, r, k, cache_dir=warm_dir)
 
   def cache_load():
     t0 = time.perf_counter()
     *_, hit = graphset.load_or_featurize(raw.ids, raw.structures, r, k, cache_dir=warm_dir)
-    assert hit, "the warm cache was not used"
+    if not hit:
+      raise RuntimeError("the warm featurisation cache was not used")
     return time.perf_counter() - t0
   load_s = best_of(cache_load, max(repeats, 2))
   rows.append(Row("featurisation cache load (warm)", load_s[0], "s",
-                  f"load_or_featurize hit incl. content hash; best of {max(repeats, 2)}, "
-                  f"median {load_s[1]:.3g} s"))
+                  f"load_or_featurize hit incl. content hash; best; median {load_s[1]:.3g} s"))
+  return rows, n / feat[0]
 
-  rd = data_lib.prepare_run_data(config, jax.device_count())
-  train_data = rd.splits["train"]
-  everything = whole_set(rd)
 
-  # --- training: compile counts, end to end --------------------------------
-  log("training: warm-up epoch, compile counts, steady-state epochs")
-  t0 = time.perf_counter()
-  run = TrainingRun(config, rd)
-  init_s = time.perf_counter() - t0
+def _training_rows(run: TrainingRun, config, repeats: int, log) -> list[Row]:
+  """Compile counts over a warm-up and steady epochs; e2e vs network-only, interleaved."""
+  import jax
+  from xtal2dos_jax import input_pipeline
+  rd, b = run.rd, config.bench
+  log("training: warm-up epoch and compile counts")
   warm = run.train_epoch()
-  steady = [run.train_epoch() for _ in range(max(int(b.measured_epochs), 1))]
-  final_eval_before = run.eval_step.compiles
+  second = run.train_epoch()
+  before = run.eval_step.compiles
   run.evaluate(rd.splits["validation"], run.rereplicated_params())
-  final_eval_compiles = run.eval_step.compiles - final_eval_before
+  final_eval_compiles = run.eval_step.compiles - before
   buckets = len(run.train_step.signatures)
-  rows.append(Row("compile: model init + Trainer set-up", init_s, "s",
-                  "jit(model.init) + optimizer state + replicate"))
-  rows.append(Row("compile: train step", run.train_step.compile_seconds, "s",
-                  f"XLA backend time, {run.train_step.compiles} compilation(s)"))
-  rows.append(Row("compile: eval step", run.eval_step.compile_seconds, "s",
-                  f"XLA backend time, {run.eval_step.compiles} compilation(s)"))
-  rows.append(Row("compiles: train step, epoch 1", warm.train_compiles, "count",
-                  f"padding buckets: {buckets}; expected {buckets}"))
-  rows.append(Row("compiles: train step, epoch 2+", sum(s.train_compiles for s in steady),
-                  "count", "expected 0"))
-  rows.append(Row("compiles: eval step, epoch 1", warm.eval_compiles, "count",
-                  f"validation after the epoch; buckets {len(run.eval_step.signatures)}"))
-  rows.append(Row("compiles: eval step, epoch 2+", sum(s.eval_compiles for s in steady),
-                  "count", "expected 0"))
-  rows.append(Row("compiles: eval step, re-replicated params", final_eval_compiles, "count",
-                  "final evaluation after unreplicate+replicate (restore path); expected 0"))
-  rates = sorted(s.crystals / s.seconds for s in steady)
-  rows.append(Row("train e2e (train.py loop)", rates[-1], "crystals/s",
-                  f"host pipeline + pmapped step, float(out) every step; {len(steady)} epochs "
-                  f"of {steady[0].steps} steps after a warm-up epoch; best; median "
-                  f"{statistics.median(rates):.1f}; warm-up epoch "
-                  f"{warm.crystals / warm.seconds:.1f}"))
-  nosync = [run.train_epoch(sync_every_step=False, validate=False) for _ in range(repeats)]
-  nosync_rates = sorted(s.crystals / s.seconds for s in nosync)
-  rows.append(Row("train e2e, no per-step host sync", nosync_rates[-1], "crystals/s",
-                  f"as above, outputs read once per epoch; best of {repeats}; median "
-                  f"{statistics.median(nosync_rates):.1f}"))
+  rows = [
+      Row("compile: train step", run.train_step.compile_seconds, "s",
+          f"XLA backend time of {run.train_step.compiles} compilation(s); first epoch "
+          f"{warm.seconds:.1f} s vs {second.seconds:.1f} s"),
+      Row("compile: eval step", run.eval_step.compile_seconds, "s",
+          f"XLA backend time of {run.eval_step.compiles} compilation(s)"),
+      Row("compiles: train step, epoch 1", warm.train_compiles, "count",
+          f"expected = padding buckets = {buckets}"),
+      Row("compiles: train step, epoch 2", second.train_compiles, "count", "expected 0"),
+      Row("compiles: eval step, epoch 1", warm.eval_compiles, "count",
+          f"validation after the epoch; buckets {len(run.eval_step.signatures)}"),
+      Row("compiles: eval step, epoch 2", second.eval_compiles, "count", "expected 0"),
+      Row("compiles: eval step, re-replicated params", final_eval_compiles, "count",
+          "evaluation after unreplicate+replicate (restore path); expected 0"),
+  ]
 
-  # --- network only, host pipeline vs device --------------------------------
-  log("training: network only, host pipeline")
-  trainer = run.trainer
-  plan = trainer.plan(train_data, rd.budget, epoch=0, shuffle=True)
+  log("training: steady state, end to end vs network only (interleaved)")
+  train_data = run.train_data
+  plan = run.trainer.plan(train_data, rd.budget, epoch=0, shuffle=True)
   crystals = sum(len(idx) for step in plan for idx in step)
-  on_device = device_batches(trainer, train_data, rd.budget, plan)
+  on_device = device_batches(run.trainer, train_data, rd.budget, plan)
   before = run.train_step.compiles
   run.state, _, _ = warm_up(run.train_step, run.state, on_device[0])
-  device_put_compiles = run.train_step.compiles - before
-
-  def network():
-    state = run.state
-    t0 = time.perf_counter()
-    for batch in on_device:
-      state, out = run.train_step(state, batch)
-    jax.block_until_ready((state, out))
-    run.state = state
-    return time.perf_counter() - t0
-  net_s = best_of(network, repeats)
-  rows.append(rate_row("train network only (device batches)", crystals, net_s, "crystals/s",
-                       f"{len(plan)} steps of pre-assembled batches"
-                       + (f"; device-placed batches caused {device_put_compiles} extra "
-                          "compile(s)" if device_put_compiles else "")))
-  step_ms = 1e3 * net_s[0] / len(plan)
-  rows.append(Row("device step time (train)", step_ms, "ms/step",
-                  f"{crystals / len(plan):.1f} crystals/step, budget {tuple(rd.budget)}"))
-  devices = trainer.devices
+  device_input_compiles = run.train_step.compiles - before
+  e2e, nosync, net = [], [], []
+  for _ in range(max(int(b.measured_epochs), repeats, 1)):
+    e2e.append(run.train_epoch(validate=False).rate)
+    net.append(crystals / run.run_device_batches(on_device))
+    nosync.append(run.train_epoch(sync_every_step=False, validate=False).rate)
+  med = statistics.median
+  rows.append(Row("train e2e (train.py loop)", max(e2e), "crystals/s",
+                  f"best of {len(e2e)} epochs of {len(plan)} steps after warm-up; median "
+                  f"{med(e2e):.1f}; host pipeline + pmapped step, float(out) every step"))
+  rows.append(Row("train e2e, no per-step host sync", max(nosync), "crystals/s",
+                  f"best; median {med(nosync):.1f}; outputs read once per epoch"))
+  rows.append(Row("train network only (device batches)", max(net), "crystals/s",
+                  f"best; median {med(net):.1f}; same epoch pre-assembled on device"
+                  + (f"; device-resident inputs compiled {device_input_compiles} more "
+                     "executable(s)" if device_input_compiles else "")))
+  step_ms = 1e3 * crystals / max(net) / len(plan)
+  rows.append(Row("device time per train step", step_ms, "ms/step",
+                  f"{crystals / len(plan):.1f} crystals/step; budget (nodes, edges, graphs, "
+                  f"atoms) {tuple(rd.budget)}"))
 
   def host_pipeline():
     t0 = time.perf_counter()
@@ -530,98 +529,148 @@ def run_benchmark(config, log: Callable[[str], None] = print) -> list[Row]:
                             for idx in step])
     return time.perf_counter() - t0
   host_s = best_of(host_pipeline, repeats)
-  rows.append(Row("host pipeline time (assemble+stack)", 1e3 * host_s[0] / len(plan), "ms/step",
-                  f"{100 * host_s[0] / net_s[0]:.1f}% of the device step; runs in a "
-                  "prefetch thread"))
-  sharding = _device_sharding(devices)
-  host_batches = [input_pipeline.stack([input_pipeline.assemble(train_data, idx, rd.budget)
-                                        for idx in step]) for step in plan]
-
-  def transfer():
-    t0 = time.perf_counter()
-    jax.block_until_ready([jax.device_put(x, sharding) for x in host_batches])
-    return time.perf_counter() - t0
-  tr_s = best_of(transfer, repeats)
-  rows.append(Row("host->device transfer", 1e3 * tr_s[0] / len(plan), "ms/step",
+  rows.append(Row("host pipeline time (assemble+stack)", 1e3 * host_s[0] / len(plan),
+                  "ms/step", f"{100 * host_s[0] / len(plan) / step_ms:.1f}% of the device "
+                  "step; overlapped by the prefetch thread"))
+  sharding = _device_sharding(run.trainer.devices)
+  host = [input_pipeline.stack([input_pipeline.assemble(train_data, idx, rd.budget)
+                                for idx in step]) for step in plan]
+  put_s = best_of(lambda: _timed(lambda: jax.block_until_ready(
+      [jax.device_put(x, sharding) for x in host])), repeats)
+  rows.append(Row("host->device transfer", 1e3 * put_s[0] / len(plan), "ms/step",
                   "jax.device_put of one stacked batch"))
+  return rows
 
-  # --- evaluation and prediction --------------------------------------------
-  log("evaluation and prediction on the whole set")
-  params = run.state.params
-  n_all = len(everything.graphs)
-  c_eval, c_pred = run.eval_step.compiles, run.predict_step.compiles
+
+def _warm_cache_row(run: TrainingRun, config) -> Row:
+  """First train step of a second, identical Trainer: served by the persistent cache."""
+  import jax
+  import numpy as np
+  from xtal2dos_jax import input_pipeline, train
+  trainer = train.Trainer(config, run.rd.scaler)
+  step = CountedStep(trainer.p_train_step)
+  batch = input_pipeline.stack([input_pipeline.assemble(run.train_data, np.arange(8),
+                                                        run.rd.budget)])
   t0 = time.perf_counter()
-  run.trainer.predict(params, everything, rd.budget)
-  predict_first_s = time.perf_counter() - t0
+  run.state, out = step(run.state, batch)
+  jax.block_until_ready((run.state, out))
+  return Row("compile: train step, warm persistent cache", time.perf_counter() - t0, "s",
+             f"first call of a new Trainer (trace + lower + {step.compiles} cache load(s) of "
+             f"{step.compile_seconds:.2f} s + one step), i.e. a rerun/resume")
+
+
+def _inference_rows(run: TrainingRun, everything, feat_rate: float, repeats: int,
+                    log) -> list[Row]:
+  """Trainer.evaluate / Trainer.predict over the whole set, after a warm-up call."""
+  log("evaluation and prediction on the whole set")
+  rd, params = run.rd, run.state.params
+  n_all = len(everything.graphs)
+  batch = run.config.train.batch_size
+  c_eval = run.eval_step.compiles
+  predict_first = _timed(lambda: run.trainer.predict(params, everything, rd.budget))
   run.evaluate(everything)
   eval_s = best_of(lambda: _timed(lambda: run.evaluate(everything)), repeats)
   predict_s = best_of(lambda: _timed(lambda: run.trainer.predict(params, everything,
                                                                  rd.budget)), repeats)
-  rows.append(Row("compile: predict step", run.predict_step.compile_seconds, "s",
-                  f"XLA backend time; first predict() call {predict_first_s:.2f} s"))
-  rows.append(rate_row("evaluation (Trainer.evaluate)", n_all, eval_s, "crystals/s",
-                       f"whole set, batch {config.train.batch_size}, loss + metrics on both "
-                       f"scales; new eval compiles {run.eval_step.compiles - c_eval}"))
-  rows.append(rate_row("prediction (Trainer.predict)", n_all, predict_s, "crystals/s",
-                       f"whole set, batch {config.train.batch_size}, featurised graphs; "
-                       f"predict compiles {run.predict_step.compiles - c_pred}"))
-  feat_rate = next(row.value for row in rows if row.name.startswith("featurisation, cold"))
   pred_rate = n_all / predict_s[0]
-  rows.append(Row("prediction incl. featurisation", 1.0 / (1.0 / feat_rate + 1.0 / pred_rate),
-                  "crystals/s", "derived: structures -> DoS, no cache (serial composition of "
-                  "the two rows above)"))
+  return [
+      Row("compile: predict step", run.predict_step.compile_seconds, "s",
+          f"XLA backend time of {run.predict_step.compiles} compilation(s); first predict() "
+          f"{predict_first:.2f} s"),
+      rate_row("evaluation (Trainer.evaluate)", n_all, eval_s, "crystals/s",
+               f"{n_all} crystals, batch {batch}, loss + metrics on both scales; new eval "
+               f"compiles {run.eval_step.compiles - c_eval}"),
+      rate_row("prediction (Trainer.predict)", n_all, predict_s, "crystals/s",
+               f"{n_all} featurised crystals, batch {batch}"),
+      Row("prediction incl. featurisation", 1.0 / (1.0 / feat_rate + 1.0 / pred_rate),
+          "crystals/s", "derived: structures -> DoS without cache = featurisation and "
+          "prediction rows in series"),
+  ]
 
-  # --- scaling ---------------------------------------------------------------
+
+def _scaling_rows(run: TrainingRun, config, everything, main_rate: float, log) -> list[Row]:
+  """Paper-size model, crystal size and batch size (network-only train crystals/s);
+  `main_rate` is the network-only rate at the config's own batch size."""
+  import jax
+  from xtal2dos_jax import data as data_lib, input_pipeline
+  b, rd = config.bench, run.rd
   steps = int(b.scaling_steps)
+  rows = []
   if b.paper_model:
     log("scaling: paper-size model")
     paper = with_overrides(config, model=dict(
         d_model=int(b.paper_d_model), num_heads=int(b.paper_num_heads),
         decoder_layers=int(b.paper_decoder_layers), ff_dim=int(b.paper_ff_dim)))
-    res = network_rate(paper, train_data, rd.budget, rd.scaler, steps)
+    t0 = time.perf_counter()
+    paper_run = TrainingRun(paper, rd)
+    init_s = time.perf_counter() - t0
+    res = network_rate(paper_run, run.train_data, rd.budget, steps)
     rows.append(Row("scaling: paper-size model, train", res["rate"], "crystals/s",
                     f"d_model {b.paper_d_model}, {b.paper_num_heads} heads, "
                     f"{b.paper_decoder_layers} decoder layers, ff {b.paper_ff_dim}; network "
-                    f"only, {steps} steps; {res['step_ms']:.0f} ms/step; compile "
-                    f"{res['compile_seconds']:.1f} s"))
+                    f"only, {res['steps']} step(s) of {res['step_ms']:.0f} ms; compile "
+                    f"{res['compile_seconds']:.1f} s + init {init_s:.1f} s"))
+    del paper_run
+  # The same model on other shapes: the main run's Trainer compiles one more bucket each.
+  batch = int(config.train.batch_size)
+  n_dev = jax.device_count()
   for atoms in b.atoms_per_cell:
+    atoms = int(atoms)
     log(f"scaling: {atoms} atoms per cell")
-    bs = int(config.train.batch_size)
-    data = supercell_set(int(atoms), bs * max(steps, 1), config)
-    budget = input_pipeline.make_budget(data.graphs.n_node, data.graphs.n_edge, bs)
-    res = network_rate(config, data, budget, rd.scaler, steps)
+    data = supercell_set(atoms, batch * max(steps, 1), config)
+    budget = input_pipeline.make_budget(data.graphs.n_node, data.graphs.n_edge,
+                                        data_lib.per_device_batch_size(batch, n_dev))
+    res = network_rate(run, data, budget, steps)
     rows.append(Row(f"scaling: {atoms} atoms/cell, train", res["rate"], "crystals/s",
-                    f"NaCl supercells, {int(data.graphs.n_edge.mean())} edges/crystal, budget "
-                    f"{budget.n_node} nodes / {budget.n_edge} edges; {res['step_ms']:.0f} "
-                    f"ms/step; {atoms * res['rate']:.0f} atoms/s; compile "
+                    f"{atoms * res['rate']:.0f} atoms/s; rattled NaCl supercells, "
+                    f"{data.graphs.n_edge.mean():.0f} edges/crystal, batch {batch}; "
+                    f"{res['steps']} step(s) of {res['step_ms']:.0f} ms; compile "
                     f"{res['compile_seconds']:.1f} s"))
-  main_rate = next(row.value for row in rows if row.name.startswith("train network only"))
   for bs in b.batch_sizes:
     bs = int(bs)
-    if bs == int(config.train.batch_size):
+    if bs == batch:
       rows.append(Row(f"scaling: batch {bs}, train", main_rate, "crystals/s",
-                      "= 'train network only' row"))
+                      "the 'train network only' row"))
       continue
     log(f"scaling: batch size {bs}")
-    cfg = with_overrides(config, train=dict(batch_size=bs))
-    n_dev = jax.device_count()
     budget = input_pipeline.make_budget(everything.graphs.n_node, everything.graphs.n_edge,
                                         data_lib.per_device_batch_size(bs, n_dev))
-    res = network_rate(cfg, train_data, budget, rd.scaler, steps)
+    res = network_rate(run, run.train_data, budget, steps)
     rows.append(Row(f"scaling: batch {bs}, train", res["rate"], "crystals/s",
-                    f"network only, {steps} steps; {res['step_ms']:.0f} ms/step; compile "
-                    f"{res['compile_seconds']:.1f} s"))
-
-  rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  rows.append(Row("peak resident memory", rss_kib / 1024.0, "MiB", "ru_maxrss of this process"))
-  rows.append(Row("benchmark wall time", time.perf_counter() - start, "s", ""))
+                    f"embedded set, network only; {res['steps']} step(s) of "
+                    f"{res['step_ms']:.0f} ms; compile {res['compile_seconds']:.1f} s"))
   return rows
 
 
-def _timed(fn: Callable[[], Any]) -> float:
+def run_benchmark(config, log: Callable[[str], None] = print) -> list[Row]:
+  """Runs every measurement of the module docstring; returns the rows in table order."""
+  import jax
+  from xtal2dos_jax import data as data_lib
+  _install_listener()
+  start = time.perf_counter()
+  config = copy.deepcopy(config)
+  config.data.cache_dir = tempfile.mkdtemp(prefix="xtal2dos_bench_")
+  repeats = int(config.bench.repeats)
+  rows: list[Row] = []
+
+  data_rows, feat_rate = _data_rows(config, repeats, log)
+  rows += data_rows
+  rd = data_lib.prepare_run_data(config, jax.device_count())
+  everything = whole_set(rd)
   t0 = time.perf_counter()
-  fn()
-  return time.perf_counter() - t0
+  run = TrainingRun(config, rd)
+  rows.append(Row("compile: model init + Trainer set-up", time.perf_counter() - t0, "s",
+                  "jit(model.init), optimizer state, replicate"))
+  rows += _training_rows(run, config, repeats, log)
+  rows.append(_warm_cache_row(run, config))
+  rows += _inference_rows(run, everything, feat_rate, repeats, log)
+  main_rate = next(r.value for r in rows if r.name == "train network only (device batches)")
+  rows += _scaling_rows(run, config, everything, main_rate, log)
+  rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  rows.append(Row("peak resident memory", rss_kib / 1024.0, "MiB",
+                  "ru_maxrss of the benchmark process (all rows above)"))
+  rows.append(Row("benchmark wall time", time.perf_counter() - start, "s", ""))
+  return list(rows)
 
 
 def context() -> dict[str, Any]:
@@ -635,20 +684,26 @@ def context() -> dict[str, Any]:
       "devices": jax.device_count(), "cpus": os.cpu_count(),
       "machine": platform.processor() or platform.machine(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
   }
 
 
 def main(argv):
   del argv
+  if not FLAGS["no_compilation_cache"].present:
+    FLAGS.no_compilation_cache = True   # cold compile rows: not the user's XLA cache
   common.setup_runtime()
-  config = FLAGS.config
-  if FLAGS.quick:
-    config = quick_config(config)
+  from xtal2dos_jax import runtime
+  runtime.enable_compilation_cache(FLAGS.xla_cache_dir
+                                   or tempfile.mkdtemp(prefix="xtal2dos_bench_xla_"))
+  config = quick_config(FLAGS.config) if FLAGS.quick else FLAGS.config
   info = context()
   with common.user_errors():
     rows = run_benchmark(config, log=lambda msg: logging.info("benchmark: %s", msg))
-  print(f"# xtal2dos_jax benchmark, {info['date']}; jax {info['jax']} ({info['backend']}, "
-        f"{info['devices']} device(s), {info['cpus']} CPUs); {info['command']}")
+  info["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+  print(f"# xtal2dos_jax benchmark {info['date']}; jax {info['jax']} ({info['backend']}, "
+        f"{info['devices']} device(s), {info['cpus']} CPUs, load avg {info['load_average']:.1f}"
+        f" -> {info['load_average_end']:.1f}); {info['command']}")
   print(format_rows(rows))
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:

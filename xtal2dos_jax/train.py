@@ -196,6 +196,16 @@ class Trainer:
     return out
 
 
+def _resident_mb() -> float:
+  """Current resident memory of this process in MiB (Linux /proc; else peak RSS)."""
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+  except (OSError, ValueError, IndexError):
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _is_lead() -> bool:
   return jax.process_index() == 0
 
@@ -319,7 +329,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 "val": {k: val[k] for k in ("normalized", "original")},
                 "learning_rate": float(trainer.learning_rate_fn(int(state_repl.step[0]))),
                 "train_seconds": train_seconds,
-                "train_crystals_per_s": count / max(train_seconds, 1e-9)}
+                "train_crystals_per_s": count / max(train_seconds, 1e-9),
+                "rss_mb": _resident_mb()}
       state_host = flax.jax_utils.unreplicate(state_repl)
       if improved:
         ckpt.save_best(state_host, progress, val["loss"])

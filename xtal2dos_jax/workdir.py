@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from xtal2dos_jax import labels
@@ -235,6 +236,8 @@ class Checkpoints:
       raise InputError(os.path.join(manager.directory, str(step)),
                        f"checkpoint cannot be restored into this model ({type(e).__name__}: "
                        f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    where = os.path.join(manager.directory, str(step))
+    _check_same_shapes(restored.state, _state_tree(template), where)
     state = template.replace(**restored.state)
     return Progress.from_json(restored.progress, state)
 
@@ -254,6 +257,18 @@ class Checkpoints:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+def _check_same_shapes(restored, expected, where: str) -> None:
+  """Orbax restores whatever shapes were saved; a model of another size must not load."""
+  got = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
+  for path, want in jax.tree_util.tree_flatten_with_path(expected)[0]:
+    have = got.get(path)
+    if have is None or np.shape(have) != np.shape(want):
+      raise InputError(where, f"checkpoint cannot be restored into this model: "
+                       f"{jax.tree_util.keystr(path)} has shape "
+                       f"{None if have is None else np.shape(have)}, the model expects "
+                       f"{np.shape(want)} (a different model size or architecture?)")
 
 
 def _checkpoint_step(progress: Progress) -> int:

@@ -1,0 +1,135 @@
+"""Crash safety, determinism and the run-level bad-input battery (workdir, config,
+checkpoints). Data-level bad inputs are tested beside their readers."""
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from configs import smoke
+from xtal2dos_jax import inference, train, workdir as workdir_lib
+from xtal2dos_jax.errors import InputError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config():
+  config = smoke.get_config()
+  config.data.limit = 40
+  config.train.num_epochs = 2
+  return config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("reliability") / "run")
+  train.train_and_evaluate(_config(), workdir)
+  return workdir
+
+
+def _epoch_records(workdir):
+  out = []
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    record = json.loads(line)
+    for timing in ("train_seconds", "train_crystals_per_s", "rss_mb"):
+      record.pop(timing, None)
+    out.append(record)
+  return out
+
+
+@pytest.mark.slow
+def test_same_seed_gives_bitwise_identical_metrics(run_dir, tmp_path):
+  again = str(tmp_path / "again")
+  train.train_and_evaluate(_config(), again)
+  assert _epoch_records(again) == _epoch_records(run_dir)
+  assert (json.load(open(os.path.join(again, "results.json")))["metrics"]
+          == json.load(open(os.path.join(run_dir, "results.json")))["metrics"])
+
+
+def test_partially_written_checkpoint_is_never_loaded(run_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run_dir, workdir)
+  latest = os.path.join(workdir, "checkpoints", "latest")
+  steps = sorted(int(s) for s in os.listdir(latest) if s.isdigit())
+  # What a SIGKILL during a save leaves: Orbax's temporary directory for a newer step.
+  torn = os.path.join(latest, f"{steps[-1] + 1}.orbax-checkpoint-tmp-1234")
+  shutil.copytree(os.path.join(latest, str(steps[-1])), torn)
+  with open(os.path.join(torn, "state", "_METADATA"), "w") as f:
+    f.write("{trunc")
+  ckpt = workdir_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
+  assert ckpt.latest.latest_step() == steps[-1]
+  ckpt.close()
+
+
+def test_read_only_workdir_is_one_line_error(tmp_path, monkeypatch):
+  real_open = open
+
+  def read_only_open(path, mode="r", *a, **k):
+    if "w" in mode or "a" in mode:
+      raise OSError(errno.EROFS, "Read-only file system")
+    return real_open(path, mode, *a, **k)
+
+  monkeypatch.setattr("builtins.open", read_only_open)
+  with pytest.raises(InputError, match=r"workdir is not writable \(Read-only file system\)"):
+    train.train_and_evaluate(_config(), str(tmp_path / "ro"))
+
+
+def test_full_disk_never_tears_a_saved_file(run_dir, tmp_path, monkeypatch):
+  path = os.path.join(run_dir, "results.json")
+  before = open(path).read()
+
+  def no_space(*a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(json, "dump", no_space)
+  with pytest.raises(OSError, match="No space left"):
+    workdir_lib.write_json_atomic(path, {"metrics": {}})
+  assert open(path).read() == before
+  assert not [f for f in os.listdir(run_dir) if f.endswith(".tmp")]
+
+
+def test_checkpoint_from_another_model_size_is_named(run_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run_dir, workdir)
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  config["model"]["d_model"] = 32
+  json.dump(config, open(os.path.join(workdir, "config.json"), "w"))
+  with pytest.raises(InputError, match=r"checkpoints/best/\d+: checkpoint cannot be restored"):
+    inference.evaluate_run(workdir)
+
+
+def test_split_with_zero_crystals_is_named(tmp_path):
+  config = _config()
+  config.data.limit = 2
+  with pytest.raises(InputError, match=r"split '(validation|test)' would be empty with n=2 crystals"):
+    train.train_and_evaluate(config, str(tmp_path / "tiny"))
+
+
+def test_unknown_model_name_is_named(tmp_path):
+  config = _config()
+  config.model.decoder = "lstm"
+  with pytest.raises(InputError, match="config.model.decoder: unknown decoder 'lstm'"):
+    train.train_and_evaluate(config, str(tmp_path / "typo"))
+
+
+@pytest.mark.slow
+def test_config_typo_on_the_command_line_fails_fast(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.train", "--config=configs/smoke.py",
+       "--config.train.num_epoch=3", f"--workdir={tmp_path / 'w'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "num_epoch" in proc.stderr
+  assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.slow
+def test_cli_bad_workdir_is_one_line_exit_2(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={tmp_path}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "not a training workdir" in last
