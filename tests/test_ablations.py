@@ -84,8 +84,9 @@ def _decoder_loss(decoder, context, atoms, atom_mask, y, params, key):
 @pytest.mark.parametrize("name", NEW_DECODERS)
 def test_decoder_contract_and_training(tiny_config, decoder_inputs, name):
   """Shapes, finite outputs (padding crystal too), padding atoms without influence (other
-  values, a wider atom budget), dropout only in training, and 20 Adam steps lower the loss."""
-  config = _config(tiny_config, decoder_dropout=0.2)
+  values, a wider atom budget), and 20 Adam steps lower the loss. (No dropout: it triples
+  the compile time; see `test_rnn_dropout_only_in_training`.)"""
+  config = _config(tiny_config, decoder_dropout=0.0)
   decoder = DECODERS[name](config)
   context, atoms, atom_mask, y = decoder_inputs
   variables, apply = _init_apply(decoder, context, atoms, atom_mask)
@@ -114,17 +115,28 @@ def test_decoder_contract_and_training(tiny_config, decoder_inputs, name):
 
   params = variables["params"]
   opt_state = opt.init(params)
-  # Dropout is active in training (the loss depends on the key) and off at inference
-  # (checked above: repeated calls are identical).
-  _, _, loss_a, grads = step(params, opt_state, jax.random.key(1))
-  _, _, loss_b, _ = step(params, opt_state, jax.random.key(2))
-  chex.assert_tree_all_finite(grads)
-  assert abs(float(loss_a) - float(loss_b)) > 1e-7
   history = []
-  for _ in range(20):
-    params, opt_state, loss, _ = step(params, opt_state, jax.random.key(0))
+  for i in range(20):
+    params, opt_state, loss, grads = step(params, opt_state, jax.random.key(0))
     history.append(float(loss))
+    if i == 0:
+      chex.assert_tree_all_finite(grads)
   assert np.isfinite(history).all() and history[-1] < 0.7 * history[0], history
+
+
+def test_rnn_dropout_only_in_training(tiny_config, decoder_inputs):
+  """Dropout inside the scanned step: active in training (fresh masks per key), off at
+  inference."""
+  decoder = DECODERS["chunk_rnn_attn"](_config(tiny_config, decoder_dropout=0.3))
+  context, atoms, atom_mask, y = decoder_inputs
+  variables, apply = _init_apply(decoder, context, atoms, atom_mask)
+  train = jax.jit(lambda key: decoder.apply(variables, context, atoms, atom_mask, y, train=True,
+                                            rngs={"dropout": key}))
+  a, b = np.asarray(train(jax.random.key(1))), np.asarray(train(jax.random.key(2)))
+  chex.assert_tree_all_finite((a, b))
+  assert np.abs(a - b)[:2].max() > 1e-6
+  np.testing.assert_array_equal(apply(context, atoms, atom_mask, y),
+                                apply(context, atoms, atom_mask, y))
 
 
 def _teacher_jacobian(decoder, decoder_inputs):
@@ -335,8 +347,6 @@ def test_xtal2dos_passes_crystal_system_to_decoders_that_use_it(tiny_batch):
   batch = tiny_batch._replace(crystal_system=systems)
   variables = model.init(jax.random.key(0), batch, train=False)
   out = np.asarray(model.apply(variables, batch, train=False))
-  if (out == -1.0).all():
-    pytest.xfail("models/xtal2dos.py does not pass crystal_system to the decoder yet")
   np.testing.assert_array_equal(out[:, 0], systems)
 
 
@@ -480,13 +490,11 @@ def test_compare_table_from_run_dirs(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("XTAL2DOS_TEST_COMPARE"),
-                    reason="trains two variants (~1 min); set XTAL2DOS_TEST_COMPARE=1")
 def test_compare_end_to_end(tmp_path):
   workdir = str(tmp_path / "compare")
   cmd = [sys.executable, "-m", "experiments.compare",
          "--configs=configs/smoke.py,configs/ablations/mlp.py", f"--workdir={workdir}",
-         "--inference_repeats=1", "--no_compilation_cache"]
+         "--inference_repeats=1"]
   for override in ("train.num_epochs=1", "data.limit=40", "model.d_model=16",
                    "model.num_heads=2", "model.encoder_layers=1", "model.ff_dim=32",
                    "model.decoder_layers=1", "train.progress=False"):

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xtal2dos_jax import datasets, graphset, input_pipeline, labels
+from xtal2dos_jax import datasets, graphset, input_pipeline, labels, symmetry
 from xtal2dos_jax.errors import InputError
 
 SPLITS = ("train", "validation", "test")
@@ -69,6 +69,13 @@ def featurize_raw(raw: datasets.RawDataset, data_config: ml_collections.ConfigDi
   return graphs, np.asarray([row[str(i)] for i in graphs.ids], np.int64), skipped
 
 
+def crystal_systems_if_needed(config: ml_collections.ConfigDict, structures) -> np.ndarray | None:
+  """int32[n] crystal systems (spglib, ~5 ms per crystal) for models that use them."""
+  if config.model.decoder != "dostransformer":
+    return None
+  return symmetry.crystal_systems(structures)
+
+
 def _split_rows(ids: Sequence[str], data_config, split_ids: Mapping[str, Sequence[str]] | None):
   if split_ids is None:
     return datasets.split_indices(len(ids), tuple(data_config.split), data_config.split_seed)
@@ -92,6 +99,7 @@ def prepare_run_data(config: ml_collections.ConfigDict, num_devices: int = 1,
     raw = raw.subset(np.arange(config.data.limit))
   graphs, rows, skipped = featurize_raw(raw, config.data)
   skipped = list(raw.skipped) + skipped
+  systems = crystal_systems_if_needed(config, [raw.structures[r] for r in rows])
   parts = _split_rows(graphs.ids, config.data, split_ids)
   y_all = np.asarray(raw.labels, np.float32)[rows]
   if scaler is None:
@@ -103,7 +111,8 @@ def prepare_run_data(config: ml_collections.ConfigDict, num_devices: int = 1,
       raise InputError(f"split '{name}'", f"has no crystals ({len(graphs)} usable in total)")
     y_scaled, y_scale = scaler.transform(y_all[idx])
     splits[name] = input_pipeline.LabelledGraphs(
-        graphs.subset(idx), np.asarray(y_scaled, np.float32), np.asarray(y_scale, np.float32))
+        graphs.subset(idx), np.asarray(y_scaled, np.float32), np.asarray(y_scale, np.float32),
+        None if systems is None else systems[idx])
     original[name] = y_all[idx]
     extras[name] = {k: np.asarray(v)[rows][idx] for k, v in raw.extras.items()}
   budget = input_pipeline.make_budget(

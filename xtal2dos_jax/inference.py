@@ -133,8 +133,10 @@ def predict_structures(workdir: str, structures: str, outdir: str | None = None
     raise InputError(structures, "no structure could be read and featurised "
                      f"({len(skipped)} skipped)")
   l_y = config.data.l_y
+  by_id = dict(zip(raw.ids, raw.structures))
+  systems = data_lib.crystal_systems_if_needed(config, [by_id[i] for i in graphs.ids])
   part = input_pipeline.LabelledGraphs(graphs, np.zeros((len(graphs), l_y), np.float32),
-                                       np.ones(len(graphs), np.float32))
+                                       np.ones(len(graphs), np.float32), systems)
   budget = input_pipeline.make_budget(
       graphs.n_node, graphs.n_edge,
       data_lib.per_device_batch_size(config.train.batch_size, jax.device_count()))

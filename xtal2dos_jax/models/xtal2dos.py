@@ -107,5 +107,7 @@ class Xtal2DoS(nn.Module):
     context = CrystalContext(dtype=self.dtype, name="context")(node_states, batch.graph)
     # Teacher forcing only in training: evaluation never sees the labels.
     y_teacher = batch.y if train else None
-    raw = self.decoder(context, atoms, batch.atom_mask, y_teacher, train=train)
+    extra = ({"crystal_system": batch.crystal_system}
+             if getattr(self.decoder, "uses_crystal_system", False) else {})
+    raw = self.decoder(context, atoms, batch.atom_mask, y_teacher, train=train, **extra)
     return apply_output_activation(raw.astype(jnp.float32), self.output_activation)
