@@ -172,3 +172,24 @@ def test_preempted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
   a = [json.loads(l) for l in open(os.path.join(straight, "metrics.jsonl"))]
   b = [json.loads(l) for l in open(os.path.join(interrupted, "metrics.jsonl"))]
   assert [x["val_loss"] for x in a] == pytest.approx([x["val_loss"] for x in b], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_edos_config_trains_evaluates_and_predicts_band_gaps(tmp_path):
+  from configs import edos
+  config = edos.get_config()
+  config.model.d_model, config.model.num_heads, config.model.ff_dim = 16, 2, 32
+  config.model.encoder_layers, config.model.decoder_layers = 1, 1
+  config.train.num_epochs, config.train.batch_size, config.train.progress = 1, 32, False
+  config.data.limit = 60
+  workdir = str(tmp_path / "edos")
+  summary = train.train_and_evaluate(config, workdir)
+  assert summary["metrics"]["test"]["normalized"]["count"] == 6
+  out = inference.evaluate_run(workdir)
+  with np.load(os.path.join(workdir, "predictions_test.npz")) as z:
+    chex.assert_shape(z["y_pred"], (6, 128))
+    assert z["grid"][0] == pytest.approx(-3.96875) and z["grid"][-1] == pytest.approx(3.96875)
+  assert np.isfinite(out["test"]["original"]["mae"])
+  ase.io.write(tmp_path / "si.cif", bulk("Si"))
+  pred = inference.predict_structures(workdir, str(tmp_path / "si.cif"), str(tmp_path / "p"))
+  assert len(pred["band_gap_eV"]) == 1 and pred["band_gap_eV"][0] >= 0.0

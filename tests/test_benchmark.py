@@ -1,0 +1,71 @@
+"""Tests for experiments/benchmark.py: compile counts (no timing) and the --quick run."""
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from configs import smoke
+from experiments import benchmark
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_train_and_eval_steps_compile_once_per_bucket(tmp_path):
+  config = smoke.get_config()
+  config.data.limit = 48
+  config.data.cache_dir = str(tmp_path / "graphs")
+  counts = benchmark.count_step_compiles(config, num_epochs=2)
+  # One padding bucket, so one executable per step function ...
+  assert counts["train_buckets"] == 1
+  assert counts["eval_buckets"] == 1
+  assert counts["train_total"] == 1, counts
+  assert counts["eval_total"] == 1, counts
+  # ... all of it in the first epoch: nothing new in epoch 2 or after re-replicating.
+  assert counts["train_per_epoch"] == [1, 0], counts
+  assert counts["eval_per_epoch"] == [1, 0], counts
+  assert counts["eval_final_rereplicated"] == 0, counts
+
+
+def test_counted_step_attributes_compiles_to_the_calling_step():
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  step = benchmark.CountedStep(jax.jit(lambda x, y: x * y.sum() + 1.0), batch_arg=1)
+  other = jax.jit(lambda x: x - 2.0)
+  x = jnp.ones(3)
+  step(x, np.ones(3, np.float32))
+  other(x)                                  # compiles, but not during a call of `step`
+  step(x, np.full(3, 2.0, np.float32))      # same shapes: cached
+  assert (step.compiles, len(step.signatures)) == (1, 1)
+  step(x, np.ones(4, np.float32))           # a new bucket compiles once more
+  assert (step.compiles, len(step.signatures)) == (2, 2)
+  assert step.compile_seconds > 0
+
+
+def test_format_rows_has_header_and_one_line_per_row():
+  rows = [benchmark.Row("a", 1.5, "s", "note"), benchmark.Row("b", 1234.0, "crystals/s")]
+  lines = benchmark.format_rows(rows).splitlines()
+  assert lines[0] == benchmark.TABLE_HEADER
+  assert len(lines) == 2 + len(rows)
+  assert lines[2].startswith("a") and lines[2].rstrip().endswith("note")
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_and_prints_the_table(tmp_path):
+  env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PLATFORMS="cpu")
+  # Reuse the test session's compiled executables (conftest), so reruns are fast.
+  xla_cache = os.path.join(tempfile.gettempdir(), "xtal2dos_jax_tests", "benchmark_xla")
+  out = tmp_path / "rows.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--quick", f"--output={out}",
+       f"--xla_cache_dir={xla_cache}"],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert benchmark.TABLE_HEADER in proc.stdout
+  import json
+  rows = {r["name"]: r for r in json.load(open(out))["rows"]}
+  assert rows["compiles: train step, epoch 1"]["value"] == 1
+  assert rows["compiles: train step, epoch 2"]["value"] == 0
+  assert rows["train network only (device batches)"]["value"] > 0
