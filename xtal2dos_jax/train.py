@@ -300,19 +300,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         enabled=config.train.progress and _is_lead())
       bar.count = start_step
       t0 = time.perf_counter()
-      loss_sum, count = 0.0, 0.0
+      outs = []  # device scalars; read once per epoch so dispatch never waits on the host
       for s, batch in enumerate(trainer.batches(train_data, rd.budget, plan[start_step:]),
                                 start=start_step):
         state_repl, out = trainer.p_train_step(state_repl, batch)
-        out = jax.tree.map(lambda x: float(x[0]), out)
-        loss_sum += out["loss_sum"]
-        count += out["count"]
-        bar.update(int(out["count"]), f"loss {loss_sum / max(count, 1):.4g}")
+        outs.append(out)
+        bar.update(sum(len(idx) for idx in plan[s]))
         if stop.requested:
           progress = progress.replace(epoch=epoch, step_in_epoch=s + 1)
           ckpt.save(flax.jax_utils.unreplicate(state_repl), progress)
           ckpt.close()
           raise Preempted(f"preempted at epoch {epoch + 1} step {s + 1}; rerun to resume")
+      outs = jax.device_get(outs)  # every device holds the psum-ed totals: read device 0
+      loss_sum = float(sum(o["loss_sum"][0] for o in outs))
+      count = float(sum(o["count"][0] for o in outs))
       train_seconds = time.perf_counter() - t0
       val = trainer.evaluate(state_repl.params, val_data, rd.budget, bin_width)
       bar.close(f"loss {loss_sum / max(count, 1):.4g} val {val['loss']:.4g} "
