@@ -1,6 +1,5 @@
 """Tests for xtal2dos_jax.featurize (DESIGN 3.1): neighbour graphs vs a brute-force reference."""
 import json
-import math
 import os
 
 import ase

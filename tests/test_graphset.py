@@ -1,7 +1,6 @@
 """Tests for xtal2dos_jax.graphset: flat storage, save/load and the featurisation cache."""
 import logging
 import os
-import zipfile
 
 import ase
 import chex

@@ -5,7 +5,6 @@ import signal
 
 import ase.io
 import chex
-import jax
 import numpy as np
 import pytest
 from ase.build import bulk

@@ -9,7 +9,6 @@ global batch over 1..N devices gives the same update. Metrics are additive sums,
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import time

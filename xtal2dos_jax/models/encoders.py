@@ -13,7 +13,7 @@ with the other encoders.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import jax
@@ -166,19 +166,24 @@ class UniMPLayer(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(out)
 
 
-class UniMPEncoder(nn.Module):
-  """Xtal2DoS graph encoder: atom/edge embeddings + `num_layers` UniMP layers.
+class StackedGraphEncoder(nn.Module):
+  """Atom/edge embeddings + `num_layers` message-passing layers of type `layer_cls`.
+
+  Subclasses set `layer_cls` (called as layer_cls(d_model, num_heads, dropout, last=...,
+  sorted_receivers=..., dtype=..., name=...)(h, g, senders, receivers, edge_mask, train=)).
+  The edge embedding g_ij is computed once and shared by every layer (paper Eq. 3).
 
   Attributes:
     d_model: node-state width.
     num_heads: attention heads per layer.
-    num_layers: number of `UniMPLayer`s (the last without LayerNorm / activation).
+    num_layers: number of layers (the last without LayerNorm / activation).
     dropout: dropout rate after each layer (train only).
     radius: neighbour cutoff in Å (range of the Gaussian centres).
     gaussian_step: Gaussian width and centre spacing in Å.
     sorted_receivers: see `UniMPLayer`.
     dtype: compute dtype (parameters stay float32).
   """
+  layer_cls: ClassVar[Callable[..., nn.Module]]
   d_model: int
   num_heads: int
   num_layers: int
@@ -195,7 +200,13 @@ class UniMPEncoder(nn.Module):
     g = EdgeEmbedding(self.d_model, self.radius, self.gaussian_step, dtype=self.dtype)(graph.edges)
     mask = edge_mask(graph)
     for i in range(self.num_layers):
-      h = UniMPLayer(self.d_model, self.num_heads, self.dropout, last=i == self.num_layers - 1,
-                     sorted_receivers=self.sorted_receivers, dtype=self.dtype,
-                     name=f"layer_{i}")(h, g, graph.senders, graph.receivers, mask, train=train)
+      h = self.layer_cls(self.d_model, self.num_heads, self.dropout,
+                         last=i == self.num_layers - 1, sorted_receivers=self.sorted_receivers,
+                         dtype=self.dtype, name=f"layer_{i}")(
+                             h, g, graph.senders, graph.receivers, mask, train=train)
     return h
+
+
+class UniMPEncoder(StackedGraphEncoder):
+  """Xtal2DoS graph encoder: embeddings + `num_layers` `UniMPLayer`s."""
+  layer_cls: ClassVar[Callable[..., nn.Module]] = UniMPLayer

@@ -17,16 +17,15 @@ form. Same interface and padding guarantees as `encoders.UniMPEncoder`:
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import jraph
 import ml_collections
 
 from xtal2dos_jax.models.attention import segment_softmax
-from xtal2dos_jax.models.encoders import AtomEmbedding, EdgeEmbedding, edge_mask
+from xtal2dos_jax.models.encoders import StackedGraphEncoder
 
 Dtype = Any
 
@@ -95,39 +94,9 @@ class GATLayer(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(out)
 
 
-class GATEncoder(nn.Module):
-  """Atom / edge embeddings + `num_layers` `GATLayer`s (same interface as UniMPEncoder).
-
-  Attributes:
-    d_model: node-state width.
-    num_heads: attention heads per layer.
-    num_layers: number of `GATLayer`s (the last without LayerNorm / activation).
-    dropout: dropout rate after each layer (train only).
-    radius: neighbour cutoff in Å (range of the Gaussian centres).
-    gaussian_step: Gaussian width and centre spacing in Å.
-    sorted_receivers: see `GATLayer`.
-    dtype: compute dtype (parameters stay float32).
-  """
-  d_model: int
-  num_heads: int
-  num_layers: int
-  dropout: float
-  radius: float
-  gaussian_step: float
-  sorted_receivers: bool = True
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, graph: jraph.GraphsTuple, *, train: bool) -> jax.Array:
-    """float[N, d_model] node states of the padded batch graph."""
-    h = AtomEmbedding(self.d_model, dtype=self.dtype)(graph.nodes)
-    g = EdgeEmbedding(self.d_model, self.radius, self.gaussian_step, dtype=self.dtype)(graph.edges)
-    mask = edge_mask(graph)
-    for i in range(self.num_layers):
-      h = GATLayer(self.d_model, self.num_heads, self.dropout, last=i == self.num_layers - 1,
-                   sorted_receivers=self.sorted_receivers, dtype=self.dtype,
-                   name=f"layer_{i}")(h, g, graph.senders, graph.receivers, mask, train=train)
-    return h
+class GATEncoder(StackedGraphEncoder):
+  """GATGNN-style ablation encoder: embeddings + `num_layers` `GATLayer`s."""
+  layer_cls: ClassVar[Callable[..., nn.Module]] = GATLayer
 
 
 def gat_encoder(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> nn.Module:
