@@ -31,17 +31,22 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import common
+
+if TYPE_CHECKING:  # the library imports JAX; the binary imports it after setup_runtime()
+  import ml_collections
+  from xtal2dos_jax import data as data_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config file.",
@@ -195,7 +200,7 @@ class EpochRecord:
     return self.crystals / self.seconds
 
 
-def whole_set(rd) -> Any:
+def whole_set(rd: "data_lib.RunData") -> Any:
   """All splits of a RunData as one LabelledGraphs (train, validation, test order)."""
   import numpy as np
   from xtal2dos_jax import graphset, input_pipeline
@@ -220,7 +225,8 @@ class TrainingRun:
   """A `Trainer` whose steps are counted, set up as `train_and_evaluate` does
   (init_state on a one-crystal sample, `Trainer.replicate`, shuffled epoch plans)."""
 
-  def __init__(self, config, rd, devices=None):
+  def __init__(self, config: "ml_collections.ConfigDict", rd: "data_lib.RunData",
+               devices=None):
     import numpy as np
     from xtal2dos_jax import input_pipeline, train
     self.config, self.rd = config, rd
@@ -288,7 +294,8 @@ class TrainingRun:
     return self.trainer.replicate(flax.jax_utils.unreplicate(self.state.params))
 
 
-def count_step_compiles(config, num_epochs: int = 2, rd=None) -> dict[str, Any]:
+def count_step_compiles(config: "ml_collections.ConfigDict", num_epochs: int = 2,
+                        rd: "data_lib.RunData | None" = None) -> dict[str, Any]:
   """Compilations of the train and eval steps over `num_epochs` epochs of training.
 
   Follows `train.train_and_evaluate`: replicated state, shuffled epochs, validation after
@@ -370,7 +377,8 @@ def network_rate(run: TrainingRun, data, budget, steps: int,
 # Scaling inputs and config variants.
 
 
-def supercell_set(atoms_per_cell: int, count: int, config, seed: int = 0):
+def supercell_set(atoms_per_cell: int, count: int, config: "ml_collections.ConfigDict",
+                  seed: int = 0):
   """`count` rattled supercells of conventional rock-salt NaCl (8 atoms) with
   `atoms_per_cell` atoms each (8, 16, 32, 64, 128 or 256), random normalised labels."""
   import ase.build
@@ -396,7 +404,8 @@ def supercell_set(atoms_per_cell: int, count: int, config, seed: int = 0):
   return input_pipeline.LabelledGraphs(graphs, y, np.ones(count, np.float32))
 
 
-def with_overrides(config, **sections):
+def with_overrides(config: "ml_collections.ConfigDict", **sections: dict[str, Any]
+                   ) -> "ml_collections.ConfigDict":
   """Deep copy of `config` with {section: {key: value}} overrides."""
   out = copy.deepcopy(config)
   for section, values in sections.items():
@@ -405,7 +414,7 @@ def with_overrides(config, **sections):
   return out
 
 
-def quick_config(config):
+def quick_config(config: "ml_collections.ConfigDict") -> "ml_collections.ConfigDict":
   """The `--quick` variant: smoke-sized model, 96 crystals, one repeat, tiny sweeps."""
   from configs import smoke
   out = copy.deepcopy(config)
@@ -445,7 +454,7 @@ def _data_rows(config, repeats: int, log) -> tuple[list[Row], float]:
     raw = raw.subset(np.arange(config.data.limit))
   n, r, k = len(raw), config.data.radius, config.data.max_num_nbr
   rows = [Row("dataset read (load_raw_dataset)", read_s[0], "s",
-              f"embedded phDoS db incl. validation; best; median {read_s[1]:.3g} s; "
+              f"config.data source incl. validation; best; median {read_s[1]:.3g} s; "
               f"{n} crystals used")]
   feat = best_of(lambda: _timed(lambda: graphset.featurize_structures(raw.ids, raw.structures,
                                                                       r, k)), repeats)
@@ -642,14 +651,30 @@ def _scaling_rows(run: TrainingRun, config, everything, main_rate: float, log) -
   return rows
 
 
-def run_benchmark(config, log: Callable[[str], None] = print) -> list[Row]:
-  """Runs every measurement of the module docstring; returns the rows in table order."""
-  import jax
-  from xtal2dos_jax import data as data_lib
+def _peak_rss_mib() -> float:
+  """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_benchmark(config: "ml_collections.ConfigDict",
+                  log: Callable[[str], None] = print) -> list[Row]:
+  """Runs every measurement of the module docstring; returns the rows in table order.
+
+  Featurisation caches go to a temporary directory, removed at the end.
+  """
   _install_listener()
-  start = time.perf_counter()
   config = copy.deepcopy(config)
   config.data.cache_dir = tempfile.mkdtemp(prefix="xtal2dos_bench_")
+  try:
+    return _run_all(config, log)
+  finally:
+    shutil.rmtree(config.data.cache_dir, ignore_errors=True)
+
+
+def _run_all(config: "ml_collections.ConfigDict", log: Callable[[str], None]) -> list[Row]:
+  import jax
+  from xtal2dos_jax import data as data_lib
+  start = time.perf_counter()
   repeats = int(config.bench.repeats)
   rows: list[Row] = []
 
@@ -664,11 +689,12 @@ def run_benchmark(config, log: Callable[[str], None] = print) -> list[Row]:
   rows += _training_rows(run, config, repeats, log)
   rows.append(_warm_cache_row(run, config))
   rows += _inference_rows(run, everything, feat_rate, repeats, log)
+  rows.append(Row("peak resident memory, bench model", _peak_rss_mib(), "MiB",
+                  "ru_maxrss after data, training, evaluation and prediction (before scaling)"))
   main_rate = next(r.value for r in rows if r.name == "train network only (device batches)")
   rows += _scaling_rows(run, config, everything, main_rate, log)
-  rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  rows.append(Row("peak resident memory", rss_kib / 1024.0, "MiB",
-                  "ru_maxrss of the benchmark process (all rows above)"))
+  rows.append(Row("peak resident memory, whole benchmark", _peak_rss_mib(), "MiB",
+                  "ru_maxrss incl. the scaling rows (largest: paper-size model, 128 atoms)"))
   rows.append(Row("benchmark wall time", time.perf_counter() - start, "s", ""))
   return list(rows)
 
@@ -694,12 +720,16 @@ def main(argv):
     FLAGS.no_compilation_cache = True   # cold compile rows: not the user's XLA cache
   common.setup_runtime()
   from xtal2dos_jax import runtime
-  runtime.enable_compilation_cache(FLAGS.xla_cache_dir
-                                   or tempfile.mkdtemp(prefix="xtal2dos_bench_xla_"))
+  xla_cache = FLAGS.xla_cache_dir or tempfile.mkdtemp(prefix="xtal2dos_bench_xla_")
+  runtime.enable_compilation_cache(xla_cache)
   config = quick_config(FLAGS.config) if FLAGS.quick else FLAGS.config
   info = context()
-  with common.user_errors():
-    rows = run_benchmark(config, log=lambda msg: logging.info("benchmark: %s", msg))
+  try:
+    with common.user_errors():
+      rows = run_benchmark(config, log=lambda msg: logging.info("benchmark: %s", msg))
+  finally:
+    if not FLAGS.xla_cache_dir:
+      shutil.rmtree(xla_cache, ignore_errors=True)
   info["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
   print(f"# xtal2dos_jax benchmark {info['date']}; jax {info['jax']} ({info['backend']}, "
         f"{info['devices']} device(s), {info['cpus']} CPUs, load avg {info['load_average']:.1f}"

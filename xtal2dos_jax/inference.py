@@ -34,7 +34,8 @@ def restore_run(workdir: str, sample: input_pipeline.Batch, scaler) -> LoadedRun
   """Builds the run's model and restores its best checkpoint."""
   config = workdir_lib.load_config(workdir)
   trainer = train_lib.Trainer(config, scaler)
-  template = trainer.init_state(sample, steps_per_epoch=1)
+  # Shapes only: restoring needs the tree structure, not a compiled init.
+  template = jax.eval_shape(lambda: trainer.init_state(sample, steps_per_epoch=1))
   ckpt = workdir_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
   try:
     best = ckpt.restore_best(template)

@@ -263,12 +263,14 @@ def _check_same_shapes(restored, expected, where: str) -> None:
   """Orbax restores whatever shapes were saved; a model of another size must not load."""
   got = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
   for path, want in jax.tree_util.tree_flatten_with_path(expected)[0]:
+    want = jax.ShapeDtypeStruct(np.shape(want), np.result_type(want)) \
+        if not hasattr(want, "shape") else want
     have = got.get(path)
-    if have is None or np.shape(have) != np.shape(want):
+    if have is None or np.shape(have) != tuple(want.shape):
       raise InputError(where, f"checkpoint cannot be restored into this model: "
                        f"{jax.tree_util.keystr(path)} has shape "
                        f"{None if have is None else np.shape(have)}, the model expects "
-                       f"{np.shape(want)} (a different model size or architecture?)")
+                       f"{tuple(want.shape)} (a different model size or architecture?)")
 
 
 def _checkpoint_step(progress: Progress) -> int:
@@ -280,5 +282,8 @@ def _checkpoint_step(progress: Progress) -> int:
 def _state_tree(state) -> dict:
   """The saved part of a TrainState, as host numpy arrays (identical on every
   process, so any process can restore it)."""
-  return jax.device_get({"step": state.step, "params": state.params,
-                         "opt_state": state.opt_state, "rng": state.rng})
+  tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+          "rng": state.rng}
+  if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree)):
+    return tree  # an abstract restore template
+  return jax.device_get(tree)

@@ -129,7 +129,10 @@ class CausalTransformerDecoder(nn.Module):
   def setup(self):
     if check_position_embedding(self.position_embedding) == "learned":
       self.position_table = nn.Embed(self.l_y, self.d_model)
-    self.input_projection = nn.Dense(self.d_model, dtype=self.dtype)
+    # Dense([s_t; context]) split into its two halves: the position half is computed
+    # once for all crystals and the context half once per crystal, not l_y times.
+    self.position_projection = nn.Dense(self.d_model, use_bias=False, dtype=self.dtype)
+    self.context_projection = nn.Dense(self.d_model, dtype=self.dtype)
     self.input_dropout = nn.Dropout(self.dropout)
     self.layers = [
         TransformerDecoderLayer(self.d_model, self.num_heads, self.ff_dim, self.dropout,
@@ -146,13 +149,8 @@ class CausalTransformerDecoder(nn.Module):
 
   def embed_inputs(self, context: jax.Array, *, train: bool) -> jax.Array:
     """float[G, c] context -> float[G, l_y, d_model] initial position states z."""
-    s = self.positions()
-    num_graphs = context.shape[0]
-    z = jnp.concatenate([
-        jnp.broadcast_to(s[None], (num_graphs,) + s.shape),
-        jnp.broadcast_to(context[:, None, :], (num_graphs, self.l_y, context.shape[-1])),
-    ], axis=-1)
-    z = nn.leaky_relu(self.input_projection(z))
+    z = self.position_projection(self.positions())[None] + self.context_projection(context)[:, None]
+    z = nn.leaky_relu(z)
     return self.input_dropout(z, deterministic=not train)
 
   def decode_from_embeddings(self, z: jax.Array, atoms: jax.Array, atom_mask: jax.Array, *,
