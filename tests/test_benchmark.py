@@ -1,4 +1,4 @@
-"""Tests for experiments/benchmark.py: compile counts (no timing) and the --quick run."""
+"""Tests for the benchmark (xtal2dos_jax/benchmarking.py, experiments/benchmark.py): compile counts (no timing) and the --quick run."""
 import os
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import tempfile
 import pytest
 
 from configs import smoke
-from experiments import benchmark
+from xtal2dos_jax import benchmarking as benchmark
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
