@@ -28,7 +28,7 @@ from xtal2dos_jax.models.rnn_decoders import (ChunkRNNAttentionDecoder, RNNAtten
                                               RNNDecoder)
 from xtal2dos_jax.models.xtal2dos import Xtal2DoS, apply_output_activation
 
-from experiments import compare
+from xtal2dos_jax import comparison as compare
 
 TOL = dict(rtol=1e-4, atol=1e-6)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

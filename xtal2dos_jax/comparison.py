@@ -1,0 +1,250 @@
+"""Train several model variants on one split and tabulate them (behind
+`python -m experiments.compare`; see that binary for the table's columns)."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import math
+import os
+import statistics
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from xtal2dos_jax import data as data_lib
+from xtal2dos_jax import inference, input_pipeline
+from xtal2dos_jax import workdir as workdir_lib
+
+TABLE_JSON = "compare.json"
+TABLE_MARKDOWN = "compare.md"
+INFERENCE_JSON = "inference.json"
+
+# (row key, markdown header, format) of the table columns after the name.
+COLUMNS = (
+    ("model", "model", "{}"),
+    ("r2", "R^2", "{:.4f}"),
+    ("mae", "MAE", "{:.4g}"),
+    ("mse", "MSE", "{:.4g}"),
+    ("wd", "WD", "{:.4f}"),
+    ("r2_original", "R^2 (orig)", "{:.4f}"),
+    ("num_params", "params", "{:,}"),
+    ("train_seconds_per_epoch", "s/epoch", "{:.2f}"),
+    ("inference_crystals_per_s", "crystals/s", "{:.1f}"),
+)
+
+
+# --------------------------------------------------------------------------
+# Configs.
+
+
+def load_config_file(path: str):
+  """`get_config()` of the config file at `path`."""
+  from xtal2dos_jax.errors import InputError
+  if not os.path.isfile(path):
+    raise InputError(path, "config file not found")
+  spec = importlib.util.spec_from_file_location(
+      f"_compare_config_{abs(hash(os.path.abspath(path)))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise InputError(path, "config file has no get_config()")
+  return module.get_config()
+
+
+def _parse_value(text: str) -> Any:
+  """Python literal if `text` is one (1, 0.5, (0.8, 0.1, 0.1), 'x'), true/false, else text."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config, overrides: Sequence[str]):
+  """Sets each 'a.b.c=value' of `overrides` in `config` (in place; returned).
+
+  Raises InputError naming the override for a malformed item, an unknown key or a value
+  of the wrong type.
+  """
+  from xtal2dos_jax.errors import InputError
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+      raise InputError(f"--config_overrides {item!r}", "expected key=value, e.g. "
+                       "train.num_epochs=5")
+    *path, field = key.split(".")
+    node = config
+    try:
+      for part in path:
+        node = node[part]
+      if field not in node:
+        raise KeyError(field)
+      node[field] = _parse_value(text.strip())
+    except (KeyError, AttributeError):
+      raise InputError(f"--config_overrides {item!r}", f"the config has no {key!r}") from None
+    except (TypeError, ValueError) as e:
+      raise InputError(f"--config_overrides {item!r}", f"bad value for {key} ({e})") from None
+  return config
+
+
+def run_names(paths: Sequence[str]) -> list[str]:
+  """Unique run names from config paths: the file stem, prefixed with its directory (and
+  then numbered) where stems repeat."""
+  stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+  names = [s if stems.count(s) == 1 else
+           f"{os.path.basename(os.path.dirname(os.path.abspath(p)))}_{s}"
+           for s, p in zip(stems, paths)]
+  out = []
+  for name in names:
+    candidate, k = name, 2
+    while candidate in out:
+      candidate, k = f"{name}_{k}", k + 1
+    out.append(candidate)
+  return out
+
+
+# --------------------------------------------------------------------------
+# Measurements of a finished run.
+
+
+def time_inference(run_dir: str, repeats: int = 3) -> dict[str, Any]:
+  """Inference throughput of a finished run's best checkpoint over its test split.
+
+  One warm-up `Trainer.predict` (compilation), then `repeats` timed ones; returns
+  {"crystals", "seconds" (best), "median_seconds", "crystals_per_s" (from the best)}.
+  """
+  run = workdir_lib.Workdir(run_dir)
+  config = workdir_lib.load_config(run_dir)
+  rd = data_lib.prepare_run_data(config, jax.device_count(), split_ids=run.load_splits(),
+                                 scaler=run.load_scaler())
+  test = rd.splits["test"]
+  loaded = inference.restore_run(run_dir, input_pipeline.assemble(test, np.arange(1), rd.budget),
+                                 rd.scaler)
+  loaded.trainer.predict(loaded.params, test, rd.budget)            # warm-up (compiles)
+  times = []
+  for _ in range(max(int(repeats), 1)):
+    t0 = time.perf_counter()
+    loaded.trainer.predict(loaded.params, test, rd.budget)          # returns host numpy
+    times.append(time.perf_counter() - t0)
+  n = len(test.graphs)
+  return {"crystals": n, "seconds": min(times), "median_seconds": statistics.median(times),
+          "repeats": len(times), "crystals_per_s": n / max(min(times), 1e-12)}
+
+
+def _read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _train_seconds_per_epoch(metrics_path: str) -> float:
+  """Median `train_seconds` of metrics.jsonl, without the first epoch if there are others."""
+  if not os.path.exists(metrics_path):
+    return math.nan
+  with open(metrics_path) as f:
+    seconds = [json.loads(line)["train_seconds"] for line in f if line.strip()]
+  if len(seconds) > 1:
+    seconds = seconds[1:]
+  return statistics.median(seconds) if seconds else math.nan
+
+
+def _model_label(config: Mapping[str, Any]) -> str:
+  model = config.get("model", {})
+  label = f"{model.get('encoder', '?')} + {model.get('decoder', '?')}"
+  if model.get("decoder") == "transformer" and model.get("causal") is False:
+    label += " (unmasked)"
+  if model.get("decoder") == "chunk_rnn_attn":
+    label += f" (chunk {model.get('chunk_size')})"
+  if model.get("decoder") == "mlp" and model.get("mlp_energy_embedding"):
+    label += " (energy emb.)"
+  return label
+
+
+def collect_row(name: str, run_dir: str) -> dict[str, Any]:
+  """One table row from a finished run's files (results.json, metrics.jsonl, config.json,
+  inference.json); missing measurements are NaN."""
+  results = _read_json(os.path.join(run_dir, "results.json"))
+  config = _read_json(os.path.join(run_dir, "config.json"))
+  test = results["metrics"]["test"]
+  speed_path = os.path.join(run_dir, INFERENCE_JSON)
+  speed = _read_json(speed_path) if os.path.exists(speed_path) else {}
+  return {
+      "name": name,
+      "run_dir": run_dir,
+      "model": _model_label(config),
+      "r2": test["normalized"]["r2"],
+      "mae": test["normalized"]["mae"],
+      "mse": test["normalized"]["mse"],
+      "wd": test["normalized"]["wd"],
+      "r2_original": test["original"]["r2"],
+      "test_count": test["normalized"]["count"],
+      "num_params": int(results.get("num_params", 0)),
+      "epochs_run": results.get("epochs_run"),
+      "best_epoch": results.get("best_epoch"),
+      "train_seconds_per_epoch": _train_seconds_per_epoch(os.path.join(run_dir, "metrics.jsonl")),
+      "inference_crystals_per_s": speed.get("crystals_per_s", math.nan),
+  }
+
+
+def build_table(runs: Mapping[str, str]) -> dict[str, Any]:
+  """{"rows": one `collect_row` per (name, run dir), in order; "same_split": whether all
+  runs saved the same test ids}."""
+  rows = [collect_row(name, run_dir) for name, run_dir in runs.items()]
+  test_ids = []
+  for run_dir in runs.values():
+    path = os.path.join(run_dir, "splits.json")
+    test_ids.append(sorted(_read_json(path)["test"]) if os.path.exists(path) else None)
+  same = all(ids is not None and ids == test_ids[0] for ids in test_ids)
+  return {"rows": rows, "same_split": bool(same)}
+
+
+def _cell(value: Any, fmt: str) -> str:
+  if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    return "n/a"
+  return fmt.format(value)
+
+
+def to_markdown(table: Mapping[str, Any]) -> str:
+  """The table as GitHub markdown (a warning line first if the test splits differ)."""
+  header = ["variant"] + [h for _, h, _ in COLUMNS]
+  lines = []
+  if not table["same_split"]:
+    lines += ["**warning: the runs were evaluated on different test splits**", ""]
+  lines += ["| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+  for row in table["rows"]:
+    cells = [row["name"]] + [_cell(row[k], fmt) for k, _, fmt in COLUMNS]
+    lines.append("| " + " | ".join(cells) + " |")
+  n = {row["test_count"] for row in table["rows"]}
+  lines += ["", f"Test split ({', '.join(map(str, sorted(n)))} crystals); R^2, MAE, MSE, WD on "
+            "the normalised label scale, R^2 (orig) on the original scale; s/epoch: median "
+            "training time per epoch (first epoch excluded); crystals/s: Trainer.predict "
+            "throughput, best of the timed runs after warm-up."]
+  return "\n".join(lines)
+
+
+def _finite_or_none(tree: Any) -> Any:
+  """`tree` with non-finite floats replaced by None (strict JSON has no NaN)."""
+  if isinstance(tree, Mapping):
+    return {k: _finite_or_none(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_finite_or_none(v) for v in tree]
+  if isinstance(tree, float) and not math.isfinite(tree):
+    return None
+  return tree
+
+
+def write_table(table: Mapping[str, Any], workdir: str) -> tuple[str, str]:
+  """Writes `compare.json` and `compare.md` into `workdir`; returns their paths."""
+  from xtal2dos_jax.workdir import write_json_atomic
+  os.makedirs(workdir, exist_ok=True)
+  json_path = os.path.join(workdir, TABLE_JSON)
+  md_path = os.path.join(workdir, TABLE_MARKDOWN)
+  write_json_atomic(json_path, _finite_or_none(table))
+  with open(md_path, "w") as f:
+    f.write(to_markdown(table) + "\n")
+  return json_path, md_path
