@@ -640,12 +640,18 @@ def read_structure_folder(pattern_or_dir: str,
 
 def _summarise_skipped(skipped: Sequence[tuple[str, str]], total: int,
                        source: str) -> str:
-  listed = "; ".join(f"{rid} ({reason})" for rid, reason in
-                     skipped[:_MAX_LISTED])
-  more = (f"; ... and {len(skipped) - _MAX_LISTED} more"
-          if len(skipped) > _MAX_LISTED else "")
+  """One line: the count, then each distinct reason with (up to a few of) its ids."""
+  by_reason: dict[str, list[str]] = {}
+  for rid, reason in skipped:
+    by_reason.setdefault(reason, []).append(str(rid))
+  parts = []
+  for reason, ids in list(by_reason.items())[:_MAX_LISTED]:
+    shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+    parts.append(f"{shown} ({reason})")
+  more = (f"; ... and {len(by_reason) - _MAX_LISTED} more reasons"
+          if len(by_reason) > _MAX_LISTED else "")
   return (f"{source}: skipped {len(skipped)} of {total} crystals: "
-          f"{listed}{more}")
+          f"{'; '.join(parts)}{more}")
 
 
 def load_raw_dataset(data_config: Any) -> RawDataset:
