@@ -133,3 +133,39 @@ def test_cli_bad_workdir_is_one_line_exit_2(tmp_path):
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "not a training workdir" in last
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_resumes_and_finishes(tmp_path):
+  """A real SIGKILL during training (possibly mid-save); the rerun completes the run,
+  and metrics.jsonl holds each epoch exactly once."""
+  import time
+  workdir = tmp_path / "killed"
+  cmd = [sys.executable, "-m", "experiments.train", "--config=configs/smoke.py",
+         "--config.data.limit=40", "--config.train.num_epochs=6", f"--workdir={workdir}"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  latest = workdir / "checkpoints" / "latest"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if latest.exists() and any(p.name.isdigit() for p in latest.iterdir()):
+      break
+    time.sleep(0.05)
+  time.sleep(0.3)  # somewhere in the following epochs' steps, evaluations or saves
+  proc.kill()
+  proc.wait()
+  assert not (workdir / "results.json").exists(), "the run finished before the kill"
+  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  epochs = [json.loads(l)["epoch"] for l in open(workdir / "metrics.jsonl")]
+  assert epochs == [1, 2, 3, 4, 5, 6]
+  assert (workdir / "results.json").exists()
+
+
+def test_metrics_past_the_checkpoint_are_dropped_on_resume(tmp_path):
+  run = workdir_lib.Workdir(str(tmp_path))
+  for epoch in (1, 2, 3):
+    run.append_metrics({"epoch": epoch})
+  with open(run.file("metrics.jsonl"), "a") as f:
+    f.write('{"epoch": 4, "val')  # torn by a kill mid-write
+  run.truncate_metrics(2)
+  assert [json.loads(l)["epoch"] for l in open(run.file("metrics.jsonl"))] == [1, 2]

@@ -285,6 +285,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = progress.state
     logging.info("resuming from epoch %d step %d (global step %d)", progress.epoch,
                  progress.step_in_epoch, int(state.step))
+  if _is_lead():
+    run.truncate_metrics(progress.epoch)
   n_params = models.count_params(state.params)
   logging.info("model: %s encoder, %s decoder, %d parameters; %d train / %d val / %d test; "
                "budget %s; %d devices", config.model.encoder, config.model.decoder, n_params,
@@ -333,13 +335,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 "train_seconds": train_seconds,
                 "train_crystals_per_s": count / max(train_seconds, 1e-9),
                 "rss_mb": _resident_mb()}
+      # Metrics first, checkpoint second: a kill in between repeats this epoch on
+      # resume, and the resumed run first drops lines past its checkpoint.
+      if _is_lead():
+        run.append_metrics(record)
       state_host = flax.jax_utils.unreplicate(state_repl)
       if improved:
         ckpt.save_best(state_host, progress, val["loss"])
       if epoch % config.train.checkpoint_every == 0 or epoch == config.train.num_epochs:
         ckpt.save(state_host, progress)
-      if _is_lead():
-        run.append_metrics(record)
 
   state_host = flax.jax_utils.unreplicate(state_repl)
   ckpt.save(state_host, progress)

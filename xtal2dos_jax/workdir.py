@@ -192,6 +192,25 @@ class Workdir:
       f.write(json.dumps(record) + "\n")
       f.flush()
 
+  def truncate_metrics(self, epochs: int) -> None:
+    """Keeps the metrics of the first `epochs` epochs: lines written after the last
+    checkpoint by a run that was then killed are dropped (they are redone)."""
+    path = self.file("metrics.jsonl")
+    if not os.path.exists(path):
+      return
+    kept = []
+    with open(path) as f:
+      for line in f:
+        try:
+          if json.loads(line)["epoch"] <= epochs:
+            kept.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError):
+          continue  # a line torn by a kill mid-write
+    fd, tmp = tempfile.mkstemp(dir=self.path, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+
   def save_results(self, results: dict) -> None:
     write_json_atomic(self.file("results.json"), results)
 
@@ -223,6 +242,8 @@ class Checkpoints:
     self.latest.wait_until_finished()
 
   def save_best(self, state, progress: Progress, val_loss: float) -> None:
+    if _checkpoint_step(progress) in self.best.all_steps():
+      return  # saved before a kill; the resumed run reached the same point again
     self.best.save(_checkpoint_step(progress), args=self._args(state, progress),
                    metrics={"val_loss": float(val_loss)})
     self.best.wait_until_finished()
