@@ -171,6 +171,8 @@ def test_preempted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
   a = [json.loads(l) for l in open(os.path.join(straight, "metrics.jsonl"))]
   b = [json.loads(l) for l in open(os.path.join(interrupted, "metrics.jsonl"))]
   assert [x["val_loss"] for x in a] == pytest.approx([x["val_loss"] for x in b], rel=1e-6)
+  # The preempted epoch's training loss covers its steps before and after the stop.
+  assert [x["train_loss"] for x in a] == pytest.approx([x["train_loss"] for x in b], rel=1e-6)
 
 
 @pytest.mark.slow

@@ -310,13 +310,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         outs.append(out)
         bar.update(sum(len(idx) for idx in plan[s]))
         if stop.requested:
-          progress = progress.replace(epoch=epoch, step_in_epoch=s + 1)
+          done = jax.device_get(outs)
+          progress = progress.replace(
+              epoch=epoch, step_in_epoch=s + 1,
+              epoch_loss_sum=progress.epoch_loss_sum + float(sum(o["loss_sum"][0] for o in done)),
+              epoch_count=progress.epoch_count + float(sum(o["count"][0] for o in done)))
           ckpt.save(flax.jax_utils.unreplicate(state_repl), progress)
           ckpt.close()
           raise Preempted(f"preempted at epoch {epoch + 1} step {s + 1}; rerun to resume")
       outs = jax.device_get(outs)  # every device holds the psum-ed totals: read device 0
-      loss_sum = float(sum(o["loss_sum"][0] for o in outs))
-      count = float(sum(o["count"][0] for o in outs))
+      # (plus what the steps before a preemption of this epoch contributed)
+      loss_sum = progress.epoch_loss_sum + float(sum(o["loss_sum"][0] for o in outs))
+      count = progress.epoch_count + float(sum(o["count"][0] for o in outs))
       train_seconds = time.perf_counter() - t0
       val = trainer.evaluate(state_repl.params, val_data, rd.budget, bin_width)
       bar.close(f"loss {loss_sum / max(count, 1):.4g} val {val['loss']:.4g} "
@@ -324,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       epoch += 1
       improved = val["loss"] < progress.best_val_loss
       progress = progress.replace(
-          epoch=epoch, step_in_epoch=0,
+          epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_count=0.0,
           best_val_loss=min(val["loss"], progress.best_val_loss),
           best_epoch=epoch if improved else progress.best_epoch,
           bad_epochs=0 if improved else progress.bad_epochs + 1)

@@ -100,6 +100,8 @@ class Progress:
   best_val_loss: float = math.inf
   best_epoch: int = 0
   bad_epochs: int = 0            # epochs since the last validation improvement
+  epoch_loss_sum: float = 0.0    # training-loss sum / crystal count of the steps done in
+  epoch_count: float = 0.0       # the current epoch before a preemption
   state: Any = None              # the restored TrainState (not serialised)
 
   def replace(self, **kw) -> "Progress":
