@@ -35,7 +35,7 @@ import ase.db
 import numpy as np
 
 from xtal2dos_jax import structures as structures_lib
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.errors import InputError, error_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +47,6 @@ _GRID_METADATA_KEYS = ("freq_cm", "grid", "energies_ev", "energy_ev")
 _ID_COLUMNS = ("mpid", "mp_id", "material_id", "id", "mpids", "ids")
 # At most this many skipped entries are listed in the summary warning.
 _MAX_LISTED = 10
-
-
-def _one_line(text: Any) -> str:
-  return " ".join(str(text).split())
-
-
-def _error_text(exc: BaseException) -> str:
-  msg = _one_line(exc)
-  return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 @dataclasses.dataclass
@@ -220,7 +211,7 @@ def read_ase_db(path: str, label_key: str = "dos",
     metadata = db.metadata
   except Exception as e:  # sqlite3 / json errors on a non-database file.
     raise InputError(path, f"not a readable ASE database: "
-                     f"{_error_text(e)}") from None
+                     f"{error_text(e)}") from None
 
   ids, atoms_list, labels, kvps, skipped = [], [], [], [], []
   for row in rows:
@@ -230,7 +221,7 @@ def read_ase_db(path: str, label_key: str = "dos",
       atoms = row.toatoms()
       data = row.data
     except Exception as e:  # A corrupt row must not sink the whole db.
-      skipped.append((rid, f"db row {row.id} unreadable: {_error_text(e)}"))
+      skipped.append((rid, f"db row {row.id} unreadable: {error_text(e)}"))
       continue
     label = data.get(label_key) if label_key else None
     if label is not None:
@@ -298,7 +289,7 @@ def _read_id_csv(csv_path: str, n_labels: int | None) -> list[str]:
       rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise InputError(csv_path,
-                     f"cannot read id CSV: {_error_text(e)}") from None
+                     f"cannot read id CSV: {error_text(e)}") from None
   if not rows:
     raise InputError(csv_path, "id CSV is empty")
   header = [c.strip().lower() for c in rows[0]]
@@ -351,7 +342,7 @@ def _load_structure_pickle(pkl_path: str, ids: Sequence[str]
                      "(Structure.as_dict()) or ase.Atoms instead") from None
   except Exception as e:  # pickle raises many types on corrupt input.
     raise InputError(pkl_path, f"could not be unpickled: "
-                     f"{_error_text(e)}") from None
+                     f"{error_text(e)}") from None
   if isinstance(content, np.ndarray) and content.dtype == object:
     content = list(content.reshape(-1))
   out, skipped = {}, []
@@ -432,7 +423,7 @@ def read_mat2spec(path: str, l_y: int | None = None) -> RawDataset:
     labels = np.load(npy_path, allow_pickle=False)
   except Exception as e:  # ValueError / OSError / EOFError on corrupt files.
     raise InputError(npy_path, f"cannot load label matrix: "
-                     f"{_error_text(e)}") from None
+                     f"{error_text(e)}") from None
   if labels.ndim != 2:
     raise InputError(npy_path, f"label matrix has shape {labels.shape}, "
                      "expected 2-D [crystals, l_y]")
@@ -449,7 +440,7 @@ def read_mat2spec(path: str, l_y: int | None = None) -> RawDataset:
     try:
       grid = np.load(grid_path, allow_pickle=False).astype(np.float32)
     except Exception as e:
-      raise InputError(grid_path, f"cannot load: {_error_text(e)}") from None
+      raise InputError(grid_path, f"cannot load: {error_text(e)}") from None
     grid = grid.reshape(-1)
     if len(grid) != labels.shape[1]:
       raise InputError(grid_path, f"has {len(grid)} energies but the labels "
@@ -536,7 +527,7 @@ def read_phonondos_csv(path: str, grid: np.ndarray) -> RawDataset:
       columns = list(reader.fieldnames or [])
       rows = list(reader)
   except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise InputError(path, f"cannot read CSV: {_error_text(e)}") from None
+    raise InputError(path, f"cannot read CSV: {error_text(e)}") from None
   missing = [c for c in ("structure", "phfreq", "phdos") if c not in columns]
   if missing:
     raise InputError(path, f"missing column(s) {', '.join(missing)} (found: "
@@ -558,7 +549,7 @@ def read_phonondos_csv(path: str, grid: np.ndarray) -> RawDataset:
       dos = _parse_array(row.get("phdos") or "")
     except ValueError as e:
       skipped.append((rid, f"{path} row {i}: cannot parse phfreq/phdos "
-                      f"({_error_text(e)})"))
+                      f"({error_text(e)})"))
       continue
     if len(freq) != len(dos):
       skipped.append((rid, f"{path} row {i}: phfreq has {len(freq)} values, "
@@ -770,7 +761,7 @@ def split_indices(n: int, fractions: Iterable[float] = (0.8, 0.1, 0.1),
     frac = np.asarray([float(f) for f in fractions], dtype=np.float64)
   except (TypeError, ValueError) as e:
     raise InputError("config.data.split", f"expected three numbers: "
-                     f"{_error_text(e)}") from None
+                     f"{error_text(e)}") from None
   if frac.shape != (3,):
     raise InputError("config.data.split", f"expected three fractions (train, "
                      f"validation, test), got {len(frac)}")

@@ -32,22 +32,12 @@ import numpy as np
 from ase.geometry import cellpar_to_cell
 from ase.symbols import string2symbols
 
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.errors import InputError, error_text
 
 # Closest distance two atoms (or an atom and its own periodic image) may have.
 MIN_DISTANCE = 0.1  # Angstrom
 # Occupancies within this of 1 count as fully occupied.
 _OCCU_TOL = 1e-3
-
-
-def _one_line(text: Any) -> str:
-  return " ".join(str(text).split())
-
-
-def _error_text(exc: BaseException) -> str:
-  """`Type: message` of an exception, on one line, for error reasons."""
-  msg = _one_line(exc)
-  return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 def _as_array(value: Any, dtype=float) -> np.ndarray:
@@ -96,7 +86,7 @@ def atoms_from_pymatgen_dict(d: Mapping[str, Any],
     sites = d["sites"]
   except (KeyError, TypeError, ValueError) as e:
     raise InputError(name, "not a pymatgen Structure dict (needs "
-                     f"lattice.matrix and sites): {_error_text(e)}") from None
+                     f"lattice.matrix and sites): {error_text(e)}") from None
   if matrix.shape != (3, 3):
     raise InputError(name, f"lattice.matrix has shape {matrix.shape}, "
                      "expected (3, 3)")
@@ -128,7 +118,7 @@ def atoms_from_pymatgen_dict(d: Mapping[str, Any],
     except InputError:
       raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-      raise InputError(name, f"malformed site {i}: {_error_text(e)}") from None
+      raise InputError(name, f"malformed site {i}: {error_text(e)}") from None
   positions = np.zeros((len(numbers), 3))
   frac_idx = [i for i, s in enumerate(sites) if "abc" in s]
   if frac:
@@ -181,7 +171,7 @@ def _atoms_from_ase_dict(d: Mapping[str, Any], name: str) -> ase.Atoms:
     raise
   except (KeyError, TypeError, ValueError, IndexError) as e:
     raise InputError(name, "malformed ASE structure dict: "
-                     f"{_error_text(e)}") from None
+                     f"{error_text(e)}") from None
 
 
 def atoms_from_dict(d: Any, name: str = "structure") -> ase.Atoms:
@@ -312,7 +302,7 @@ def parse_atoms_string(text: str, name: str = "structure") -> ase.Atoms:
     value = _safe_eval(tree)
   except (SyntaxError, ValueError, TypeError, RecursionError) as e:
     raise InputError(name, "structure string is neither JSON nor an "
-                     f"Atoms(...)/dict repr: {_error_text(e)}") from None
+                     f"Atoms(...)/dict repr: {error_text(e)}") from None
   if isinstance(value, _Unsupported):
     raise InputError(name, f"structure string calls {value.what}(...); only "
                      "Atoms(...) and dict reprs are supported")
@@ -359,11 +349,11 @@ def _read_json_structures(path: str) -> list[ase.Atoms]:
     with open(path, "r", encoding="utf-8") as f:
       text = f.read()
   except (OSError, UnicodeDecodeError) as e:
-    raise InputError(path, f"cannot read file: {_error_text(e)}") from None
+    raise InputError(path, f"cannot read file: {error_text(e)}") from None
   try:
     value = json.loads(text)
   except json.JSONDecodeError as e:
-    raise InputError(path, f"invalid JSON: {_error_text(e)}") from None
+    raise InputError(path, f"invalid JSON: {error_text(e)}") from None
   if isinstance(value, Mapping) and any(
       k in value for k in ("structure", "sites", "lattice", "numbers",
                            "symbols")):
@@ -373,7 +363,7 @@ def _read_json_structures(path: str) -> list[ase.Atoms]:
     except InputError:
       raise
     except (ValueError, TypeError, KeyError) as e:
-      raise InputError(path, f"bad structure JSON: {_error_text(e)}") from None
+      raise InputError(path, f"bad structure JSON: {error_text(e)}") from None
   # Otherwise maybe ASE's JSON database format.
   return _ase_read(path, index=":")
 
@@ -385,12 +375,12 @@ def _ase_read(path: str, index: Any) -> list[ase.Atoms]:
       images = ase.io.read(path, index=index)
   except ase.io.formats.UnknownFileTypeError as e:
     raise InputError(path, "not a structure file in a format ASE recognises "
-                     f"({_error_text(e)})") from None
+                     f"({error_text(e)})") from None
   except Exception as e:  # ase raises anything from its many parsers.
     kind = os.path.splitext(path)[1].lstrip(".") or "structure"
     raise InputError(path, f"could not be read as a {kind} file (truncated, "
                      f"corrupt or unsupported format?): "
-                     f"{_error_text(e)}") from None
+                     f"{error_text(e)}") from None
   if isinstance(images, ase.Atoms):
     images = [images]
   images = list(images)
