@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.grad_clip = 1.0           # global-norm clip
   train.loss = "kl"               # kl | wd | mae | mse
   train.patience = 15             # early stopping, in epochs without validation improvement
+  train.select_on = "loss"        # loss | r2 | wd: validation score for best checkpoint + patience
   train.checkpoint_every = 1      # epochs
   train.keep_checkpoints = 2
   train.progress = True

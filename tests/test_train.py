@@ -194,3 +194,20 @@ def test_edos_config_trains_evaluates_and_predicts_band_gaps(tmp_path):
   ase.io.write(tmp_path / "si.cif", bulk("Si"))
   pred = inference.predict_structures(workdir, str(tmp_path / "si.cif"), str(tmp_path / "p"))
   assert len(pred["band_gap_eV"]) == 1 and pred["band_gap_eV"][0] >= 0.0
+
+
+@pytest.mark.slow
+def test_checkpoint_selection_on_validation_r2(tmp_path):
+  config = _config(num_epochs=4, select_on="r2")
+  summary = train.train_and_evaluate(config, str(tmp_path / "r2"))
+  lines = [json.loads(l) for l in open(tmp_path / "r2" / "metrics.jsonl")]
+  r2 = [l["val"]["normalized"]["r2"] for l in lines]
+  assert summary["best_epoch"] == 1 + int(np.argmax(r2))
+  # The restored best checkpoint is that epoch's: same validation R^2.
+  assert summary["metrics"]["validation"]["normalized"]["r2"] == pytest.approx(max(r2), rel=1e-5)
+
+
+def test_unknown_selection_metric_is_named(tmp_path):
+  with pytest.raises(InputError, match="config.train.select_on: unknown choice 'mae'"):
+    train.train_and_evaluate(_config(select_on="mae"), str(tmp_path / "x"))
+  assert not os.path.exists(tmp_path / "x")

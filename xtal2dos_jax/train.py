@@ -197,6 +197,21 @@ class Trainer:
     return out
 
 
+SELECT_ON = ("loss", "r2", "wd")
+
+
+def validation_score(val: dict[str, Any], select_on: str) -> float:
+  """What checkpoint selection and early stopping minimise: the validation loss, or
+  -R^2 / WD on the normalised scale (`config.train.select_on`)."""
+  if select_on == "loss":
+    return float(val["loss"])
+  if select_on == "r2":
+    return -float(val["normalized"]["r2"])
+  if select_on == "wd":
+    return float(val["normalized"]["wd"])
+  raise ValueError(f"select_on must be one of {SELECT_ON}, got {select_on!r}")
+
+
 def _resident_mb() -> float:
   """Current resident memory of this process in MiB (Linux /proc; else peak RSS)."""
   try:
@@ -258,6 +273,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the results dict written to `workdir/results.json`. A finished run is not
   retrained: its saved results are returned. Raises `Preempted` after SIGTERM.
   """
+  if config.train.select_on not in SELECT_ON:
+    raise InputError("config.train.select_on", f"unknown choice '{config.train.select_on}'; "
+                     f"expected one of {', '.join(SELECT_ON)}")
   run = workdir_lib.Workdir(workdir)
   finished = run.prepare(config, overwrite=overwrite)
   if finished is not None:
@@ -327,10 +345,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       bar.close(f"loss {loss_sum / max(count, 1):.4g} val {val['loss']:.4g} "
                 f"val R^2 {val['normalized']['r2']:.3f}")
       epoch += 1
-      improved = val["loss"] < progress.best_val_loss
+      score = validation_score(val, config.train.select_on)
+      improved = score < progress.best_score
       progress = progress.replace(
           epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_count=0.0,
-          best_val_loss=min(val["loss"], progress.best_val_loss),
+          best_score=min(score, progress.best_score),
           best_epoch=epoch if improved else progress.best_epoch,
           bad_epochs=0 if improved else progress.bad_epochs + 1)
       record = {"epoch": epoch, "step": int(state_repl.step[0]),
@@ -346,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         run.append_metrics(record)
       state_host = flax.jax_utils.unreplicate(state_repl)
       if improved:
-        ckpt.save_best(state_host, progress, val["loss"])
+        ckpt.save_best(state_host, progress, score)
       if epoch % config.train.checkpoint_every == 0 or epoch == config.train.num_epochs:
         ckpt.save(state_host, progress)
 

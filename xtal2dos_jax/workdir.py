@@ -97,7 +97,7 @@ class Progress:
   """Where a run stands; saved beside every checkpoint."""
   epoch: int = 0                 # completed epochs
   step_in_epoch: int = 0         # steps done in the current epoch (after a preemption)
-  best_val_loss: float = math.inf
+  best_score: float = math.inf   # best validation score so far (lower is better)
   best_epoch: int = 0
   bad_epochs: int = 0            # epochs since the last validation improvement
   epoch_loss_sum: float = 0.0    # training-loss sum / crystal count of the steps done in
@@ -110,13 +110,13 @@ class Progress:
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
     d.pop("state")
-    d["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
+    d["best_score"] = None if math.isinf(self.best_score) else self.best_score
     return d
 
   @classmethod
   def from_json(cls, d: dict, state) -> "Progress":
     d = dict(d)
-    d["best_val_loss"] = math.inf if d["best_val_loss"] is None else d["best_val_loss"]
+    d["best_score"] = math.inf if d["best_score"] is None else d["best_score"]
     return cls(state=state, **d)
 
 
@@ -228,7 +228,7 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
     self.best = ocp.CheckpointManager(
         os.path.join(directory, "best"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val_loss"],
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["score"],
                                              best_mode="min", **opts))
 
   @staticmethod
@@ -243,11 +243,13 @@ class Checkpoints:
     self.latest.save(step, args=self._args(state, progress))
     self.latest.wait_until_finished()
 
-  def save_best(self, state, progress: Progress, val_loss: float) -> None:
+  def save_best(self, state, progress: Progress, score: float) -> None:
+    """Keeps `state` as the best checkpoint; `score` is the validation score (lower
+    is better, see train.validation_score)."""
     if _checkpoint_step(progress) in self.best.all_steps():
       return  # saved before a kill; the resumed run reached the same point again
     self.best.save(_checkpoint_step(progress), args=self._args(state, progress),
-                   metrics={"val_loss": float(val_loss)})
+                   metrics={"score": float(score)})
     self.best.wait_until_finished()
 
   def _restore(self, manager, step, template) -> Progress:
