@@ -197,19 +197,13 @@ class Trainer:
     return out
 
 
-SELECT_ON = ("loss", "r2", "wd")
-
-
-def validation_score(val: dict[str, Any], select_on: str) -> float:
-  """What checkpoint selection and early stopping minimise: the validation loss, or
-  -R^2 / WD on the normalised scale (`config.train.select_on`)."""
-  if select_on == "loss":
-    return float(val["loss"])
-  if select_on == "r2":
-    return -float(val["normalized"]["r2"])
-  if select_on == "wd":
-    return float(val["normalized"]["wd"])
-  raise ValueError(f"select_on must be one of {SELECT_ON}, got {select_on!r}")
+# What checkpoint selection and early stopping minimise (`config.train.select_on`):
+# the validation loss, or -R^2 / WD on the normalised scale.
+VALIDATION_SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
+    "loss": lambda val: float(val["loss"]),
+    "r2": lambda val: -float(val["normalized"]["r2"]),
+    "wd": lambda val: float(val["normalized"]["wd"]),
+}
 
 
 def _resident_mb() -> float:
@@ -273,9 +267,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the results dict written to `workdir/results.json`. A finished run is not
   retrained: its saved results are returned. Raises `Preempted` after SIGTERM.
   """
-  if config.train.select_on not in SELECT_ON:
+  if config.train.select_on not in VALIDATION_SCORES:
     raise InputError("config.train.select_on", f"unknown choice '{config.train.select_on}'; "
-                     f"expected one of {', '.join(SELECT_ON)}")
+                     f"expected one of {', '.join(VALIDATION_SCORES)}")
   run = workdir_lib.Workdir(workdir)
   finished = run.prepare(config, overwrite=overwrite)
   if finished is not None:
@@ -345,7 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       bar.close(f"loss {loss_sum / max(count, 1):.4g} val {val['loss']:.4g} "
                 f"val R^2 {val['normalized']['r2']:.3f}")
       epoch += 1
-      score = validation_score(val, config.train.select_on)
+      score = VALIDATION_SCORES[config.train.select_on](val)
       improved = score < progress.best_score
       progress = progress.replace(
           epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_count=0.0,

@@ -245,7 +245,7 @@ class Checkpoints:
 
   def save_best(self, state, progress: Progress, score: float) -> None:
     """Keeps `state` as the best checkpoint; `score` is the validation score (lower
-    is better, see train.validation_score)."""
+    is better, see train.VALIDATION_SCORES)."""
     if _checkpoint_step(progress) in self.best.all_steps():
       return  # saved before a kill; the resumed run reached the same point again
     self.best.save(_checkpoint_step(progress), args=self._args(state, progress),
