@@ -11,12 +11,7 @@ import statistics
 import time
 from typing import Any, Mapping, Sequence
 
-import jax
-import numpy as np
-
-from xtal2dos_jax import data as data_lib
-from xtal2dos_jax import inference, input_pipeline
-from xtal2dos_jax import workdir as workdir_lib
+from xtal2dos_jax import inference
 
 TABLE_JSON = "compare.json"
 TABLE_MARKDOWN = "compare.md"
@@ -118,13 +113,8 @@ def time_inference(run_dir: str, repeats: int = 3) -> dict[str, Any]:
   One warm-up `Trainer.predict` (compilation), then `repeats` timed ones; returns
   {"crystals", "seconds" (best), "median_seconds", "crystals_per_s" (from the best)}.
   """
-  run = workdir_lib.Workdir(run_dir)
-  config = workdir_lib.load_config(run_dir)
-  rd = data_lib.prepare_run_data(config, jax.device_count(), split_ids=run.load_splits(),
-                                 scaler=run.load_scaler())
+  loaded, rd = inference.restore_run_and_data(run_dir)
   test = rd.splits["test"]
-  loaded = inference.restore_run(run_dir, input_pipeline.assemble(test, np.arange(1), rd.budget),
-                                 rd.scaler)
   loaded.trainer.predict(loaded.params, test, rd.budget)            # warm-up (compiles)
   times = []
   for _ in range(max(int(repeats), 1)):

@@ -44,6 +44,19 @@ def restore_run(workdir: str, sample: input_pipeline.Batch, scaler) -> LoadedRun
   return LoadedRun(config, trainer, trainer.replicate(best.state.params), best.epoch)
 
 
+def restore_run_and_data(workdir: str) -> tuple[LoadedRun, data_lib.RunData]:
+  """A run's best checkpoint and its data, with the split and label scaling it was
+  trained with (what evaluation and inference timing need)."""
+  run = workdir_lib.Workdir(workdir)
+  config = workdir_lib.load_config(workdir)
+  split_ids, scaler = run.load_splits(), run.load_scaler()
+  if split_ids is None or scaler is None:
+    raise InputError(workdir, "has no saved splits/label statistics; the run never started")
+  rd = data_lib.prepare_run_data(config, jax.device_count(), split_ids=split_ids, scaler=scaler)
+  sample = input_pipeline.assemble(rd.splits["train"], np.arange(1), rd.budget)
+  return restore_run(workdir, sample, scaler), rd
+
+
 def _new_output_dir(base: str, prefix: str) -> str:
   """A fresh directory base/prefix-N, so earlier outputs are never overwritten."""
   n = 1
@@ -62,15 +75,10 @@ def evaluate_run(workdir: str, split: str = "test") -> dict[str, Any]:
   """Metrics of the best checkpoint on `split`; writes eval_<split>.json, predictions
   (npz: ids, grid, y_true, y_pred on the original scale) and a best/median/worst PNG."""
   run = workdir_lib.Workdir(workdir)
-  config = workdir_lib.load_config(workdir)
-  split_ids, scaler = run.load_splits(), run.load_scaler()
-  if split_ids is None or scaler is None:
-    raise InputError(workdir, "has no saved splits/label statistics; the run never started")
-  if split not in split_ids:
-    raise InputError(split, f"unknown split; expected one of {', '.join(split_ids)}")
-  rd = data_lib.prepare_run_data(config, jax.device_count(), split_ids=split_ids, scaler=scaler)
-  part = rd.splits[split]
-  loaded = restore_run(workdir, input_pipeline.assemble(part, np.arange(1), rd.budget), scaler)
+  loaded, rd = restore_run_and_data(workdir)
+  if split not in rd.splits:
+    raise InputError(split, f"unknown split; expected one of {', '.join(rd.splits)}")
+  config, scaler, part = loaded.config, rd.scaler, rd.splits[split]
   bin_width = float(rd.grid[1] - rd.grid[0])
   result = loaded.trainer.evaluate(loaded.params, part, rd.budget, bin_width)
   y_pred = np.asarray(scaler.inverse(loaded.trainer.predict(loaded.params, part, rd.budget),
