@@ -6,6 +6,7 @@
     workdir/label_scaler.json  label scaling and its statistics
     workdir/skipped.json       inputs left out, with reasons
     workdir/metrics.jsonl      one line per epoch
+    workdir/events.out.tfevents.xtal2dos_jax   the same metrics for TensorBoard
     workdir/results.json       final metrics; its presence marks a finished run
     workdir/checkpoints/{latest,best}/<step>   Orbax checkpoints
 
@@ -30,7 +31,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from xtal2dos_jax import labels
+from xtal2dos_jax import labels, tensorboard
 from xtal2dos_jax.errors import InputError
 
 # Config entries that may differ between a run and its resumption.
@@ -165,7 +166,7 @@ class Workdir:
 
   def _clear(self) -> None:
     for name in ("config.json", "run.json", "splits.json", "label_scaler.json", "skipped.json",
-                 "metrics.jsonl", "results.json"):
+                 "metrics.jsonl", tensorboard.EVENTS_FILE, "results.json"):
       if os.path.exists(self.file(name)):
         os.remove(self.file(name))
     shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
@@ -193,6 +194,7 @@ class Workdir:
     with open(self.file("metrics.jsonl"), "a") as f:
       f.write(json.dumps(record) + "\n")
       f.flush()
+    tensorboard.append_epoch(self.path, record)
 
   def truncate_metrics(self, epochs: int) -> None:
     """Keeps the metrics of the first `epochs` epochs: lines written after the last
@@ -204,14 +206,16 @@ class Workdir:
     with open(path) as f:
       for line in f:
         try:
-          if json.loads(line)["epoch"] <= epochs:
-            kept.append(line if line.endswith("\n") else line + "\n")
+          record = json.loads(line)
+          if record["epoch"] <= epochs:
+            kept.append(record)
         except (ValueError, KeyError):
           continue  # a line torn by a kill mid-write
     fd, tmp = tempfile.mkstemp(dir=self.path, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-      f.writelines(kept)
+      f.writelines(json.dumps(r) + "\n" for r in kept)
     os.replace(tmp, path)
+    tensorboard.rewrite(self.path, kept)
 
   def save_results(self, results: dict) -> None:
     write_json_atomic(self.file("results.json"), results)
