@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.warmup_epochs = 2
   train.cosine_restarts = 1       # number of cosine cycles after warmup
   train.grad_clip = 1.0           # global-norm clip
+  train.ema_decay = 0.0           # > 0: evaluate/select/predict with an EMA of the weights
   train.loss = "kl"               # kl | wd | mae | mse
   train.patience = 15             # early stopping, in epochs without validation improvement
   train.select_on = "loss"        # loss | r2 | wd: validation score for best checkpoint + patience

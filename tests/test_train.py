@@ -5,6 +5,7 @@ import signal
 
 import ase.io
 import chex
+import jax
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -211,3 +212,30 @@ def test_unknown_selection_metric_is_named(tmp_path):
   with pytest.raises(InputError, match="config.train.select_on: unknown choice 'mae'"):
     train.train_and_evaluate(_config(select_on="mae"), str(tmp_path / "x"))
   assert not os.path.exists(tmp_path / "x")
+
+
+def test_update_ema_warms_up_then_uses_the_decay():
+  ema, params = {"w": np.zeros(3, np.float32)}, {"w": np.ones(3, np.float32)}
+  # Step 0: d = min(0.99, 1/10) = 0.1, so the average is mostly the new weights.
+  chex.assert_trees_all_close(train.update_ema(ema, params, 0.0, 0.99), {"w": np.full(3, 0.9)})
+  # Late in training the configured decay applies.
+  chex.assert_trees_all_close(train.update_ema(ema, params, 1e6, 0.99), {"w": np.full(3, 0.01)},
+                              rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_ema_weights_are_checkpointed_and_used_for_evaluation(tmp_path):
+  workdir = str(tmp_path / "ema")
+  summary = train.train_and_evaluate(_config(num_epochs=2, ema_decay=0.9), workdir)
+  ckpt = workdir_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
+  saved = ckpt.best.restore(ckpt.best.best_step())["state"]
+  ckpt.close()
+  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), saved["ema_params"],
+                                       saved["params"]))
+  assert max(diffs) > 0  # the average is not the last weights
+  loaded, _ = inference.restore_run_and_data(workdir)
+  chex.assert_trees_all_close(jax.tree.map(lambda x: np.asarray(x[0]), loaded.params),
+                              saved["ema_params"])
+  out = inference.evaluate_run(workdir)
+  assert out["test"]["normalized"]["r2"] == pytest.approx(
+      summary["metrics"]["test"]["normalized"]["r2"], rel=1e-5)

@@ -41,7 +41,7 @@ def restore_run(workdir: str, sample: input_pipeline.Batch, scaler) -> LoadedRun
     best = ckpt.restore_best(template)
   finally:
     ckpt.close()
-  return LoadedRun(config, trainer, trainer.replicate(best.state.params), best.epoch)
+  return LoadedRun(config, trainer, trainer.replicate(best.state.eval_params), best.epoch)
 
 
 def restore_run_and_data(workdir: str) -> tuple[LoadedRun, data_lib.RunData]:

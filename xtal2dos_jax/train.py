@@ -32,8 +32,18 @@ AXIS = "batch"
 
 
 class TrainState(train_state.TrainState):
-  """Parameters, optimizer state and step; the dropout stream derives from `rng`."""
+  """Parameters, optimizer state and step; the dropout stream derives from `rng`.
+
+  `ema_params` is an exponential moving average of `params` (Polyak averaging,
+  `config.train.ema_decay` > 0) or None; validation, checkpoint selection, evaluation
+  and prediction use `eval_params`, the average when there is one.
+  """
   rng: jax.Array
+  ema_params: Any = None
+
+  @property
+  def eval_params(self):
+    return self.params if self.ema_params is None else self.ema_params
 
 
 def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
@@ -74,11 +84,20 @@ def create_train_state(config: ml_collections.ConfigDict, model, sample: input_p
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   params = jax.jit(functools.partial(model.init, train=False))(
       {"params": init_rng}, jax.tree.map(jnp.asarray, sample))["params"]
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng)
+  ema = jax.tree.map(jnp.copy, params) if config.train.get("ema_decay", 0.0) > 0 else None
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng,
+                           ema_params=ema)
 
 
-def train_step(state: TrainState, batch: input_pipeline.Batch, *, loss_fn: Callable
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+def update_ema(ema_params, params, step: jax.Array, decay: float):
+  """ema <- d * ema + (1 - d) * params with d = min(decay, (1 + step) / (10 + step)),
+  so the average is not dominated by the initial weights early in training."""
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema_params, params)
+
+
+def train_step(state: TrainState, batch: input_pipeline.Batch, *, loss_fn: Callable,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One data-parallel step (inside pmap over AXIS); returns the global mean loss."""
   dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                                    jax.lax.axis_index(AXIS))
@@ -93,6 +112,9 @@ def train_step(state: TrainState, batch: input_pipeline.Batch, *, loss_fn: Calla
   (_, total), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
   grads = jax.lax.psum(grads, AXIS)
   state = state.apply_gradients(grads=grads)
+  if state.ema_params is not None:
+    state = state.replace(ema_params=update_ema(state.ema_params, state.params,
+                                                state.step.astype(jnp.float32), ema_decay))
   return state, {"loss_sum": jax.lax.psum(total, AXIS), "count": count}
 
 
@@ -128,7 +150,8 @@ class Trainer:
     self.model = models.create_model(config)
     self.loss_fn = losses.get_loss(config.train.loss)
     self.scaler = scaler
-    self.p_train_step = jax.pmap(functools.partial(train_step, loss_fn=self.loss_fn),
+    self.p_train_step = jax.pmap(functools.partial(train_step, loss_fn=self.loss_fn,
+                                                   ema_decay=config.train.get("ema_decay", 0.0)),
                                  axis_name=AXIS, devices=pmap_devices, donate_argnums=(0,))
     self.p_eval_step = jax.pmap(
         functools.partial(eval_step, apply_fn=self.model.apply, loss_fn=self.loss_fn,
@@ -335,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       loss_sum = progress.epoch_loss_sum + float(sum(o["loss_sum"][0] for o in outs))
       count = progress.epoch_count + float(sum(o["count"][0] for o in outs))
       train_seconds = time.perf_counter() - t0
-      val = trainer.evaluate(state_repl.params, val_data, rd.budget, bin_width)
+      val = trainer.evaluate(state_repl.eval_params, val_data, rd.budget, bin_width)
       bar.close(f"loss {loss_sum / max(count, 1):.4g} val {val['loss']:.4g} "
                 f"val R^2 {val['normalized']['r2']:.3f}")
       epoch += 1
@@ -352,7 +375,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 "learning_rate": float(trainer.learning_rate_fn(int(state_repl.step[0]))),
                 "train_seconds": train_seconds,
                 "train_crystals_per_s": count / max(train_seconds, 1e-9),
-                "rss_mb": _resident_mb()}
+                "rss_mb": _resident_mb(), "wall_time": time.time()}
       # Metrics first, checkpoint second: a kill in between repeats this epoch on
       # resume, and the resumed run first drops lines past its checkpoint.
       if _is_lead():
@@ -366,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state_host = flax.jax_utils.unreplicate(state_repl)
   ckpt.save(state_host, progress)
   best = ckpt.restore_best(state_host)
-  params_repl = trainer.replicate(best.state.params)
+  params_repl = trainer.replicate(best.state.eval_params)
   results = {split: trainer.evaluate(params_repl, rd.splits[split], rd.budget, bin_width)
              for split in ("validation", "test")}
   ckpt.close()

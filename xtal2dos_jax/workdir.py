@@ -313,6 +313,8 @@ def _state_tree(state) -> dict:
   process, so any process can restore it)."""
   tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
           "rng": state.rng}
+  if state.ema_params is not None:
+    tree["ema_params"] = state.ema_params
   if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree)):
     return tree  # an abstract restore template
   return jax.device_get(tree)
