@@ -20,7 +20,7 @@ import pytest
 
 from xtal2dos_jax import losses, symmetry
 from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.models import DECODERS, ENCODERS, create_model
+from xtal2dos_jax.models import DECODERS, ENCODERS, Atoms, create_model
 from xtal2dos_jax.models.dostransformer import DOSTransformerDecoder
 from xtal2dos_jax.models.gat_encoder import GATEncoder
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
@@ -65,8 +65,9 @@ def decoder_inputs(tiny_config):
 
 def _init_apply(decoder, context, atoms, atom_mask):
   variables = jax.jit(functools.partial(decoder.init, train=False))(
-      jax.random.key(0), context, atoms, atom_mask, None)
-  apply = jax.jit(lambda c, a, m, y: decoder.apply(variables, c, a, m, y, train=False))
+      jax.random.key(0), context, Atoms.from_dense(atoms, atom_mask), None)
+  apply = jax.jit(lambda c, a, m, y: decoder.apply(variables, c, Atoms.from_dense(a, m), y,
+                                                   train=False))
   return variables, apply
 
 
@@ -76,8 +77,8 @@ def _init_apply(decoder, context, atoms, atom_mask):
 
 def _decoder_loss(decoder, context, atoms, atom_mask, y, params, key):
   """KL(y || softmax(raw)) summed over the real crystals (0 and 1), training mode."""
-  raw = decoder.apply({"params": params}, context, atoms, atom_mask, y, train=True,
-                      rngs={"dropout": key})
+  raw = decoder.apply({"params": params}, context, Atoms.from_dense(atoms, atom_mask), y,
+                      train=True, rngs={"dropout": key})
   return jnp.sum(losses.kl_divergence(y, jax.nn.softmax(raw, axis=-1))[:2])
 
 
@@ -130,7 +131,8 @@ def test_rnn_dropout_only_in_training(tiny_config, decoder_inputs):
   decoder = DECODERS["chunk_rnn_attn"](_config(tiny_config, decoder_dropout=0.3))
   context, atoms, atom_mask, y = decoder_inputs
   variables, apply = _init_apply(decoder, context, atoms, atom_mask)
-  train = jax.jit(lambda key: decoder.apply(variables, context, atoms, atom_mask, y, train=True,
+  atom_states = Atoms.from_dense(atoms, atom_mask)
+  train = jax.jit(lambda key: decoder.apply(variables, context, atom_states, y, train=True,
                                             rngs={"dropout": key}))
   a, b = np.asarray(train(jax.random.key(1))), np.asarray(train(jax.random.key(2)))
   chex.assert_tree_all_finite((a, b))
@@ -142,7 +144,8 @@ def test_rnn_dropout_only_in_training(tiny_config, decoder_inputs):
 def _teacher_jacobian(decoder, decoder_inputs):
   context, atoms, atom_mask, y = decoder_inputs
   variables, _ = _init_apply(decoder, context, atoms, atom_mask)
-  f = lambda teacher: decoder.apply(variables, context, atoms, atom_mask, teacher, train=False)
+  f = lambda teacher: decoder.apply(variables, context, Atoms.from_dense(atoms, atom_mask),
+                                    teacher, train=False)
   return np.asarray(jax.jit(jax.jacfwd(f))(y))            # [G, l_y, G, l_y]
 
 
@@ -207,7 +210,7 @@ def test_softmax_rnn_starts_near_uniform(tiny_config, decoder_inputs):
   variables, apply = _init_apply(decoder, context, atoms, atom_mask)
   zero_head = jax.tree_util.tree_map_with_path(
       lambda p, x: jnp.zeros_like(x) if "head" in jax.tree_util.keystr(p) else x, variables)
-  raw = decoder.apply(zero_head, context, atoms, atom_mask, None, train=False)
+  raw = decoder.apply(zero_head, context, Atoms.from_dense(atoms, atom_mask), None, train=False)
   np.testing.assert_allclose(np.exp(raw), 1.0 / l_y, rtol=1e-5)
 
 
@@ -218,7 +221,7 @@ def test_chunk_size_validation(tiny_config):
   for size in (1, 12, 13):      # one value per step, one chunk, one padded chunk
     config.model.chunk_size = size
     decoder = create_model(config).decoder
-    args = (jnp.ones((2, 32)), jnp.ones((2, 3, 16)), jnp.ones((2, 3), bool))
+    args = (jnp.ones((2, 32)), Atoms.from_dense(jnp.ones((2, 3, 16)), jnp.ones((2, 3), bool)))
     for teacher in (None, jnp.ones((2, 12))):
       out, _ = jax.eval_shape(functools.partial(decoder.init_with_output, train=False),
                               jax.random.key(0), *args, teacher)
@@ -243,8 +246,8 @@ def test_dostransformer_uses_crystal_system_prompt(tiny_config, decoder_inputs):
   context, atoms, atom_mask, _ = decoder_inputs
   variables, apply_without = _init_apply(decoder, context, atoms, atom_mask)
   assert variables["params"]["crystal_system_prompt"]["embedding"].shape == (7, 16)
-  apply = jax.jit(lambda cs: decoder.apply(variables, context, atoms, atom_mask, None,
-                                           train=False, crystal_system=cs))
+  apply = jax.jit(lambda cs: decoder.apply(variables, context, Atoms.from_dense(atoms, atom_mask),
+                                           None, train=False, crystal_system=cs))
   base = apply(jnp.array([0, 0, 0]))
   np.testing.assert_allclose(apply_without(context, atoms, atom_mask, None), base,
                              **TOL)                         # crystal_system=None: triclinic
@@ -334,7 +337,7 @@ class _CrystalSystemProbe(nn.Module):
   l_y: int = 3
   uses_crystal_system: ClassVar[bool] = True
 
-  def __call__(self, context, atoms, atom_mask, y_teacher, *, train, crystal_system=None):
+  def __call__(self, context, atoms, y_teacher, *, train, crystal_system=None):
     if crystal_system is None:
       return jnp.full((context.shape[0], self.l_y), -1.0)
     return jnp.broadcast_to(jnp.asarray(crystal_system, jnp.float32)[:, None],

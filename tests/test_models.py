@@ -12,9 +12,9 @@ import pytest
 
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.input_pipeline import Budget
-from xtal2dos_jax.models import (DECODERS, ENCODERS, CausalTransformerDecoder, CrystalContext,
-                                 UniMPEncoder, UniMPLayer, Xtal2DoS, count_params, create_model,
-                                 output_activation_for)
+from xtal2dos_jax.models import (DECODERS, ENCODERS, Atoms, CausalTransformerDecoder,
+                                 CrystalContext, UniMPEncoder, UniMPLayer, Xtal2DoS, count_params,
+                                 create_model, output_activation_for)
 from xtal2dos_jax.models import encoders
 from xtal2dos_jax.models.attention import MultiHeadAttention, masked_softmax, segment_softmax
 
@@ -108,6 +108,52 @@ def test_multi_head_attention_ignores_masked_keys():
   np.testing.assert_allclose(mha.apply(variables, q, kv2, mask, train=False), out, **TOL)
 
 
+def test_multi_head_attention_kv_index_equals_gathered_inputs():
+  """Projecting the rows first and gathering them (`kv_index`) equals attending to the
+  gathered rows, in value and in gradient."""
+  rng = np.random.default_rng(3)
+  q = jnp.asarray(rng.normal(size=(3, 4, 16)), jnp.float32)
+  rows = jnp.asarray(rng.normal(size=(7, 8)), jnp.float32)
+  index = jnp.asarray(rng.integers(0, 7, size=(3, 5)), jnp.int32)
+  mask = jnp.asarray(rng.random((3, 4, 5)) < 0.7)
+  mha = MultiHeadAttention(d_model=16, num_heads=2)
+  variables = mha.init(jax.random.key(0), q, rows[index], mask, train=False)
+
+  def outputs(params, rows):
+    indexed = mha.apply(params, q, rows, mask, train=False, kv_index=index)
+    gathered = mha.apply(params, q, rows[index], mask, train=False)
+    return indexed, gathered
+
+  indexed, gathered = outputs(variables, rows)
+  chex.assert_trees_all_close(indexed, gathered, **TOL)
+  grad = lambda i: jax.grad(lambda p, r: jnp.sum(jnp.sin(outputs(p, r)[i])), argnums=(0, 1))
+  chex.assert_trees_all_close(grad(0)(variables, rows), grad(1)(variables, rows), **TOL)
+
+
+def test_decoder_on_node_states_equals_padded_atoms(tiny_model, tiny_batch, tiny_variables):
+  """The transformer decoder projects the source keys/values from the flat node states
+  [N, d]; the old formula projected the padded per-crystal atoms [G, A, d] (zeros where
+  masked). Same outputs and gradients on a real batch."""
+  params = tiny_variables["params"]
+  node_states = tiny_model.encoder.apply({"params": params["encoder"]}, tiny_batch.graph,
+                                         train=False)
+  context = CrystalContext().apply({"params": params["context"]}, node_states, tiny_batch.graph)
+  atoms = Atoms(node_states, jnp.asarray(tiny_batch.atom_index), jnp.asarray(tiny_batch.atom_mask))
+  assert atoms.mask.sum() < atoms.mask.size            # there are padded atom slots
+
+  def raw(decoder_params, node_states, dense):
+    flat = atoms._replace(states=node_states)
+    atom_states = Atoms.from_dense(flat.dense(), flat.mask) if dense else flat
+    return tiny_model.decoder.apply({"params": decoder_params}, context, atom_states, None,
+                                    train=False)
+
+  chex.assert_trees_all_close(raw(params["decoder"], node_states, False),
+                              raw(params["decoder"], node_states, True), **TOL)
+  grads = [jax.grad(lambda p, h: jnp.sum(jnp.sin(raw(p, h, dense))), argnums=(0, 1))(
+      params["decoder"], node_states) for dense in (False, True)]
+  chex.assert_trees_all_close(grads[0], grads[1], **TOL)
+
+
 # --------------------------------------------------------------------------------------------
 # Shapes and dtypes of the public modules
 
@@ -161,9 +207,9 @@ def test_encoder_context_decoder_model_shapes(tiny_config, tiny_batch, tiny_mode
   chex.assert_shape(context, (num_graphs, 2 * d))
   chex.assert_type(context, jnp.float32)
 
-  atoms = jnp.zeros((num_graphs, max_atoms, d))
-  raw = tiny_model.decoder.apply({"params": params["decoder"]}, context, atoms,
-                                 tiny_batch.atom_mask, None, train=False)
+  atoms = Atoms.from_dense(jnp.zeros((num_graphs, max_atoms, d)), tiny_batch.atom_mask)
+  raw = tiny_model.decoder.apply({"params": params["decoder"]}, context, atoms, None,
+                                 train=False)
   chex.assert_shape(raw, (num_graphs, l_y))
   chex.assert_type(raw, jnp.float32)
 
@@ -176,8 +222,8 @@ def test_learned_position_embedding(tiny_config, tiny_batch):
   dec = _decoder(tiny_config, position_embedding="learned")
   num_graphs, max_atoms = tiny_batch.atom_mask.shape
   d = tiny_config.model.d_model
-  args = (jnp.ones((num_graphs, 2 * d)), jnp.ones((num_graphs, max_atoms, d)),
-          tiny_batch.atom_mask, None)
+  args = (jnp.ones((num_graphs, 2 * d)),
+          Atoms.from_dense(jnp.ones((num_graphs, max_atoms, d)), tiny_batch.atom_mask), None)
   variables = dec.init(jax.random.key(0), *args, train=False)
   chex.assert_shape(variables["params"]["position_table"]["embedding"],
                     (tiny_config.data.l_y, d))
@@ -224,16 +270,15 @@ def test_decoder_causality(tiny_config, causal):
   dec = _decoder(tiny_config, causal=causal, num_layers=2)
   rng = np.random.default_rng(4)
   context = jnp.asarray(rng.normal(size=(2, 2 * d)), jnp.float32)
-  atoms = jnp.asarray(rng.normal(size=(2, 3, d)), jnp.float32)
   atom_mask = jnp.array([[True, True, False], [False, False, False]])  # 2nd: padding crystal
-  variables = dec.init(jax.random.key(0), context, atoms, atom_mask, None, train=False)
+  atoms = Atoms.from_dense(jnp.asarray(rng.normal(size=(2, 3, d)), jnp.float32), atom_mask)
+  variables = dec.init(jax.random.key(0), context, atoms, None, train=False)
   z = dec.apply(variables, context, train=False, method="embed_inputs")
   chex.assert_shape(z, (2, l_y, d))
 
-  decode = lambda z: dec.apply(variables, z, atoms, atom_mask, train=False,
-                               method="decode_from_embeddings")
-  np.testing.assert_allclose(decode(z), dec.apply(variables, context, atoms, atom_mask, None,
-                                                  train=False), **TOL)
+  decode = lambda z: dec.apply(variables, z, atoms, train=False, method="decode_from_embeddings")
+  np.testing.assert_allclose(decode(z), dec.apply(variables, context, atoms, None, train=False),
+                             **TOL)
   jac = np.asarray(jax.jit(jax.jacobian(decode))(z))        # [G, l_y, G, l_y, d]
   chex.assert_tree_all_finite(jac)
   for g in range(2):
@@ -366,7 +411,7 @@ def test_create_model_uses_config_and_registries(tiny_config, monkeypatch):
   class ZeroDecoder(nn.Module):
     l_y: int
 
-    def __call__(self, context, atoms, atom_mask, y_teacher, *, train):
+    def __call__(self, context, atoms, y_teacher, *, train):
       return jnp.zeros((context.shape[0], self.l_y))
 
   monkeypatch.setitem(DECODERS, "zero", lambda config: ZeroDecoder(config.data.l_y))

@@ -17,7 +17,7 @@ import numpy as np
 
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.models import dostransformer, gat_encoder, mlp_decoder, rnn_decoders
-from xtal2dos_jax.models.decoders import CausalTransformerDecoder, check_position_embedding
+from xtal2dos_jax.models.decoders import Atoms, CausalTransformerDecoder, check_position_embedding
 from xtal2dos_jax.models.encoders import UniMPEncoder, UniMPLayer
 from xtal2dos_jax.models.xtal2dos import (CrystalContext, Xtal2DoS, apply_output_activation,
                                           output_activation_for)
@@ -68,7 +68,7 @@ ENCODERS: Dict[str, ModelFactory] = {
 }
 
 # name (config.model.decoder) -> factory: config ->
-# module(context, atoms, atom_mask, y_teacher, train=) -> float[G, l_y] raw outputs.
+# module(context, atoms: Atoms, y_teacher, train=) -> float[G, l_y] raw outputs.
 DECODERS: Dict[str, ModelFactory] = {
     "transformer": _transformer,
     "rnn": lambda c: rnn_decoders.rnn_decoder(c, compute_dtype(c)),
@@ -107,7 +107,7 @@ def count_params(params: Any) -> int:
 
 
 __all__ = [
-    "DECODERS", "DTYPES", "ENCODERS", "CausalTransformerDecoder", "CrystalContext", "UniMPEncoder",
-    "UniMPLayer", "Xtal2DoS", "apply_output_activation", "compute_dtype", "count_params",
-    "create_model", "output_activation_for",
+    "DECODERS", "DTYPES", "ENCODERS", "Atoms", "CausalTransformerDecoder", "CrystalContext",
+    "UniMPEncoder", "UniMPLayer", "Xtal2DoS", "apply_output_activation", "compute_dtype",
+    "count_params", "create_model", "output_activation_for",
 ]

@@ -120,14 +120,18 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, mask: Optional[jax.Array],
-               *, train: bool) -> jax.Array:
+               *, train: bool, kv_index: Optional[jax.Array] = None) -> jax.Array:
     """Attends from queries to keys/values.
 
     Args:
       inputs_q: float[..., Q, d_q].
-      inputs_kv: float[..., K, d_kv].
+      inputs_kv: float[..., K, d_kv]; with `kv_index`, float[M, d_kv] rows to pick from.
       mask: bool broadcastable to [..., Q, K] (True = may attend), or None.
       train: enables dropout.
+      kv_index: optional int[..., K]: key/value k of batch element ... is row
+        `kv_index[..., k]` of `inputs_kv`. The rows are projected before they are gathered,
+        so each is projected once however many times (or whether) it is picked; the result
+        equals attending to `inputs_kv[kv_index]`.
 
     Returns:
       float[..., Q, d_model] in `dtype`.
@@ -137,8 +141,10 @@ class MultiHeadAttention(nn.Module):
     head_dim = self.d_model // self.num_heads
     proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name)
     q = proj("query")(inputs_q)                          # [..., Q, H, d_h]
-    k = proj("key")(inputs_kv)                           # [..., K, H, d_h]
-    v = proj("value")(inputs_kv)                         # [..., K, H, d_h]
+    k = proj("key")(inputs_kv)                           # [..., K, H, d_h] (or [M, H, d_h])
+    v = proj("value")(inputs_kv)
+    if kv_index is not None:
+      k, v = k[kv_index], v[kv_index]                    # [..., K, H, d_h]
     logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(head_dim)
     if mask is not None:
       mask = jnp.expand_dims(mask, -3)                   # head axis: [..., 1, Q, K]

@@ -2,11 +2,11 @@
 
 Every decoder has the same interface:
 
-  decoder(context, atoms, atom_mask, y_teacher, train=...) -> float[G, l_y]
+  decoder(context, atoms, y_teacher, train=...) -> float[G, l_y]
 
   context: float[G, c] crystal context (mean node state + composition embedding).
-  atoms: float[G, A, d] per-crystal atom states (zeros where `atom_mask` is False).
-  atom_mask: bool[G, A] real atoms; padding crystals have an all-False row.
+  atoms: `Atoms`, the crystals' atom states (node states + per-crystal index and mask;
+    `atoms.dense()` gives the padded float[G, A, d] array).
   y_teacher: float[G, l_y] scaled targets for teacher forcing in autoregressive
     decoders, or None at inference; non-autoregressive decoders ignore it.
 
@@ -14,7 +14,7 @@ and returns raw outputs, before the output activation applied by `Xtal2DoS`.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -26,6 +26,33 @@ from xtal2dos_jax.models.attention import MultiHeadAttention, causal_mask, key_p
 Dtype = Any
 
 POSITION_EMBEDDINGS = ("onehot", "learned")
+
+
+class Atoms(NamedTuple):
+  """The atoms of each crystal, as rows of the flat node-state array.
+
+  Keeping the node states flat lets attention project each real atom once ([N, d]
+  rows) instead of every padded slot of [G, A, d] (`MultiHeadAttention(kv_index=)`).
+
+  states: float[N, d] node states of the batch graph.
+  index: int32[G, A] row of `states` holding atom a of crystal g (any valid row where
+    `mask` is False, e.g. the padding node).
+  mask: bool[G, A] real atoms; padding crystals have an all-False row.
+  """
+  states: jax.Array
+  index: jax.Array
+  mask: jax.Array
+
+  def dense(self) -> jax.Array:
+    """float[G, A, d] per-crystal atom states, zeros where masked."""
+    return self.states[self.index] * self.mask[..., None].astype(self.states.dtype)
+
+  @classmethod
+  def from_dense(cls, atoms: jax.Array, mask: jax.Array) -> "Atoms":
+    """`Atoms` holding padded per-crystal states float[G, A, d] (row g * A + a)."""
+    num_graphs, max_atoms, width = atoms.shape
+    index = jnp.arange(num_graphs * max_atoms, dtype=jnp.int32).reshape(num_graphs, max_atoms)
+    return cls(atoms.reshape(num_graphs * max_atoms, width), index, mask)
 
 
 def check_position_embedding(name: str) -> str:
@@ -69,13 +96,13 @@ class TransformerDecoderLayer(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, atoms: jax.Array, self_mask: Optional[jax.Array],
+  def __call__(self, x: jax.Array, atoms: Atoms, self_mask: Optional[jax.Array],
                source_mask: jax.Array, *, train: bool) -> jax.Array:
     """Updates position states.
 
     Args:
       x: float[G, L, d_model] position states.
-      atoms: float[G, A, d] atom states.
+      atoms: the crystals' atom states (keys/values of the source attention).
       self_mask: bool[L, L] (True = may attend) or None for unmasked self-attention.
       source_mask: bool[G, L, A] valid atoms for each position.
       train: enables dropout.
@@ -91,7 +118,8 @@ class TransformerDecoderLayer(nn.Module):
     y = norm("self_attention_norm")(x)
     x = x + drop(attention("self_attention")(y, y, self_mask, train=train))
     y = norm("source_attention_norm")(x)
-    x = x + drop(attention("source_attention")(y, atoms, source_mask, train=train))
+    x = x + drop(attention("source_attention")(y, atoms.states, source_mask, train=train,
+                                               kv_index=atoms.index))
     y = norm("feed_forward_norm")(x)
     return x + drop(FeedForward(self.d_model, self.ff_dim, self.dropout, dtype=self.dtype,
                                 name="feed_forward")(y, train=train))
@@ -153,22 +181,21 @@ class CausalTransformerDecoder(nn.Module):
     z = nn.leaky_relu(z)
     return self.input_dropout(z, deterministic=not train)
 
-  def decode_from_embeddings(self, z: jax.Array, atoms: jax.Array, atom_mask: jax.Array, *,
-                             train: bool) -> jax.Array:
+  def decode_from_embeddings(self, z: jax.Array, atoms: Atoms, *, train: bool) -> jax.Array:
     """float[G, L, d_model] position states -> float[G, L] raw outputs.
 
     With `causal=True`, output t depends on z[:, :t + 1] only.
     """
     self_mask = causal_mask(z.shape[1]) if self.causal else None
-    source_mask = key_padding_mask(atom_mask, z.shape[1])
+    source_mask = key_padding_mask(atoms.mask, z.shape[1])
     x = z
     for layer in self.layers:
       x = layer(x, atoms, self_mask, source_mask, train=train)
     return self.head(self.final_norm(x))[..., 0]
 
-  def __call__(self, context: jax.Array, atoms: jax.Array, atom_mask: jax.Array,
-               y_teacher: Optional[jax.Array], *, train: bool) -> jax.Array:
+  def __call__(self, context: jax.Array, atoms: Atoms, y_teacher: Optional[jax.Array], *,
+               train: bool) -> jax.Array:
     """float[G, l_y] raw outputs; `y_teacher` is ignored (non-autoregressive)."""
     del y_teacher
     z = self.embed_inputs(context, train=train)
-    return self.decode_from_embeddings(z, atoms, atom_mask, train=train)
+    return self.decode_from_embeddings(z, atoms, train=train)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from xtal2dos_jax.models.attention import MultiHeadAttention, key_padding_mask
-from xtal2dos_jax.models.decoders import FeedForward
+from xtal2dos_jax.models.decoders import Atoms, FeedForward
 
 Dtype = Any
 
@@ -57,15 +57,18 @@ class AttentionBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, memory: Optional[jax.Array], mask: Optional[jax.Array], *,
+  def __call__(self, x: jax.Array, memory: Optional[Atoms], mask: Optional[jax.Array], *,
                train: bool) -> jax.Array:
-    """float[G, L, d_model] tokens, float[G, K, d_k] memory (or None), bool[G, L, K] mask
+    """float[G, L, d_model] tokens, the atoms as memory (or None), bool[G, L, K] mask
     (True = may attend; or None) -> float[G, L, d_model]."""
     drop = lambda y: nn.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.LayerNorm(dtype=self.dtype, name="attention_norm")(x)
-    kv = y if memory is None else memory
-    x = x + drop(MultiHeadAttention(self.d_model, self.num_heads, self.dropout, dtype=self.dtype,
-                                    name="attention")(y, kv, mask, train=train))
+    attention = MultiHeadAttention(self.d_model, self.num_heads, self.dropout, dtype=self.dtype,
+                                   name="attention")
+    if memory is None:
+      x = x + drop(attention(y, y, mask, train=train))
+    else:
+      x = x + drop(attention(y, memory.states, mask, train=train, kv_index=memory.index))
     y = nn.LayerNorm(dtype=self.dtype, name="feed_forward_norm")(x)
     return x + drop(FeedForward(self.d_model, self.ff_dim, self.dropout, dtype=self.dtype,
                                 name="feed_forward")(y, train=train))
@@ -93,15 +96,13 @@ class DOSTransformerDecoder(nn.Module):
   uses_crystal_system: ClassVar[bool] = True
 
   @nn.compact
-  def __call__(self, context: jax.Array, atoms: jax.Array, atom_mask: jax.Array,
-               y_teacher: Optional[jax.Array], *, train: bool,
-               crystal_system: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(self, context: jax.Array, atoms: Atoms, y_teacher: Optional[jax.Array], *,
+               train: bool, crystal_system: Optional[jax.Array] = None) -> jax.Array:
     """Decodes all energies at once.
 
     Args:
       context: float[G, c] crystal context.
-      atoms: float[G, A, d] atom states (zeros where masked).
-      atom_mask: bool[G, A] real atoms.
+      atoms: the crystals' atom states (memory of the cross-attention blocks).
       y_teacher: ignored (non-autoregressive).
       train: enables dropout.
       crystal_system: int[G] in 0..6 (triclinic .. cubic; clipped), or None for 0.
@@ -115,7 +116,7 @@ class DOSTransformerDecoder(nn.Module):
                                         dtype=self.dtype, name=name)
     energies = nn.Embed(self.l_y, self.d_model, name="energy_embedding")(jnp.arange(self.l_y))
     x = jnp.broadcast_to(energies[None], (num_graphs,) + energies.shape).astype(self.dtype)
-    source_mask = key_padding_mask(atom_mask, self.l_y)                       # [G, l_y, A]
+    source_mask = key_padding_mask(atoms.mask, self.l_y)                      # [G, l_y, A]
 
     for i in range(self.num_layers):
       x = block(f"energy_atom_{i}")(x, atoms, source_mask, train=train)

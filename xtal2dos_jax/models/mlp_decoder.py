@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from xtal2dos_jax.models.decoders import Atoms
+
 Dtype = Any
 
 
@@ -65,11 +67,10 @@ class MLPDecoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, context: jax.Array, atoms: jax.Array, atom_mask: jax.Array,
-               y_teacher: Optional[jax.Array], *, train: bool) -> jax.Array:
-    """float[G, c] context (atoms [G, A, d], atom_mask [G, A] and y_teacher unused)
-    -> float[G, l_y] raw outputs."""
-    del atoms, atom_mask, y_teacher
+  def __call__(self, context: jax.Array, atoms: Atoms, y_teacher: Optional[jax.Array], *,
+               train: bool) -> jax.Array:
+    """float[G, c] context (atoms and y_teacher unused) -> float[G, l_y] raw outputs."""
+    del atoms, y_teacher
     if not self.energy_embedding:
       return MLP(self.hidden, self.l_y, self.num_layers, self.dropout, dtype=self.dtype,
                  name="mlp")(context, train=train)

@@ -2,7 +2,7 @@
 
 Same interface as every decoder (see `decoders.py`):
 
-  decoder(context, atoms, atom_mask, y_teacher, train=...) -> float[G, l_y] raw outputs
+  decoder(context, atoms, y_teacher, train=...) -> float[G, l_y] raw outputs
 
 - `RNNDecoder`: a GRU emits one value per step. The initial state is Dense(context)
   (the crystal's global feature vector); the input at step t is the value at t - 1
@@ -57,6 +57,7 @@ import numpy as np
 
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.models.attention import masked_softmax
+from xtal2dos_jax.models.decoders import Atoms
 from xtal2dos_jax.models.xtal2dos import OUTPUT_ACTIVATIONS, output_activation_for
 
 Dtype = Any
@@ -218,14 +219,13 @@ class ChunkRNNAttentionDecoder(nn.Module):
     return math.ceil(self.l_y / self.chunk_size)
 
   @nn.compact
-  def __call__(self, context: jax.Array, atoms: jax.Array, atom_mask: jax.Array,
-               y_teacher: Optional[jax.Array], *, train: bool) -> jax.Array:
+  def __call__(self, context: jax.Array, atoms: Atoms, y_teacher: Optional[jax.Array], *,
+               train: bool) -> jax.Array:
     """Decodes the sequence.
 
     Args:
       context: float[G, c] crystal context (-> initial GRU state).
-      atoms: float[G, A, d] atom states (zeros where masked).
-      atom_mask: bool[G, A] real atoms.
+      atoms: the crystals' atom states (attended to when `attention`).
       y_teacher: float[G, l_y] scaled targets for teacher forcing, or None to run free.
       train: enables dropout.
 
@@ -255,7 +255,7 @@ class ChunkRNNAttentionDecoder(nn.Module):
                 self.output_activation, teacher_forcing, not train, dtype=self.dtype,
                 name="step")
     carry = (h0.astype(jnp.float32), start, jnp.zeros((num_graphs,), jnp.float32))
-    _, raw = step(carry, (inputs, positions), atoms, atom_mask)                # [T, G, C]
+    _, raw = step(carry, (inputs, positions), atoms.dense(), atoms.mask)       # [T, G, C]
     return raw.transpose(1, 0, 2).reshape(num_graphs, padded)[:, :self.l_y]
 
 

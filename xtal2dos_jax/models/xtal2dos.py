@@ -1,9 +1,10 @@
 """The Xtal2DoS model: graph encoder -> crystal context -> sequence decoder (DESIGN 4).
 
   node states = encoder(batch.graph)                              float[N, d]
-  atoms       = node states gathered per crystal (batch.atom_index)  float[G, A, d]
+  atoms       = Atoms(node states, batch.atom_index, batch.atom_mask)
+                (each crystal's atoms, `atoms.dense()` = float[G, A, d])
   context     = [mean of real node states; Dense(composition)]    float[G, c]
-  raw         = decoder(context, atoms, atom_mask, y_teacher)     float[G, l_y]
+  raw         = decoder(context, atoms, y_teacher)                float[G, l_y]
                 (y_teacher = batch.y when training, else None)
   output      = activation(raw), chosen by the label scaling (`output_activation_for`).
 """
@@ -19,6 +20,7 @@ import jraph
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.featurize import composition_fractions
 from xtal2dos_jax.input_pipeline import Batch
+from xtal2dos_jax.models.decoders import Atoms
 from xtal2dos_jax.models.encoders import mean_pool
 
 Dtype = Any
@@ -59,12 +61,6 @@ def apply_output_activation(raw: jax.Array, name: str) -> jax.Array:
   return fn(raw)
 
 
-def gather_atoms(node_states: jax.Array, atom_index: jax.Array,
-                 atom_mask: jax.Array) -> jax.Array:
-  """float[N, d] node states -> float[G, A, d] per-crystal atoms, zeros where masked."""
-  return node_states[atom_index] * atom_mask[..., None].astype(node_states.dtype)
-
-
 class CrystalContext(nn.Module):
   """Crystal context h_x = [mean of real node states; Dense(composition fractions)].
 
@@ -90,7 +86,7 @@ class Xtal2DoS(nn.Module):
 
   Attributes:
     encoder: module mapping (graph, train=) -> float[N, d] node states.
-    decoder: module mapping (context, atoms, atom_mask, y_teacher, train=) -> float[G, l_y].
+    decoder: module mapping (context, atoms, y_teacher, train=) -> float[G, l_y].
     output_activation: 'softmax' (over positions), 'softplus' or 'identity'.
     dtype: compute dtype of the context embedding (parameters stay float32).
   """
@@ -103,11 +99,11 @@ class Xtal2DoS(nn.Module):
   def __call__(self, batch: Batch, *, train: bool) -> jax.Array:
     """float32[G, l_y] predictions on the scaled-label scale (padding crystals finite)."""
     node_states = self.encoder(batch.graph, train=train)
-    atoms = gather_atoms(node_states, batch.atom_index, batch.atom_mask)
+    atoms = Atoms(node_states, batch.atom_index, batch.atom_mask)
     context = CrystalContext(dtype=self.dtype, name="context")(node_states, batch.graph)
     # Teacher forcing only in training: evaluation never sees the labels.
     y_teacher = batch.y if train else None
     extra = ({"crystal_system": batch.crystal_system}
              if getattr(self.decoder, "uses_crystal_system", False) else {})
-    raw = self.decoder(context, atoms, batch.atom_mask, y_teacher, train=train, **extra)
+    raw = self.decoder(context, atoms, y_teacher, train=train, **extra)
     return apply_output_activation(raw.astype(jnp.float32), self.output_activation)
