@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.decoder_layers = 3
   m.encoder_dropout = 0.1
   m.decoder_dropout = 0.0
-  m.dtype = "float32"
+  m.dtype = "float32"     # the comparison is float32; "bf16_matmul" is the opt-in fast mode
 
   t = config.train
   t.batch_size = 64

@@ -6,10 +6,13 @@ import functools
 import chex
 import flax.linen as nn
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from xtal2dos_jax import losses
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.input_pipeline import Budget
 from xtal2dos_jax.models import (DECODERS, ENCODERS, Atoms, CausalTransformerDecoder,
@@ -17,6 +20,7 @@ from xtal2dos_jax.models import (DECODERS, ENCODERS, Atoms, CausalTransformerDec
                                  create_model, output_activation_for)
 from xtal2dos_jax.models import encoders
 from xtal2dos_jax.models.attention import MultiHeadAttention, masked_softmax, segment_softmax
+from xtal2dos_jax.models.precision import bf16_dot_general
 
 TOL = dict(rtol=1e-4, atol=1e-6)   # float32 agreement of the same computation
 
@@ -356,10 +360,40 @@ def test_dropout_only_in_training(tiny_batch, tiny_variables, tiny_predict, tiny
   assert np.abs(_real(tiny_batch, train_a) - _real(tiny_batch, eval_a)).max() > 1e-6
 
 
-def test_bfloat16_close_to_float32_with_float32_params(tiny_config, tiny_batch, tiny_variables,
-                                                       tiny_predict):
+@pytest.mark.parametrize("dims", [
+    ((2, 3, 5), (5, 7), (((2,), (0,)), ((), ()))),                  # nn.Dense
+    ((2, 3, 4, 8), (4, 8, 16), (((2, 3), (0, 1)), ((), ()))),        # DenseGeneral((-2, -1))
+    ((2, 5, 4, 8), (2, 6, 4, 8), (((3,), (3,)), ((0, 2), (0, 2)))),  # attention logits
+    ((2, 4, 5, 6), (2, 6, 4, 8), (((1, 3), (2, 1)), ((0,), (0,)))),  # permuted axes
+])
+def test_bf16_dot_general_matches_dot_general_in_value_and_gradient(dims):
+  """Exact on bfloat16-representable inputs (small integers; float32 accumulation), so
+  any layout mistake in the hand-written backward shows."""
+  lhs_shape, rhs_shape, dimension_numbers = dims
+  rng = np.random.default_rng(5)
+  ints = lambda shape: jnp.asarray(rng.integers(-4, 5, size=shape), jnp.float32)
+  lhs, rhs = ints(lhs_shape), ints(rhs_shape)
+  weights = ints(jax.eval_shape(functools.partial(jax.lax.dot_general,
+                                                  dimension_numbers=dimension_numbers),
+                                lhs, rhs).shape)
+  outputs = {}
+  for name, dot in (("reference", jax.lax.dot_general), ("bf16", bf16_dot_general)):
+    loss = lambda a, b, dot=dot: jnp.sum(weights * dot(a, b, dimension_numbers))
+    value = jax.jit(lambda a, b, dot=dot: dot(a, b, dimension_numbers))(lhs, rhs)
+    outputs[name] = (value, jax.jit(jax.grad(loss, argnums=(0, 1)))(lhs, rhs))
+  chex.assert_trees_all_equal(outputs["bf16"], outputs["reference"])
+  chex.assert_trees_all_equal_dtypes(outputs["bf16"], outputs["reference"])
+
+
+# Agreement with float32 at initialisation (relative to the 1 / l_y mean prediction).
+LOW_PRECISION_RTOL = {"bfloat16": 0.1, "bf16_matmul": 0.05}
+
+
+@pytest.mark.parametrize("dtype", sorted(LOW_PRECISION_RTOL))
+def test_low_precision_close_to_float32_with_float32_params(tiny_config, tiny_batch,
+                                                            tiny_variables, tiny_predict, dtype):
   config = tiny_config.copy_and_resolve_references()
-  config.model.dtype = "bfloat16"
+  config.model.dtype = dtype
   model = create_model(config)
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
                              tiny_batch)
@@ -369,9 +403,45 @@ def test_bfloat16_close_to_float32_with_float32_params(tiny_config, tiny_batch, 
   out = jax.jit(functools.partial(model.apply, train=False))(tiny_variables, tiny_batch)
   chex.assert_type(out, jnp.float32)
   reference = tiny_predict(tiny_variables, tiny_batch)
+  rtol = LOW_PRECISION_RTOL[dtype]
   np.testing.assert_allclose(_real(tiny_batch, out), _real(tiny_batch, reference),
-                             rtol=0.1, atol=0.1 / config.data.l_y)
+                             rtol=rtol, atol=rtol / config.data.l_y)
   np.testing.assert_allclose(_real(tiny_batch, out).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_bf16_matmul_trains(tiny_config, tiny_batch, tiny_variables, tiny_train_step):
+  """bf16_matmul: finite gradients close to float32's, and Adam steps lower the loss."""
+  config = tiny_config.copy_and_resolve_references()
+  config.model.dtype = "bf16_matmul"
+  model = create_model(config)
+
+  def loss_fn(params, key):
+    pred = model.apply({"params": params}, tiny_batch, train=True, rngs={"dropout": key})
+    per_crystal = losses.kl_divergence(tiny_batch.y, pred)
+    return jnp.sum(jnp.where(tiny_batch.graph_mask, per_crystal, 0.0))
+
+  opt = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, opt_state):
+    loss, grads = jax.value_and_grad(loss_fn)(params, jax.random.key(1))
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, grads
+
+  params = tiny_variables["params"]
+  opt_state = opt.init(params)
+  history = []
+  for i in range(10):
+    params, opt_state, loss, grads = step(params, opt_state)
+    history.append(float(loss))
+    if i == 0:
+      chex.assert_tree_all_finite(grads)
+      (_, _), reference = tiny_train_step(tiny_variables["params"], tiny_batch,
+                                          jax.random.key(1))
+      flat, flat_ref = (jax.flatten_util.ravel_pytree(g)[0] for g in (grads, reference))
+      relative = float(jnp.linalg.norm(flat - flat_ref) / jnp.linalg.norm(flat_ref))
+      assert relative < 0.05, relative
+  assert np.isfinite(history).all() and history[-1] < 0.8 * history[0], history
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from typing import Any, Callable, Dict
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -19,22 +18,11 @@ from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.models import dostransformer, gat_encoder, mlp_decoder, rnn_decoders
 from xtal2dos_jax.models.decoders import Atoms, CausalTransformerDecoder, check_position_embedding
 from xtal2dos_jax.models.encoders import UniMPEncoder, UniMPLayer
+from xtal2dos_jax.models.precision import PRECISIONS, bf16_dot_general, precision_kwargs
 from xtal2dos_jax.models.xtal2dos import (CrystalContext, Xtal2DoS, apply_output_activation,
                                           output_activation_for)
 
 ModelFactory = Callable[[ml_collections.ConfigDict], nn.Module]
-
-DTYPES: Dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-  """jnp dtype named by config.model.dtype ('float32' | 'bfloat16'; params stay float32)."""
-  name = config.model.get("dtype", "float32")
-  try:
-    return DTYPES[name]
-  except (KeyError, TypeError):
-    raise InputError("config.model.dtype",
-                     f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}") from None
 
 
 def _check_heads(config: ml_collections.ConfigDict) -> None:
@@ -48,7 +36,7 @@ def _unimp(config: ml_collections.ConfigDict) -> nn.Module:
   m, d = config.model, config.data
   return UniMPEncoder(d_model=m.d_model, num_heads=m.num_heads, num_layers=m.encoder_layers,
                       dropout=m.encoder_dropout, radius=d.radius, gaussian_step=d.gaussian_step,
-                      dtype=compute_dtype(config))
+                      **precision_kwargs(config))
 
 
 def _transformer(config: ml_collections.ConfigDict) -> nn.Module:
@@ -58,24 +46,24 @@ def _transformer(config: ml_collections.ConfigDict) -> nn.Module:
                                   dropout=m.decoder_dropout, causal=m.causal,
                                   position_embedding=check_position_embedding(
                                       m.position_embedding),
-                                  dtype=compute_dtype(config))
+                                  **precision_kwargs(config))
 
 
 # name (config.model.encoder) -> factory: config -> module(graph, train=) -> float[N, d].
 ENCODERS: Dict[str, ModelFactory] = {
     "unimp": _unimp,
-    "gat": lambda c: gat_encoder.gat_encoder(c, compute_dtype(c)),
+    "gat": gat_encoder.gat_encoder,
 }
 
 # name (config.model.decoder) -> factory: config ->
 # module(context, atoms: Atoms, y_teacher, train=) -> float[G, l_y] raw outputs.
 DECODERS: Dict[str, ModelFactory] = {
     "transformer": _transformer,
-    "rnn": lambda c: rnn_decoders.rnn_decoder(c, compute_dtype(c)),
-    "rnn_attn": lambda c: rnn_decoders.rnn_attention_decoder(c, compute_dtype(c)),
-    "chunk_rnn_attn": lambda c: rnn_decoders.chunk_rnn_attention_decoder(c, compute_dtype(c)),
-    "mlp": lambda c: mlp_decoder.mlp_decoder(c, compute_dtype(c)),
-    "dostransformer": lambda c: dostransformer.dostransformer_decoder(c, compute_dtype(c)),
+    "rnn": rnn_decoders.rnn_decoder,
+    "rnn_attn": rnn_decoders.rnn_attention_decoder,
+    "chunk_rnn_attn": rnn_decoders.chunk_rnn_attention_decoder,
+    "mlp": mlp_decoder.mlp_decoder,
+    "dostransformer": dostransformer.dostransformer_decoder,
 }
 
 
@@ -98,7 +86,7 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   _check_heads(config)
   return Xtal2DoS(encoder=encoder_factory(config), decoder=decoder_factory(config),
                   output_activation=output_activation_for(config.data.scaling),
-                  dtype=compute_dtype(config))
+                  **precision_kwargs(config))
 
 
 def count_params(params: Any) -> int:
@@ -107,7 +95,7 @@ def count_params(params: Any) -> int:
 
 
 __all__ = [
-    "DECODERS", "DTYPES", "ENCODERS", "Atoms", "CausalTransformerDecoder", "CrystalContext",
-    "UniMPEncoder", "UniMPLayer", "Xtal2DoS", "apply_output_activation", "compute_dtype",
-    "count_params", "create_model", "output_activation_for",
+    "DECODERS", "ENCODERS", "PRECISIONS", "Atoms", "CausalTransformerDecoder", "CrystalContext",
+    "UniMPEncoder", "UniMPLayer", "Xtal2DoS", "apply_output_activation", "bf16_dot_general",
+    "count_params", "create_model", "output_activation_for", "precision_kwargs",
 ]

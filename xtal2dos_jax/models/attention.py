@@ -15,12 +15,16 @@ crystal with no atoms).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from xtal2dos_jax.models.precision import DotGeneral, same_precision
 
 Dtype = Any
 
@@ -112,11 +116,13 @@ class MultiHeadAttention(nn.Module):
     num_heads: H; must divide d_model.
     dropout: dropout rate on the attention weights (train only).
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   d_model: int
   num_heads: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, mask: Optional[jax.Array],
@@ -139,16 +145,18 @@ class MultiHeadAttention(nn.Module):
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
     head_dim = self.d_model // self.num_heads
-    proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name)
+    proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name,
+                                        **same_precision(self))
     q = proj("query")(inputs_q)                          # [..., Q, H, d_h]
     k = proj("key")(inputs_kv)                           # [..., K, H, d_h] (or [M, H, d_h])
     v = proj("value")(inputs_kv)
     if kv_index is not None:
       k, v = k[kv_index], v[kv_index]                    # [..., K, H, d_h]
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(head_dim)
+    einsum = functools.partial(jnp.einsum, _dot_general=self.dot_general)
+    logits = einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(head_dim)
     if mask is not None:
       mask = jnp.expand_dims(mask, -3)                   # head axis: [..., 1, Q, K]
     weights = masked_softmax(logits, mask).astype(self.dtype)
     weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
-    out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
-    return nn.DenseGeneral(self.d_model, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+    out = einsum("...hqk,...khd->...qhd", weights, v)
+    return nn.DenseGeneral(self.d_model, axis=(-2, -1), **same_precision(self), name="out")(out)

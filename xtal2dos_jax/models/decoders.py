@@ -19,10 +19,11 @@ from typing import Any, NamedTuple, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.models.attention import MultiHeadAttention, causal_mask, key_padding_mask
-
+from xtal2dos_jax.models.precision import DotGeneral, same_precision
 Dtype = Any
 
 POSITION_EMBEDDINGS = ("onehot", "learned")
@@ -70,12 +71,13 @@ class FeedForward(nn.Module):
   ff_dim: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = nn.relu(nn.Dense(self.ff_dim, dtype=self.dtype)(x))
+    x = nn.relu(nn.Dense(self.ff_dim, **same_precision(self))(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.d_model, dtype=self.dtype)(x)
+    return nn.Dense(self.d_model, **same_precision(self))(x)
 
 
 class TransformerDecoderLayer(nn.Module):
@@ -88,12 +90,14 @@ class TransformerDecoderLayer(nn.Module):
     d_model, num_heads, ff_dim: sizes.
     dropout: rate for sublayer outputs and attention weights (train only).
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   d_model: int
   num_heads: int
   ff_dim: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, x: jax.Array, atoms: Atoms, self_mask: Optional[jax.Array],
@@ -111,7 +115,7 @@ class TransformerDecoderLayer(nn.Module):
       float[G, L, d_model].
     """
     attention = lambda name: MultiHeadAttention(self.d_model, self.num_heads, self.dropout,
-                                                dtype=self.dtype, name=name)
+                                                **same_precision(self), name=name)
     drop = lambda y: nn.Dropout(self.dropout, deterministic=not train)(y)
     norm = lambda name: nn.LayerNorm(dtype=self.dtype, name=name)
 
@@ -121,7 +125,7 @@ class TransformerDecoderLayer(nn.Module):
     x = x + drop(attention("source_attention")(y, atoms.states, source_mask, train=train,
                                                kv_index=atoms.index))
     y = norm("feed_forward_norm")(x)
-    return x + drop(FeedForward(self.d_model, self.ff_dim, self.dropout, dtype=self.dtype,
+    return x + drop(FeedForward(self.d_model, self.ff_dim, self.dropout, **same_precision(self),
                                 name="feed_forward")(y, train=train))
 
 
@@ -143,6 +147,7 @@ class CausalTransformerDecoder(nn.Module):
     causal: mask self-attention to positions <= t.
     position_embedding: 'onehot' or 'learned'.
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   l_y: int
   d_model: int
@@ -153,21 +158,22 @@ class CausalTransformerDecoder(nn.Module):
   causal: bool = True
   position_embedding: str = "onehot"
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   def setup(self):
     if check_position_embedding(self.position_embedding) == "learned":
       self.position_table = nn.Embed(self.l_y, self.d_model)
     # Dense([s_t; context]) split into its two halves: the position half is computed
     # once for all crystals and the context half once per crystal, not l_y times.
-    self.position_projection = nn.Dense(self.d_model, use_bias=False, dtype=self.dtype)
-    self.context_projection = nn.Dense(self.d_model, dtype=self.dtype)
+    self.position_projection = nn.Dense(self.d_model, use_bias=False, **same_precision(self))
+    self.context_projection = nn.Dense(self.d_model, **same_precision(self))
     self.input_dropout = nn.Dropout(self.dropout)
     self.layers = [
         TransformerDecoderLayer(self.d_model, self.num_heads, self.ff_dim, self.dropout,
-                                dtype=self.dtype) for _ in range(self.num_layers)
+                                **same_precision(self)) for _ in range(self.num_layers)
     ]
     self.final_norm = nn.LayerNorm(dtype=self.dtype)
-    self.head = nn.Dense(1, dtype=self.dtype)
+    self.head = nn.Dense(1, **same_precision(self))
 
   def positions(self) -> jax.Array:
     """float[l_y, p] position embeddings s_t (p = l_y for one-hot, d_model if learned)."""

@@ -29,11 +29,12 @@ from typing import Any, ClassVar, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import ml_collections
 
 from xtal2dos_jax.models.attention import MultiHeadAttention, key_padding_mask
 from xtal2dos_jax.models.decoders import Atoms, FeedForward
-
+from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 Dtype = Any
 
 NUM_CRYSTAL_SYSTEMS = 7
@@ -49,12 +50,14 @@ class AttentionBlock(nn.Module):
     d_model, num_heads, ff_dim: sizes.
     dropout: rate for sublayer outputs and attention weights (train only).
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   d_model: int
   num_heads: int
   ff_dim: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, x: jax.Array, memory: Optional[Atoms], mask: Optional[jax.Array], *,
@@ -63,14 +66,14 @@ class AttentionBlock(nn.Module):
     (True = may attend; or None) -> float[G, L, d_model]."""
     drop = lambda y: nn.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.LayerNorm(dtype=self.dtype, name="attention_norm")(x)
-    attention = MultiHeadAttention(self.d_model, self.num_heads, self.dropout, dtype=self.dtype,
-                                   name="attention")
+    attention = MultiHeadAttention(self.d_model, self.num_heads, self.dropout,
+                                   **same_precision(self), name="attention")
     if memory is None:
       x = x + drop(attention(y, y, mask, train=train))
     else:
       x = x + drop(attention(y, memory.states, mask, train=train, kv_index=memory.index))
     y = nn.LayerNorm(dtype=self.dtype, name="feed_forward_norm")(x)
-    return x + drop(FeedForward(self.d_model, self.ff_dim, self.dropout, dtype=self.dtype,
+    return x + drop(FeedForward(self.d_model, self.ff_dim, self.dropout, **same_precision(self),
                                 name="feed_forward")(y, train=train))
 
 
@@ -83,6 +86,7 @@ class DOSTransformerDecoder(nn.Module):
     num_layers: blocks in each of the three stages (cross, self, cross).
     dropout: dropout rate (train only).
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   l_y: int
   d_model: int
@@ -91,6 +95,7 @@ class DOSTransformerDecoder(nn.Module):
   ff_dim: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   # Tells `Xtal2DoS` to pass `crystal_system=batch.crystal_system`.
   uses_crystal_system: ClassVar[bool] = True
@@ -113,7 +118,7 @@ class DOSTransformerDecoder(nn.Module):
     del y_teacher
     num_graphs = context.shape[0]
     block = lambda name: AttentionBlock(self.d_model, self.num_heads, self.ff_dim, self.dropout,
-                                        dtype=self.dtype, name=name)
+                                        **same_precision(self), name=name)
     energies = nn.Embed(self.l_y, self.d_model, name="energy_embedding")(jnp.arange(self.l_y))
     x = jnp.broadcast_to(energies[None], (num_graphs,) + energies.shape).astype(self.dtype)
     source_mask = key_padding_mask(atoms.mask, self.l_y)                      # [G, l_y, A]
@@ -122,7 +127,7 @@ class DOSTransformerDecoder(nn.Module):
       x = block(f"energy_atom_{i}")(x, atoms, source_mask, train=train)
     x = jnp.concatenate([x, jnp.broadcast_to(context[:, None].astype(x.dtype),
                                              (num_graphs, self.l_y, context.shape[-1]))], -1)
-    x = nn.leaky_relu(nn.Dense(self.d_model, dtype=self.dtype, name="fuse_context")(x))
+    x = nn.leaky_relu(nn.Dense(self.d_model, **same_precision(self), name="fuse_context")(x))
 
     if crystal_system is None:
       crystal_system = jnp.zeros((num_graphs,), jnp.int32)
@@ -137,13 +142,12 @@ class DOSTransformerDecoder(nn.Module):
     for i in range(self.num_layers):
       x = block(f"source_{i}")(x, atoms, source_mask, train=train)
     x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
-    return nn.Dense(1, dtype=self.dtype, name="head")(x)[..., 0]
+    return nn.Dense(1, **same_precision(self), name="head")(x)[..., 0]
 
 
-def dostransformer_decoder(config: ml_collections.ConfigDict,
-                           dtype: Dtype = jnp.float32) -> nn.Module:
+def dostransformer_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   """`DOSTransformerDecoder` with config.model.decoder_layers blocks per stage."""
   m = config.model
   return DOSTransformerDecoder(l_y=config.data.l_y, d_model=m.d_model, num_heads=m.num_heads,
                                num_layers=m.decoder_layers, ff_dim=m.ff_dim,
-                               dropout=m.decoder_dropout, dtype=dtype)
+                               dropout=m.decoder_dropout, **precision_kwargs(config))

@@ -18,11 +18,12 @@ from typing import Any, Callable, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import jraph
 
 from xtal2dos_jax.featurize import atom_feature_table, gaussian_expansion
 from xtal2dos_jax.models.attention import segment_softmax
-
+from xtal2dos_jax.models.precision import DotGeneral, same_precision
 Dtype = Any
 
 
@@ -74,11 +75,12 @@ class AtomEmbedding(nn.Module):
   """
   d_model: int
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, atomic_numbers: jax.Array) -> jax.Array:
     table = jnp.asarray(atom_feature_table())
-    return nn.Dense(self.d_model, dtype=self.dtype)(table[atomic_numbers])
+    return nn.Dense(self.d_model, **same_precision(self))(table[atomic_numbers])
 
 
 class EdgeEmbedding(nn.Module):
@@ -87,11 +89,12 @@ class EdgeEmbedding(nn.Module):
   radius: float
   gaussian_step: float
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, distances: jax.Array) -> jax.Array:
     features = gaussian_expansion(distances, self.radius, self.gaussian_step)
-    return nn.Dense(self.d_model, dtype=self.dtype)(features)
+    return nn.Dense(self.d_model, **same_precision(self))(features)
 
 
 class UniMPLayer(nn.Module):
@@ -114,6 +117,7 @@ class UniMPLayer(nn.Module):
     sorted_receivers: `receivers` is non-decreasing (true for `input_pipeline` batches);
       enables the sorted-segment fast path.
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   d_model: int
   num_heads: int
@@ -122,6 +126,7 @@ class UniMPLayer(nn.Module):
   activation: Callable[[jax.Array], jax.Array] = nn.leaky_relu
   sorted_receivers: bool = True
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, h: jax.Array, g: jax.Array, senders: jax.Array, receivers: jax.Array,
@@ -143,9 +148,9 @@ class UniMPLayer(nn.Module):
       raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
     num_nodes, head_dim = h.shape[0], self.d_model // self.num_heads
     heads = lambda x: x.reshape(x.shape[0], self.num_heads, head_dim)
-    q = heads(nn.Dense(self.d_model, dtype=self.dtype, name="query")(h))      # [N, H, d_h]
-    k = heads(nn.Dense(self.d_model, dtype=self.dtype, name="key")(h))
-    v = heads(nn.Dense(self.d_model, dtype=self.dtype, name="value")(h))
+    q = heads(nn.Dense(self.d_model, **same_precision(self), name="query")(h))      # [N, H, d_h]
+    k = heads(nn.Dense(self.d_model, **same_precision(self), name="key")(h))
+    v = heads(nn.Dense(self.d_model, **same_precision(self), name="value")(h))
     g = heads(g.astype(self.dtype))                                           # [E, H, d_h]
 
     keys = k[senders] + g                                                     # [E, H, d_h]
@@ -157,8 +162,8 @@ class UniMPLayer(nn.Module):
                             indices_are_sorted=self.sorted_receivers)
     m = m.reshape(num_nodes, self.d_model)
 
-    r = nn.Dense(self.d_model, dtype=self.dtype, name="skip")(h)
-    beta = nn.sigmoid(nn.Dense(1, use_bias=False, dtype=self.dtype, name="gate")(
+    r = nn.Dense(self.d_model, **same_precision(self), name="skip")(h)
+    beta = nn.sigmoid(nn.Dense(1, use_bias=False, **same_precision(self), name="gate")(
         jnp.concatenate([m, r, m - r], axis=-1)))
     out = (1.0 - beta) * m + beta * r
     if not self.last:
@@ -182,6 +187,7 @@ class StackedGraphEncoder(nn.Module):
     gaussian_step: Gaussian width and centre spacing in Å.
     sorted_receivers: see `UniMPLayer`.
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   layer_cls: ClassVar[Callable[..., nn.Module]]
   d_model: int
@@ -192,17 +198,19 @@ class StackedGraphEncoder(nn.Module):
   gaussian_step: float
   sorted_receivers: bool = True
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, graph: jraph.GraphsTuple, *, train: bool) -> jax.Array:
     """float[N, d_model] node states of the padded batch graph."""
-    h = AtomEmbedding(self.d_model, dtype=self.dtype)(graph.nodes)
-    g = EdgeEmbedding(self.d_model, self.radius, self.gaussian_step, dtype=self.dtype)(graph.edges)
+    h = AtomEmbedding(self.d_model, **same_precision(self))(graph.nodes)
+    g = EdgeEmbedding(self.d_model, self.radius, self.gaussian_step,
+                      **same_precision(self))(graph.edges)
     mask = edge_mask(graph)
     for i in range(self.num_layers):
       h = self.layer_cls(self.d_model, self.num_heads, self.dropout,
                          last=i == self.num_layers - 1, sorted_receivers=self.sorted_receivers,
-                         dtype=self.dtype, name=f"layer_{i}")(
+                         **same_precision(self), name=f"layer_{i}")(
                              h, g, graph.senders, graph.receivers, mask, train=train)
     return h
 

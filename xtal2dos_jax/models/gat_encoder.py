@@ -22,11 +22,12 @@ from typing import Any, Callable, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import ml_collections
 
 from xtal2dos_jax.models.attention import segment_softmax
 from xtal2dos_jax.models.encoders import StackedGraphEncoder
-
+from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 Dtype = Any
 
 
@@ -42,6 +43,7 @@ class GATLayer(nn.Module):
     activation: the non-linearity (softplus, as in GATGNN).
     sorted_receivers: `receivers` is non-decreasing (true for `input_pipeline` batches).
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   d_model: int
   num_heads: int
@@ -51,6 +53,7 @@ class GATLayer(nn.Module):
   activation: Callable[[jax.Array], jax.Array] = nn.softplus
   sorted_receivers: bool = True
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, h: jax.Array, g: jax.Array, senders: jax.Array, receivers: jax.Array,
@@ -72,8 +75,8 @@ class GATLayer(nn.Module):
       raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
     num_nodes, head_dim = h.shape[0], self.d_model // self.num_heads
     heads = lambda x: x.reshape(x.shape[0], self.num_heads, head_dim)
-    node = nn.Dense(self.d_model, dtype=self.dtype, name="node")(h)                # W_n h
-    edge = nn.Dense(self.d_model, use_bias=False, dtype=self.dtype, name="edge")(g)  # W_e g
+    node = nn.Dense(self.d_model, **same_precision(self), name="node")(h)                # W_n h
+    edge = nn.Dense(self.d_model, use_bias=False, **same_precision(self), name="edge")(g)  # W_e g
     z_centre = heads(node[receivers] + edge)                                        # [E, H, d_h]
     z_neighbour = heads(node[senders] + edge)
     a_centre = self.param("attention_centre", nn.initializers.lecun_normal(),
@@ -87,7 +90,7 @@ class GATLayer(nn.Module):
                             indices_are_sorted=self.sorted_receivers)
     m = jax.ops.segment_sum(alpha[..., None] * z_neighbour, receivers, num_nodes,
                             indices_are_sorted=self.sorted_receivers)
-    out = m.reshape(num_nodes, self.d_model) + nn.Dense(self.d_model, dtype=self.dtype,
+    out = m.reshape(num_nodes, self.d_model) + nn.Dense(self.d_model, **same_precision(self),
                                                         name="skip")(h)
     if not self.last:
       out = self.activation(nn.LayerNorm(dtype=self.dtype)(out))
@@ -99,9 +102,10 @@ class GATEncoder(StackedGraphEncoder):
   layer_cls: ClassVar[Callable[..., nn.Module]] = GATLayer
 
 
-def gat_encoder(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> nn.Module:
-  """`GATEncoder` sized like the UniMP encoder (config.model.encoder_* / data.radius...)."""
+def gat_encoder(config: ml_collections.ConfigDict) -> nn.Module:
+  """`GATEncoder` sized like the UniMP encoder (config.model.encoder_* / data.radius...),
+  precision from config.model.dtype."""
   m, d = config.model, config.data
   return GATEncoder(d_model=m.d_model, num_heads=m.num_heads, num_layers=m.encoder_layers,
                     dropout=m.encoder_dropout, radius=d.radius, gaussian_step=d.gaussian_step,
-                    dtype=dtype)
+                    **precision_kwargs(config))

@@ -15,10 +15,11 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import ml_collections
 
 from xtal2dos_jax.models.decoders import Atoms
-
+from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 Dtype = Any
 
 
@@ -31,20 +32,22 @@ class MLP(nn.Module):
     num_layers: number of hidden layers (0 = a single linear map).
     dropout: dropout rate after each hidden layer (train only).
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   hidden: int
   out_features: int
   num_layers: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """float[..., f] -> float[..., out_features]."""
     for i in range(self.num_layers):
-      x = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype, name=f"hidden_{i}")(x))
+      x = nn.leaky_relu(nn.Dense(self.hidden, **same_precision(self), name=f"hidden_{i}")(x))
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.out_features, dtype=self.dtype, name="out")(x)
+    return nn.Dense(self.out_features, **same_precision(self), name="out")(x)
 
 
 class MLPDecoder(nn.Module):
@@ -58,6 +61,7 @@ class MLPDecoder(nn.Module):
     energy_embedding: share one MLP over positions, reading [e_t; context] with e_t a
       learned d-dimensional embedding of position t (d = `hidden`).
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   l_y: int
   hidden: int
@@ -65,6 +69,7 @@ class MLPDecoder(nn.Module):
   dropout: float = 0.0
   energy_embedding: bool = False
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, context: jax.Array, atoms: Atoms, y_teacher: Optional[jax.Array], *,
@@ -72,7 +77,7 @@ class MLPDecoder(nn.Module):
     """float[G, c] context (atoms and y_teacher unused) -> float[G, l_y] raw outputs."""
     del atoms, y_teacher
     if not self.energy_embedding:
-      return MLP(self.hidden, self.l_y, self.num_layers, self.dropout, dtype=self.dtype,
+      return MLP(self.hidden, self.l_y, self.num_layers, self.dropout, **same_precision(self),
                  name="mlp")(context, train=train)
     num_graphs = context.shape[0]
     energies = nn.Embed(self.l_y, self.hidden, name="energy_embedding")(
@@ -81,14 +86,15 @@ class MLPDecoder(nn.Module):
         jnp.broadcast_to(energies[None], (num_graphs,) + energies.shape).astype(context.dtype),
         jnp.broadcast_to(context[:, None], (num_graphs, self.l_y, context.shape[-1])),
     ], axis=-1)
-    return MLP(self.hidden, 1, self.num_layers, self.dropout, dtype=self.dtype,
+    return MLP(self.hidden, 1, self.num_layers, self.dropout, **same_precision(self),
                name="mlp")(x, train=train)[..., 0]
 
 
-def mlp_decoder(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> nn.Module:
+def mlp_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   """`MLPDecoder`: config.model.decoder_layers hidden layers of width config.model.ff_dim;
   config.model.mlp_energy_embedding (optional, default False) adds energy embeddings."""
   m = config.model
   return MLPDecoder(l_y=config.data.l_y, hidden=m.ff_dim, num_layers=m.decoder_layers,
                     dropout=m.decoder_dropout,
-                    energy_embedding=bool(m.get("mlp_energy_embedding", False)), dtype=dtype)
+                    energy_embedding=bool(m.get("mlp_energy_embedding", False)),
+                    **precision_kwargs(config))

@@ -52,14 +52,15 @@ from typing import Any, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import ml_collections
 import numpy as np
 
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.models.attention import masked_softmax
 from xtal2dos_jax.models.decoders import Atoms
+from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 from xtal2dos_jax.models.xtal2dos import OUTPUT_ACTIVATIONS, output_activation_for
-
 Dtype = Any
 Carry = Tuple[jax.Array, jax.Array, jax.Array]
 
@@ -122,9 +123,11 @@ class LuongAttention(nn.Module):
   Attributes:
     d_model: width of the attentional state h~.
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   d_model: int
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, h: jax.Array, atoms: jax.Array, atom_mask: jax.Array) -> jax.Array:
@@ -132,11 +135,11 @@ class LuongAttention(nn.Module):
 
     A crystal without real atoms gets c = 0 (finite).
     """
-    query = nn.Dense(atoms.shape[-1], use_bias=False, dtype=self.dtype, name="score")(h)
+    query = nn.Dense(atoms.shape[-1], use_bias=False, **same_precision(self), name="score")(h)
     scores = jnp.einsum("gd,gad->ga", query, atoms.astype(query.dtype))
     alpha = masked_softmax(scores, atom_mask).astype(self.dtype)               # [G, A]
     c = jnp.einsum("ga,gad->gd", alpha, atoms.astype(self.dtype))
-    return jnp.tanh(nn.Dense(self.d_model, dtype=self.dtype, name="combine")(
+    return jnp.tanh(nn.Dense(self.d_model, **same_precision(self), name="combine")(
         jnp.concatenate([c, h.astype(self.dtype)], axis=-1)))
 
 
@@ -159,6 +162,7 @@ class GRUDecoderStep(nn.Module):
   teacher_forcing: bool
   deterministic: bool
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, carry: Carry, xs: Tuple[jax.Array, jax.Array], atoms: jax.Array,
@@ -180,10 +184,10 @@ class GRUDecoderStep(nn.Module):
     h = h.astype(jnp.float32)
     features = h
     if self.attention:
-      features = LuongAttention(self.d_model, dtype=self.dtype, name="attention")(
+      features = LuongAttention(self.d_model, **same_precision(self), name="attention")(
           h, atoms, atom_mask)
     features = nn.Dropout(self.dropout, deterministic=self.deterministic)(features)
-    logits = nn.Dense(self.chunk_size, dtype=self.dtype, name="head")(features)
+    logits = nn.Dense(self.chunk_size, **same_precision(self), name="head")(features)
     raw, values, log_remaining = emit_values(logits.astype(jnp.float32), log_remaining,
                                              positions, self.l_y, self.output_activation)
     return (h, values, log_remaining), raw
@@ -213,6 +217,7 @@ class ChunkRNNAttentionDecoder(nn.Module):
   dropout: float = 0.0
   output_activation: str = "softmax"
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @property
   def num_steps(self) -> int:
@@ -237,7 +242,7 @@ class ChunkRNNAttentionDecoder(nn.Module):
       raise InputError("config.model.chunk_size", f"must be >= 1, got {self.chunk_size}")
     num_graphs, size, steps = context.shape[0], self.chunk_size, self.num_steps
     padded = steps * size
-    h0 = jnp.tanh(nn.Dense(self.d_model, dtype=self.dtype, name="initial_state")(context))
+    h0 = jnp.tanh(nn.Dense(self.d_model, **same_precision(self), name="initial_state")(context))
     start = self.param("start", nn.initializers.zeros_init(), (size,), jnp.float32)
     start = jnp.broadcast_to(start, (num_graphs, size))
     positions = jnp.arange(padded, dtype=jnp.int32).reshape(steps, size)
@@ -252,7 +257,7 @@ class ChunkRNNAttentionDecoder(nn.Module):
                    split_rngs={"params": False, "dropout": True},
                    in_axes=(0, nn.broadcast, nn.broadcast), out_axes=0, length=steps)
     step = scan(self.l_y, self.d_model, size, self.attention, self.dropout,
-                self.output_activation, teacher_forcing, not train, dtype=self.dtype,
+                self.output_activation, teacher_forcing, not train, **same_precision(self),
                 name="step")
     carry = (h0.astype(jnp.float32), start, jnp.zeros((num_graphs,), jnp.float32))
     _, raw = step(carry, (inputs, positions), atoms.dense(), atoms.mask)       # [T, G, C]
@@ -271,28 +276,27 @@ class RNNDecoder(ChunkRNNAttentionDecoder):
   attention: bool = False
 
 
-def _kwargs(config: ml_collections.ConfigDict, dtype: Dtype) -> dict:
+def _kwargs(config: ml_collections.ConfigDict) -> dict:
   return dict(l_y=config.data.l_y, d_model=config.model.d_model,
               dropout=config.model.decoder_dropout,
-              output_activation=output_activation_for(config.data.scaling), dtype=dtype)
+              output_activation=output_activation_for(config.data.scaling),
+              **precision_kwargs(config))
 
 
-def rnn_decoder(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> nn.Module:
+def rnn_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   """`RNNDecoder` sized by config.model / config.data."""
-  return RNNDecoder(**_kwargs(config, dtype))
+  return RNNDecoder(**_kwargs(config))
 
 
-def rnn_attention_decoder(config: ml_collections.ConfigDict,
-                          dtype: Dtype = jnp.float32) -> nn.Module:
+def rnn_attention_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   """`RNNAttentionDecoder` sized by config.model / config.data."""
-  return RNNAttentionDecoder(**_kwargs(config, dtype))
+  return RNNAttentionDecoder(**_kwargs(config))
 
 
-def chunk_rnn_attention_decoder(config: ml_collections.ConfigDict,
-                                dtype: Dtype = jnp.float32) -> nn.Module:
+def chunk_rnn_attention_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   """`ChunkRNNAttentionDecoder` with config.model.chunk_size values per step."""
   chunk_size = config.model.chunk_size
   if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
     raise InputError("config.model.chunk_size", f"must be an integer >= 1, got {chunk_size!r}")
   return ChunkRNNAttentionDecoder(chunk_size=int(chunk_size), attention=True,
-                                  **_kwargs(config, dtype))
+                                  **_kwargs(config))

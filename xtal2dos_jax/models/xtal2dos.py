@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import jraph
 
 from xtal2dos_jax.errors import InputError
@@ -22,7 +23,7 @@ from xtal2dos_jax.featurize import composition_fractions
 from xtal2dos_jax.input_pipeline import Batch
 from xtal2dos_jax.models.decoders import Atoms
 from xtal2dos_jax.models.encoders import mean_pool
-
+from xtal2dos_jax.models.precision import DotGeneral, same_precision
 Dtype = Any
 
 OUTPUT_ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -67,9 +68,11 @@ class CrystalContext(nn.Module):
   Attributes:
     composition_features: width of the composition embedding (None = node-state width).
     dtype: compute dtype (parameters stay float32).
+    dot_general: the matmul of the layers (see `precision.py`).
   """
   composition_features: Optional[int] = None
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, node_states: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
@@ -77,7 +80,7 @@ class CrystalContext(nn.Module):
     pooled = mean_pool(node_states, graph)
     composition = composition_fractions(graph.nodes, graph.n_node)          # [G, 103]
     features = self.composition_features or node_states.shape[-1]
-    embedded = nn.Dense(features, dtype=self.dtype, name="composition")(composition)
+    embedded = nn.Dense(features, **same_precision(self), name="composition")(composition)
     return jnp.concatenate([pooled.astype(embedded.dtype), embedded], axis=-1)
 
 
@@ -94,13 +97,14 @@ class Xtal2DoS(nn.Module):
   decoder: nn.Module
   output_activation: str = "softmax"
   dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, batch: Batch, *, train: bool) -> jax.Array:
     """float32[G, l_y] predictions on the scaled-label scale (padding crystals finite)."""
     node_states = self.encoder(batch.graph, train=train)
     atoms = Atoms(node_states, batch.atom_index, batch.atom_mask)
-    context = CrystalContext(dtype=self.dtype, name="context")(node_states, batch.graph)
+    context = CrystalContext(**same_precision(self), name="context")(node_states, batch.graph)
     # Teacher forcing only in training: evaluation never sees the labels.
     y_teacher = batch.y if train else None
     extra = ({"crystal_system": batch.crystal_system}
