@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   b.scaling_steps = 2           # timed steps per scaling row (after one compile/warm-up step)
   b.atoms_per_cell = (8, 32, 128)   # crystal-size sweep (supercells of conventional NaCl)
   b.batch_sizes = (16, 64, 128)     # batch-size sweep (embedded set, network only)
+  b.bf16_matmul = True          # rows for the opt-in model.dtype="bf16_matmul", vs float32
   b.paper_model = True          # the paper-size row: d_model 512, 8 heads, 6 decoder layers
   b.paper_d_model = 512
   b.paper_num_heads = 8

@@ -69,3 +69,5 @@ def test_quick_benchmark_runs_and_prints_the_table(tmp_path):
   assert rows["compiles: train step, epoch 1"]["value"] == 1
   assert rows["compiles: train step, epoch 2"]["value"] == 0
   assert rows["train network only (device batches)"]["value"] > 0
+  assert rows["bf16_matmul: train network only"]["value"] > 0
+  assert rows["bf16_matmul: prediction (Trainer.predict)"]["value"] > 0

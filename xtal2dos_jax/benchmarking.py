@@ -1,8 +1,8 @@
 """Speed measurements behind `python -m experiments.benchmark` (see that binary).
 
 Rows of (name, value, unit, notes): featurisation, training (end to end and network
-only), compile counts and times, evaluation / prediction throughput, memory, and scaling
-with model, crystal and batch size. Throughputs are best-of-N after warm-up.
+only), compile counts and times, evaluation / prediction throughput, memory, the opt-in
+bf16_matmul precision mode, and scaling with model, crystal and batch size. Throughputs are best-of-N after warm-up.
 """
 from __future__ import annotations
 
@@ -543,6 +543,42 @@ def _inference_rows(run: TrainingRun, everything, feat_rate: float, repeats: int
   ]
 
 
+def _bf16_matmul_rows(run: TrainingRun, config, everything, repeats: int, log) -> list[Row]:
+  """The opt-in `model.dtype="bf16_matmul"` mode vs the float32 run: network-only training
+  over one epoch and `Trainer.predict` on the whole set, rounds interleaved (float32,
+  bf16_matmul, float32, ...) so load changes hit both; speed-ups are best vs best."""
+  log("bf16_matmul: network-only training and prediction, interleaved with float32")
+  rd = run.rd
+  t0 = time.perf_counter()
+  bf16 = TrainingRun(with_overrides(config, model=dict(dtype="bf16_matmul")), rd)
+  init_s = time.perf_counter() - t0
+  plan = run.trainer.plan(run.train_data, rd.budget, epoch=0, shuffle=True)
+  crystals = sum(len(idx) for step in plan for idx in step)
+  on_device = device_batches(run.trainer, run.train_data, rd.budget, plan)
+  bf16.state, _, _ = warm_up(bf16.train_step, bf16.state, on_device[0])
+  predict = lambda r: _timed(lambda: r.trainer.predict(r.state.params, everything, rd.budget))
+  predict(bf16)
+  n_all = len(everything.graphs)
+  times = {"train32": [], "train16": [], "predict32": [], "predict16": []}
+  for _ in range(max(repeats, 1)):
+    times["train32"].append(run.run_device_batches(on_device))
+    times["train16"].append(bf16.run_device_batches(on_device))
+    times["predict32"].append(predict(run))
+    times["predict16"].append(predict(bf16))
+  best = {k: min(v) for k, v in times.items()}
+  med = {k: statistics.median(v) for k, v in times.items()}
+  return [
+      Row("bf16_matmul: train network only", crystals / best["train16"], "crystals/s",
+          f"best; median {crystals / med['train16']:.1f}; x{best['train32'] / best['train16']:.2f}"
+          f" vs float32 interleaved ({crystals / best['train32']:.0f}); compile "
+          f"{bf16.train_step.compile_seconds:.1f} s + init {init_s:.1f} s"),
+      Row("bf16_matmul: prediction (Trainer.predict)", n_all / best["predict16"], "crystals/s",
+          f"best; median {n_all / med['predict16']:.1f}; "
+          f"x{best['predict32'] / best['predict16']:.2f} vs float32 interleaved "
+          f"({n_all / best['predict32']:.0f})"),
+  ]
+
+
 def _scaling_rows(run: TrainingRun, config, everything, main_rate: float, log) -> list[Row]:
   """Paper-size model, crystal size and batch size (network-only train crystals/s);
   `main_rate` is the network-only rate at the config's own batch size."""
@@ -631,6 +667,8 @@ def _run_all(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> l
   rows += _training_rows(run, config, repeats, log)
   rows.append(_warm_cache_row(run, config))
   rows += _inference_rows(run, everything, feat_rate, repeats, log)
+  if config.bench.get("bf16_matmul", False) and config.model.dtype == "float32":
+    rows += _bf16_matmul_rows(run, config, everything, repeats, log)
   rows.append(Row("peak resident memory, bench model", _peak_rss_mib(), "MiB",
                   "ru_maxrss after data, training, evaluation and prediction (before scaling)"))
   main_rate = next(r.value for r in rows if r.name == "train network only (device batches)")
