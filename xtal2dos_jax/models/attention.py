@@ -147,16 +147,19 @@ class MultiHeadAttention(nn.Module):
     head_dim = self.d_model // self.num_heads
     proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name,
                                         **same_precision(self))
-    q = proj("query")(inputs_q)                          # [..., Q, H, d_h]
-    k = proj("key")(inputs_kv)                           # [..., K, H, d_h] (or [M, H, d_h])
-    v = proj("value")(inputs_kv)
+    # Heads lead ([H, ..., Q or K, d_h]): the attention products batch over (H, ...), and
+    # gathered keys/values are contiguous d_h-rows of [H, M, d_h].
+    heads_first = lambda x: jnp.moveaxis(x, -2, 0)
+    q = heads_first(proj("query")(inputs_q))             # [H, ..., Q, d_h]
+    k = heads_first(proj("key")(inputs_kv))              # [H, ..., K, d_h] (or [H, M, d_h])
+    v = heads_first(proj("value")(inputs_kv))
     if kv_index is not None:
-      k, v = k[kv_index], v[kv_index]                    # [..., K, H, d_h]
+      k, v = k[:, kv_index], v[:, kv_index]              # [H, ..., K, d_h]
     einsum = functools.partial(jnp.einsum, _dot_general=self.dot_general)
-    logits = einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(head_dim)
+    logits = einsum("h...qd,h...kd->h...qk", q, k) / math.sqrt(head_dim)
     if mask is not None:
-      mask = jnp.expand_dims(mask, -3)                   # head axis: [..., 1, Q, K]
+      mask = mask[None]                                  # head axis: [1, ..., Q, K]
     weights = masked_softmax(logits, mask).astype(self.dtype)
     weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
-    out = einsum("...hqk,...khd->...qhd", weights, v)
+    out = einsum("h...qk,h...kd->...qhd", weights, v)    # [..., Q, H, d_h]
     return nn.DenseGeneral(self.d_model, axis=(-2, -1), **same_precision(self), name="out")(out)
