@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.causal = True             # False reproduces the public PyTorch code's unmasked decoder
   model.position_embedding = "onehot"  # onehot | learned
   model.chunk_size = 8            # chunk_rnn_attn only
-  model.dtype = "float32"         # float32 | bfloat16 (compute dtype; params stay float32)
+  model.dtype = "float32"         # float32 | bfloat16 | bf16_matmul (params stay float32)
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 64           # global batch (crystals per step, across all devices)

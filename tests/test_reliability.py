@@ -34,7 +34,7 @@ def _epoch_records(workdir):
   out = []
   for line in open(os.path.join(workdir, "metrics.jsonl")):
     record = json.loads(line)
-    for timing in ("train_seconds", "train_crystals_per_s", "rss_mb"):
+    for timing in ("train_seconds", "train_crystals_per_s", "rss_mb", "wall_time"):
       record.pop(timing, None)
     out.append(record)
   return out
