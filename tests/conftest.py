@@ -6,6 +6,10 @@ padding budget (`tiny_budget`), so every batch built with it reuses one compiled
 """
 from __future__ import annotations
 
+from xtal2dos_jax.allocator import keep_freed_memory
+
+keep_freed_memory()  # as the binaries do (experiments/__init__.py), before numpy and jax
+
 import functools
 from typing import Callable, Sequence
 

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from xtal2dos_jax import data as data_lib
-from xtal2dos_jax import datasets, graphset, input_pipeline, train
+from xtal2dos_jax import allocator, datasets, graphset, input_pipeline, train
 
 # Fired by JAX around every XLA backend compilation (or persistent-cache load) of an
 # executable; see jax/_src/dispatch.py.
@@ -460,10 +460,12 @@ def _training_rows(run: TrainingRun, config, repeats: int, log) -> list[Row]:
   before = run.train_step.compiles
   run.state, _, _ = warm_up(run.train_step, run.state, on_device[0])
   device_input_compiles = run.train_step.compiles - before
-  e2e, nosync, net = [], [], []
+  e2e, nosync, net, faults = [], [], [], 0
   for _ in range(max(int(b.measured_epochs), repeats, 1)):
     e2e.append(run.train_epoch(validate=False).rate)
+    faults -= resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     net.append(crystals / run.run_device_batches(on_device))
+    faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     nosync.append(run.train_epoch(sync_every_step=False, validate=False).rate)
   med = statistics.median
   rows.append(Row("train e2e (train.py loop)", max(nosync), "crystals/s",
@@ -481,6 +483,10 @@ def _training_rows(run: TrainingRun, config, repeats: int, log) -> list[Row]:
   rows.append(Row("device time per train step", step_ms, "ms/step",
                   f"{crystals / len(plan):.1f} crystals/step; budget (nodes, edges, graphs, "
                   f"atoms) {tuple(rd.budget)}"))
+  rows.append(Row("page faults per train step", faults / (len(net) * len(plan)), "count",
+                  "minor faults in the network-only epochs; allocator.keep_freed_memory "
+                  + ("applied" if allocator.applied else
+                     f"not applied ({allocator.ENV_VAR}=0 or no glibc)")))
 
   def host_pipeline():
     t0 = time.perf_counter()
