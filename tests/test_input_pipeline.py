@@ -303,11 +303,46 @@ def test_epoch_plan_covers_each_crystal_once(data, budget, num_devices):
   assert not np.array_equal(orders[0, 0], orders[1, 0])
 
 
-def test_epoch_plan_without_shuffle_is_in_order(data, budget):
-  for epoch in (0, 5):
-    plan = ip.epoch_plan(data, budget, 2, seed=7, epoch=epoch, shuffle=False)
-    flat = np.concatenate([g for s in plan for g in s])
-    np.testing.assert_array_equal(flat, np.arange(len(data.graphs)))
+@pytest.mark.parametrize("num_devices", [1, 2])
+def test_epoch_plan_without_shuffle_is_balanced_and_fixed(data, budget, num_devices):
+  plans = [ip.epoch_plan(data, budget, num_devices, seed=seed, epoch=epoch, shuffle=False)
+           for seed, epoch in [(7, 0), (7, 5), (1, 0)]]
+  groups = [g for s in plans[0] for g in s]
+  np.testing.assert_array_equal(np.sort(np.concatenate(groups)), np.arange(len(data.graphs)))
+  assert all(np.all(np.diff(g) > 0) for g in groups)   # each group in index order
+  for other in plans[1:]:  # independent of seed and epoch
+    chex.assert_trees_all_equal([list(s) for s in other], [list(s) for s in plans[0]])
+
+
+def test_balanced_groups_use_the_fewest_batches_where_greedy_packing_does_not():
+  # A set like the embedded one: mostly small cells, a cluster of large ones in a row.
+  rng = np.random.default_rng(0)
+  n_node = np.concatenate([rng.integers(2, 8, 300), rng.integers(24, 41, 40),
+                           rng.integers(2, 8, 300)])
+  n_edge = 12 * n_node
+  bud = ip.make_budget(n_node, n_edge, 64)
+  greedy = ip.pack(n_node, n_edge, np.arange(len(n_node)), bud)
+  assert len(greedy) > 10                                  # the cluster splits batches
+  for multiple in (1, 4):
+    groups = ip.balanced_groups(n_node, n_edge, bud, multiple=multiple)
+    assert len(groups) == -(-10 // multiple) * multiple    # ceil(640 / 64) = 10 batches
+    np.testing.assert_array_equal(np.sort(np.concatenate(groups)), np.arange(len(n_node)))
+    for g in groups:
+      assert len(g) <= bud.max_crystals
+      assert n_node[g].sum() <= bud.n_node - 1 and n_edge[g].sum() <= bud.n_edge
+    sums = [n_node[g].sum() for g in groups]
+    assert max(sums) - min(sums) <= n_node.max()
+
+
+def test_balanced_groups_fall_back_to_greedy_packing_when_dealing_overflows():
+  n_node = np.array([10, 10, 1, 1])
+  n_edge = 12 * n_node
+  bud = ip.Budget(n_node=21, n_edge=240, n_graph=4, max_atoms=10)  # 3 crystals, 20 atoms
+  # Dealing into ceil(4 / 3) = 2 groups puts 10 + 1 atoms in each: fits.
+  assert sorted(g.tolist() for g in ip.balanced_groups(n_node, n_edge, bud)) == [[0, 3], [1, 2]]
+  tight = bud._replace(n_edge=130)   # 11 atoms = 132 edges: no dealt group fits
+  groups = ip.balanced_groups(n_node, n_edge, tight)
+  chex.assert_trees_all_equal(groups, ip.pack(n_node, n_edge, np.arange(4), tight))
 
 
 @pytest.mark.parametrize("num_devices", [1, 2, 3])
@@ -318,7 +353,7 @@ def test_last_partial_batch_is_padded_not_dropped(num_devices):
   plan = ip.epoch_plan(uniform, bud, num_devices)
   groups = [g for s in plan for g in s]
   real = [g for g in groups if len(g)]
-  assert [len(g) for g in real] == [3, 3, 1]
+  assert sum(len(g) for g in real) == 7 and max(len(g) for g in real) <= 3
   assert len(plan) == -(-3 // num_devices)
   batches = list(ip.step_batches(uniform, bud, plan, prefetch=0))
   chex.assert_shape(batches[-1].graph_mask, (num_devices, bud.n_graph))

@@ -184,19 +184,51 @@ def unstack(batch: Batch) -> list[Batch]:
   return [jax.tree.map(lambda x, i=i: x[i], batch) for i in range(n)]
 
 
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-  """Seeded permutation of the crystals for one epoch (identity if not shuffling)."""
-  if not shuffle:
-    return np.arange(n)
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+  """Seeded permutation of the crystals for one training epoch."""
   return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def balanced_groups(n_node: np.ndarray, n_edge: np.ndarray, budget: Budget,
+                    multiple: int = 1) -> list[np.ndarray]:
+  """Groups for passes whose order does not matter (evaluation, prediction): as few as
+  the crystal count allows (rounded up to a multiple of `multiple`, the device count),
+  each with about the same number of atoms and edges.
+
+  Greedy packing in dataset order leaves batches part-empty wherever large crystals
+  cluster (the embedded set: 17 batches of 64 for 1,024 crystals instead of 16). Here
+  the crystals are dealt largest first, back and forth across the groups; each group
+  is returned in ascending index order. Falls back to `pack` in dataset order if a
+  dealt group would not fit the budget.
+  """
+  n = len(n_node)
+  if n == 0:
+    return []
+  k = -(-n // budget.max_crystals)
+  k = -(-k // multiple) * multiple
+  order = np.lexsort((n_node, n_edge))[::-1]            # most edges (then atoms) first
+  rank = np.arange(n)
+  lap, pos = rank // k, rank % k
+  group_of = np.where(lap % 2 == 0, pos, k - 1 - pos)   # back and forth: balanced sums
+  groups = [np.sort(order[group_of == g]) for g in range(k)]
+  fits = all(len(g) <= budget.max_crystals and n_node[g].sum() <= budget.n_node - 1
+             and n_edge[g].sum() <= budget.n_edge for g in groups)
+  return groups if fits else pack(n_node, n_edge, np.arange(n), budget)
 
 
 def epoch_plan(data: LabelledGraphs, budget: Budget, num_devices: int, *, seed: int = 0,
                epoch: int = 0, shuffle: bool = False) -> list[list[np.ndarray]]:
   """Crystal indices for every step of an epoch: a list of steps, each `num_devices`
-  groups (one per device, possibly empty at the end of the epoch)."""
-  order = epoch_order(len(data.graphs), seed, epoch, shuffle)
-  groups = pack(data.graphs.n_node, data.graphs.n_edge, order, budget)
+  groups (one per device, possibly empty at the end of the epoch).
+
+  Shuffled (training): a seeded permutation per epoch, packed greedily. Unshuffled
+  (evaluation, prediction): `balanced_groups`, the fewest full batches.
+  """
+  n_node, n_edge = data.graphs.n_node, data.graphs.n_edge
+  if shuffle:
+    groups = pack(n_node, n_edge, epoch_order(len(data.graphs), seed, epoch), budget)
+  else:
+    groups = balanced_groups(n_node, n_edge, budget, multiple=num_devices)
   steps = []
   for s in range(0, len(groups), num_devices):
     step = groups[s:s + num_devices]
