@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.encoder_dropout = 0.1
   model.decoder_dropout = 0.0
   model.causal = True             # False reproduces the public PyTorch code's unmasked decoder
+  model.source_attention = True   # False: decoder without attention to the atoms (ablation)
   model.position_embedding = "onehot"  # onehot | learned
   model.chunk_size = 8            # chunk_rnn_attn only
   model.dtype = "float32"         # float32 | bfloat16 | bf16_matmul (params stay float32)

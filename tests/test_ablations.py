@@ -354,7 +354,8 @@ def test_xtal2dos_passes_crystal_system_to_decoders_that_use_it(tiny_batch):
 
 
 @pytest.mark.parametrize("path", ["rnn", "rnn_attn", "chunk_rnn_attn", "mlp",
-                                  "gat_transformer", "dostransformer", "unmasked"])
+                                  "gat_transformer", "dostransformer", "unmasked",
+                                  "no_source_attention"])
 def test_ablation_configs_build(path):
   config = compare.load_config_file(os.path.join(REPO, "configs", "ablations", f"{path}.py"))
   model = create_model(config)
@@ -366,6 +367,8 @@ def test_ablation_configs_build(path):
     assert type(model.decoder) is expected[path]
   assert (config.model.encoder == "gat") == (path == "gat_transformer")
   assert config.model.causal == (path != "unmasked")
+  if path in ("unmasked", "no_source_attention"):
+    assert model.decoder.source_attention == (path != "no_source_attention")
 
 
 # --------------------------------------------------------------------------------------------

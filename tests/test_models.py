@@ -38,12 +38,14 @@ def _encoder_from_config(config, **overrides):
   return UniMPEncoder(**kwargs)
 
 
-def _decoder(config, causal=True, position_embedding="onehot", dropout=0.0, num_layers=None):
+def _decoder(config, causal=True, position_embedding="onehot", dropout=0.0, num_layers=None,
+             source_attention=True):
   m = config.model
   return CausalTransformerDecoder(l_y=config.data.l_y, d_model=m.d_model, num_heads=m.num_heads,
                                   num_layers=num_layers or m.decoder_layers, ff_dim=m.ff_dim,
-                                  dropout=dropout,
-                                  causal=causal, position_embedding=position_embedding)
+                                  dropout=dropout, causal=causal,
+                                  source_attention=source_attention,
+                                  position_embedding=position_embedding)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +296,29 @@ def test_decoder_causality(tiny_config, causal):
     else:
       assert (dependence[future] > 1e-7).all()
   assert (np.abs(jac[0, :, 1]).max() == 0.0) and (np.abs(jac[1, :, 0]).max() == 0.0)
+
+
+@pytest.mark.parametrize("source_attention", [True, False])
+def test_decoder_without_source_attention_ignores_the_atoms(tiny_config, source_attention):
+  """The ablation `source_attention=False` has no source-attention parameters and its
+  outputs do not change when the atom states do; the full decoder's do."""
+  d = tiny_config.model.d_model
+  dec = _decoder(tiny_config, source_attention=source_attention, num_layers=2)
+  rng = np.random.default_rng(5)
+  context = jnp.asarray(rng.normal(size=(2, 2 * d)), jnp.float32)
+  mask = jnp.array([[True, True, False], [True, False, False]])
+  atoms = [Atoms.from_dense(jnp.asarray(rng.normal(size=(2, 3, d)), jnp.float32), mask)
+           for _ in range(2)]
+  variables = dec.init(jax.random.key(0), context, atoms[0], None, train=False)
+  has_source = ["source_attention" in jax.tree_util.keystr(path)
+                for path, _ in jax.tree_util.tree_leaves_with_path(variables)]
+  assert any(has_source) == source_attention
+  out = [dec.apply(variables, context, a, None, train=False) for a in atoms]
+  chex.assert_shape(out[0], (2, tiny_config.data.l_y))
+  if source_attention:
+    assert float(jnp.abs(out[0] - out[1]).max()) > 1e-6
+  else:
+    chex.assert_trees_all_equal(out[0], out[1])
 
 
 def _predict_one(predict, variables, make_batch, names, which, budget=None):

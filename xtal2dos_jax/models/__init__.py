@@ -44,6 +44,7 @@ def _transformer(config: ml_collections.ConfigDict) -> nn.Module:
   return CausalTransformerDecoder(l_y=config.data.l_y, d_model=m.d_model, num_heads=m.num_heads,
                                   num_layers=m.decoder_layers, ff_dim=m.ff_dim,
                                   dropout=m.decoder_dropout, causal=m.causal,
+                                  source_attention=m.get("source_attention", True),
                                   position_embedding=check_position_embedding(
                                       m.position_embedding),
                                   **precision_kwargs(config))

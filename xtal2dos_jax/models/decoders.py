@@ -89,6 +89,8 @@ class TransformerDecoderLayer(nn.Module):
   Attributes:
     d_model, num_heads, ff_dim: sizes.
     dropout: rate for sublayer outputs and attention weights (train only).
+    source_attention: include the source-attention sublayer (False: the ablation in
+      which positions see the crystal only through the context in z).
     dtype: compute dtype (parameters stay float32).
     dot_general: the matmul of the layers (see `precision.py`).
   """
@@ -96,6 +98,7 @@ class TransformerDecoderLayer(nn.Module):
   num_heads: int
   ff_dim: int
   dropout: float = 0.0
+  source_attention: bool = True
   dtype: Dtype = jnp.float32
   dot_general: DotGeneral = lax.dot_general
 
@@ -121,9 +124,10 @@ class TransformerDecoderLayer(nn.Module):
 
     y = norm("self_attention_norm")(x)
     x = x + drop(attention("self_attention")(y, y, self_mask, train=train))
-    y = norm("source_attention_norm")(x)
-    x = x + drop(attention("source_attention")(y, atoms.states, source_mask, train=train,
-                                               kv_index=atoms.index))
+    if self.source_attention:
+      y = norm("source_attention_norm")(x)
+      x = x + drop(attention("source_attention")(y, atoms.states, source_mask, train=train,
+                                                 kv_index=atoms.index))
     y = norm("feed_forward_norm")(x)
     return x + drop(FeedForward(self.d_model, self.ff_dim, self.dropout, **same_precision(self),
                                 name="feed_forward")(y, train=train))
@@ -136,6 +140,7 @@ class CausalTransformerDecoder(nn.Module):
   length l_y as in the paper, or learned); then `num_layers` `TransformerDecoderLayer`s
   with causal self-attention (position t attends to positions <= t; `causal=False`
   reproduces the public code's unmasked decoder), a final LayerNorm and Dense(1).
+  `source_attention=False` drops the attention to atoms (an ablation).
 
   `embed_inputs` and `decode_from_embeddings` split `__call__` in two so tests (and
   analyses) can differentiate with respect to the position states z.
@@ -145,6 +150,7 @@ class CausalTransformerDecoder(nn.Module):
     d_model, num_heads, num_layers, ff_dim: sizes.
     dropout: dropout rate (train only).
     causal: mask self-attention to positions <= t.
+    source_attention: attend from positions to the crystal's atoms in every layer.
     position_embedding: 'onehot' or 'learned'.
     dtype: compute dtype (parameters stay float32).
     dot_general: the matmul of the layers (see `precision.py`).
@@ -156,6 +162,7 @@ class CausalTransformerDecoder(nn.Module):
   ff_dim: int
   dropout: float = 0.0
   causal: bool = True
+  source_attention: bool = True
   position_embedding: str = "onehot"
   dtype: Dtype = jnp.float32
   dot_general: DotGeneral = lax.dot_general
@@ -170,7 +177,8 @@ class CausalTransformerDecoder(nn.Module):
     self.input_dropout = nn.Dropout(self.dropout)
     self.layers = [
         TransformerDecoderLayer(self.d_model, self.num_heads, self.ff_dim, self.dropout,
-                                **same_precision(self)) for _ in range(self.num_layers)
+                                self.source_attention, **same_precision(self))
+        for _ in range(self.num_layers)
     ]
     self.final_norm = nn.LayerNorm(dtype=self.dtype)
     self.head = nn.Dense(1, **same_precision(self))
