@@ -1,8 +1,9 @@
 """Speed measurements behind `python -m experiments.benchmark` (see that binary).
 
 Rows of (name, value, unit, notes): featurisation, training (end to end and network
-only), compile counts and times, evaluation / prediction throughput, memory, the opt-in
-bf16_matmul precision mode, and scaling with model, crystal and batch size. Throughputs are best-of-N after warm-up.
+only), compile counts and times, page faults per training step, evaluation / prediction
+throughput, memory, the opt-in bf16_matmul precision mode, and scaling with model,
+crystal and batch size. Throughputs are best-of-N after warm-up.
 """
 from __future__ import annotations
 
