@@ -17,4 +17,5 @@ def get_config():
   data.grid_unit = "eV"
   data.kind = "electronic"
   config.train.batch_size = 32
+  config.train.num_epochs = 60    # phdos's 30 was chosen on phonon data only
   return config
