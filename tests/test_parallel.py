@@ -54,11 +54,15 @@ def run(num_devices):
     state, out = trainer.p_train_step(state, batch)
     losses.append(float(out["loss_sum"][0] / out["count"][0]))
   params = jax.tree.map(lambda x: np.asarray(x[0]).tolist(), state.params)
-  return losses, params
+  # Evaluation and prediction over the whole set through the Trainer's own plan.
+  metrics = trainer.evaluate(state.params, data, budget, bin_width=20.0)
+  pred = trainer.predict(state.params, data, budget)
+  return losses, params, metrics["normalized"], pred.tolist()
 
-l1, p1 = run(1)
-l4, p4 = run(4)
-json.dump({"l1": l1, "l4": l4, "p1": p1, "p4": p4}, sys.stdout)
+l1, p1, m1, y1 = run(1)
+l4, p4, m4, y4 = run(4)
+json.dump({"l1": l1, "l4": l4, "p1": p1, "p4": p4, "m1": m1, "m4": m4, "y1": y1, "y4": y4},
+          sys.stdout)
 """
 
 
@@ -77,6 +81,12 @@ def test_one_device_equals_four_devices():
   np.testing.assert_allclose(flat1, flat4, rtol=1e-4, atol=1e-6)
   # The steps did train: the loss moved.
   assert abs(out["l1"][-1] - out["l1"][0]) > 1e-4
+  # Evaluation and prediction cover every crystal once, whatever the device count.
+  y1, y4 = np.asarray(out["y1"]), np.asarray(out["y4"])
+  assert y1.shape == (8, 51) and (np.abs(y1).sum(axis=1) > 0).all()
+  np.testing.assert_allclose(y1, y4, rtol=1e-4, atol=1e-7)
+  for key in ("r2", "mae", "mse", "wd"):
+    np.testing.assert_allclose(out["m1"][key], out["m4"][key], rtol=1e-4, err_msg=key)
 
 
 def _leaves(tree):

@@ -187,7 +187,10 @@ class Trainer:
     return input_pipeline.step_batches(data, budget, plan, devices=self._device_slice())
 
   def plan(self, data, budget, *, epoch: int = 0, shuffle: bool = False):
-    return input_pipeline.epoch_plan(data, budget, jax.device_count(), seed=self.config.seed,
+    """Steps of one group per participating device: every device of every process, or
+    the `devices` subset given to a single-process Trainer."""
+    num_devices = self.num_local_devices * jax.process_count()
+    return input_pipeline.epoch_plan(data, budget, num_devices, seed=self.config.seed,
                                      epoch=epoch, shuffle=shuffle)
 
   def evaluate(self, params_repl, data: input_pipeline.LabelledGraphs, budget,
