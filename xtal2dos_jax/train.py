@@ -212,7 +212,11 @@ class Trainer:
     }
 
   def predict(self, params_repl, data: input_pipeline.LabelledGraphs, budget) -> np.ndarray:
-    """Scaled predictions float32[n, l_y] in the order of data.graphs."""
+    """Scaled predictions float32[n, l_y] in the order of data.graphs.
+
+    In a multi-process run each process fills only the rows its own devices predicted
+    (the others stay 0); the evaluate and predict binaries run as one process.
+    """
     plan = self.plan(data, budget)
     out = np.zeros_like(data.y)
     local = self._device_slice()
