@@ -22,14 +22,29 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or not noisy
 
 
-def setup_runtime() -> None:
-  """Quiets library logs; initialises JAX's distributed runtime when asked."""
+def setup_runtime(single_process: bool = False) -> None:
+  """Quiets library logs; initialises JAX's distributed runtime when asked.
+
+  `single_process` binaries (evaluate, predict) refuse a multi-process launch with a
+  one-line error instead of writing partial results from every process.
+  """
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
   from xtal2dos_jax import runtime
   if not flags.FLAGS.no_compilation_cache:
     runtime.enable_compilation_cache()
   f = flags.FLAGS
+  if single_process:
+    launch = (("--num_processes", f.num_processes) if f.num_processes and f.num_processes > 1
+              else ("SLURM_NTASKS", os.environ.get("SLURM_NTASKS"))
+              if int(os.environ.get("SLURM_NTASKS", "1")) > 1 else None)
+    if launch:
+      with user_errors():
+        from xtal2dos_jax.errors import InputError
+        raise InputError(launch[0], f"{launch[1]} processes requested, but this binary "
+                         "runs as one process (only training is multi-host)")
+    _log_devices(jax)
+    return
   if f.num_processes and f.num_processes > 1:
     # Cross-process collectives on CPU (ignored by GPU/TPU backends). Must be set
     # before anything initialises the backend, so no jax.devices() before this.
@@ -39,6 +54,10 @@ def setup_runtime() -> None:
   elif any(v in os.environ for v in ("SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS")) and \
       int(os.environ.get("SLURM_NTASKS", "2")) > 1:
     jax.distributed.initialize()
+  _log_devices(jax)
+
+
+def _log_devices(jax) -> None:
   logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.default_backend())

@@ -136,6 +136,21 @@ def test_cli_bad_workdir_is_one_line_exit_2(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("binary, args, env, name", [
+    ("predict", ["--structures=x.cif", "--num_processes=2", "--process_id=0",
+                 "--coordinator_address=localhost:1"], {}, "--num_processes"),
+    ("evaluate", [], {"SLURM_NTASKS": "3"}, "SLURM_NTASKS"),
+])
+def test_evaluate_and_predict_refuse_multi_process_launches(tmp_path, binary, args, env, name):
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{binary}", f"--workdir={tmp_path}"]
+                        + args, cwd=REPO, capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, **env))
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {name}: ") and "runs as one process" in last
+
+
+@pytest.mark.slow
 def test_sigkill_at_any_moment_resumes_and_finishes(tmp_path):
   """A real SIGKILL during training (possibly mid-save); the rerun completes the run,
   and metrics.jsonl holds each epoch exactly once."""
