@@ -22,6 +22,20 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or not noisy
 
 
+def _multi_process_launch() -> tuple[str, str] | None:
+  """(what asked for it, how many processes) if this is a multi-process launch: the
+  --num_processes flag, or SLURM / JAX's coordinator variables in the environment."""
+  f = flags.FLAGS
+  if f.num_processes and f.num_processes > 1:
+    return "--num_processes", str(f.num_processes)
+  if "SLURM_NTASKS" in os.environ:
+    ntasks = os.environ["SLURM_NTASKS"]
+    return ("SLURM_NTASKS", ntasks) if int(ntasks) > 1 else None
+  if "JAX_COORDINATOR_ADDRESS" in os.environ:
+    return "JAX_COORDINATOR_ADDRESS", "several"
+  return None
+
+
 def setup_runtime(single_process: bool = False) -> None:
   """Quiets library logs; initialises JAX's distributed runtime when asked.
 
@@ -34,30 +48,20 @@ def setup_runtime(single_process: bool = False) -> None:
   if not flags.FLAGS.no_compilation_cache:
     runtime.enable_compilation_cache()
   f = flags.FLAGS
-  if single_process:
-    launch = (("--num_processes", f.num_processes) if f.num_processes and f.num_processes > 1
-              else ("SLURM_NTASKS", os.environ.get("SLURM_NTASKS"))
-              if int(os.environ.get("SLURM_NTASKS", "1")) > 1 else None)
-    if launch:
-      with user_errors():
-        from xtal2dos_jax.errors import InputError
-        raise InputError(launch[0], f"{launch[1]} processes requested, but this binary "
-                         "runs as one process (only training is multi-host)")
-    _log_devices(jax)
-    return
-  if f.num_processes and f.num_processes > 1:
+  launch = _multi_process_launch()
+  if launch and single_process:
+    with user_errors():
+      from xtal2dos_jax.errors import InputError
+      raise InputError(launch[0], f"{launch[1]} processes requested, but this binary runs "
+                       "as one process (only training is multi-host)")
+  if launch and launch[0] == "--num_processes":
     # Cross-process collectives on CPU (ignored by GPU/TPU backends). Must be set
     # before anything initialises the backend, so no jax.devices() before this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f.coordinator_address,
                                num_processes=f.num_processes, process_id=f.process_id)
-  elif any(v in os.environ for v in ("SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS")) and \
-      int(os.environ.get("SLURM_NTASKS", "2")) > 1:
+  elif launch:
     jax.distributed.initialize()
-  _log_devices(jax)
-
-
-def _log_devices(jax) -> None:
   logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.default_backend())
