@@ -28,6 +28,8 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 from absl import app, flags, logging
@@ -40,25 +42,53 @@ config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config 
                                 lock_config=False)
 flags.DEFINE_bool("quick", False, "Smoke-sized model and a data subset (seconds; for tests).")
 flags.DEFINE_string("output", None, "Also write the rows (and the run's context) as JSON here.")
+flags.DEFINE_bool("inference_only", False,
+                  "Only the evaluation/prediction rows. The benchmark runs them this way in a "
+                  "child process set up as the predict binary is (experiments/__init__.py).")
 flags.DEFINE_string("xla_cache_dir", None,
                     "Persistent XLA cache for this run (default: a fresh temporary directory, "
                     "so compile rows are cold).")
+
+
+def _inference_in_child(config, xla_cache: str) -> list:
+  """The evaluation/prediction rows, measured by `--inference_only` in a new process
+  with the same flags, so its malloc set-up is the predict binary's, not training's
+  (experiments/__init__.py); featurisation and XLA caches are this run's."""
+  from xtal2dos_jax import allocator
+  from xtal2dos_jax.benchmarking import Row
+  keep = [a for a in sys.argv[1:] if not a.startswith(("--output", "--xla_cache_dir"))]
+  with tempfile.TemporaryDirectory(prefix="xtal2dos_bench_inference_") as tmp:
+    out = os.path.join(tmp, "rows.json")
+    cmd = [sys.executable, "-m", "experiments.benchmark", *keep, "--inference_only",
+           f"--output={out}", f"--xla_cache_dir={xla_cache}",
+           f"--config.data.cache_dir={config.data.cache_dir}"]
+    proc = subprocess.run(cmd, env=dict(os.environ, **{allocator.ENV_VAR: "0"}),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+      raise RuntimeError(f"benchmark --inference_only failed:\n{proc.stderr[-3000:]}")
+    with open(out) as f:
+      return [Row(**r) for r in json.load(f)["rows"]]
 
 
 def main(argv):
   del argv
   if not FLAGS["no_compilation_cache"].present:
     FLAGS.no_compilation_cache = True   # cold compile rows: not the user's XLA cache
-  common.setup_runtime()
+  common.setup_runtime(inference=FLAGS.inference_only)
   from xtal2dos_jax import runtime
-  from xtal2dos_jax.benchmarking import context, format_rows, quick_config, run_benchmark
+  from xtal2dos_jax.benchmarking import (context, format_rows, inference_rows, quick_config,
+                                          run_benchmark)
   xla_cache = FLAGS.xla_cache_dir or tempfile.mkdtemp(prefix="xtal2dos_bench_xla_")
   runtime.enable_compilation_cache(xla_cache)
   config = quick_config(FLAGS.config) if FLAGS.quick else FLAGS.config
   info = context()
+  log = lambda msg: logging.info("benchmark: %s", msg)
   try:
     with common.user_errors():
-      rows = run_benchmark(config, log=lambda msg: logging.info("benchmark: %s", msg))
+      if FLAGS.inference_only:
+        rows = inference_rows(config, log)
+      else:
+        rows = run_benchmark(config, log, lambda c: _inference_in_child(c, xla_cache))
   finally:
     if not FLAGS.xla_cache_dir:
       shutil.rmtree(xla_cache, ignore_errors=True)

@@ -12,6 +12,12 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 flags.DEFINE_bool("no_compilation_cache", False,
                   "Do not keep compiled XLA executables in ~/.cache/xtal2dos_jax.")
+flags.DEFINE_integer("cpu_devices", None,
+                     "CPU backend only: JAX devices to split the cores into, each running one "
+                     "shard of every batch (default: one per core, at most 8, for evaluate "
+                     "and predict; 1 = one device using all cores, for training). Ignored in "
+                     "multi-process launches and by "
+                     "XLA_FLAGS=--xla_force_host_platform_device_count.")
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -36,11 +42,15 @@ def _multi_process_launch() -> tuple[str, str] | None:
   return None
 
 
-def setup_runtime(single_process: bool = False) -> None:
-  """Quiets library logs; initialises JAX's distributed runtime when asked.
+def setup_runtime(inference: bool = False) -> None:
+  """Quiets library logs; sets the CPU device count; initialises JAX's distributed
+  runtime when asked.
 
-  `single_process` binaries (evaluate, predict) refuse a multi-process launch with a
-  one-line error instead of writing partial results from every process.
+  `inference` binaries (evaluate, predict) run one CPU device per core by default
+  (`runtime.split_cpu_into_devices`: ~40% more predictions/s on 2 cores) and refuse a
+  multi-process launch with a one-line error instead of writing partial results from
+  every process. Training keeps one CPU device using all cores: data parallelism over
+  cores does not train the comparison model faster and slows the paper-size one.
   """
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
@@ -49,7 +59,11 @@ def setup_runtime(single_process: bool = False) -> None:
     runtime.enable_compilation_cache()
   f = flags.FLAGS
   launch = _multi_process_launch()
-  if launch and single_process:
+  if not launch:
+    with user_errors():
+      runtime.split_cpu_into_devices(f.cpu_devices if f.cpu_devices is not None
+                                     else None if inference else 1)
+  if launch and inference:
     with user_errors():
       from xtal2dos_jax.errors import InputError
       raise InputError(launch[0], f"{launch[1]} processes requested, but this binary runs "
@@ -62,9 +76,11 @@ def setup_runtime(single_process: bool = False) -> None:
                                num_processes=f.num_processes, process_id=f.process_id)
   elif launch:
     jax.distributed.initialize()
-  logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__,
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count(), jax.default_backend())
+  from xtal2dos_jax import allocator
+  logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s); keep_freed_memory %s",
+               jax.__version__, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.default_backend(),
+               "on" if allocator.applied else "off")
 
 
 def default_workdir(config_path: str) -> str:

@@ -16,7 +16,7 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
-  common.setup_runtime(single_process=True)
+  common.setup_runtime(inference=True)
   from xtal2dos_jax import inference, train
   with common.user_errors():
     out = inference.evaluate_run(FLAGS.workdir, FLAGS.split)

@@ -20,7 +20,7 @@ flags.mark_flags_as_required(["workdir", "structures"])
 
 def main(argv):
   del argv
-  common.setup_runtime(single_process=True)
+  common.setup_runtime(inference=True)
   from xtal2dos_jax import inference
   with common.user_errors():
     out = inference.predict_structures(FLAGS.workdir, FLAGS.structures, FLAGS.outdir)

@@ -70,3 +70,24 @@ def test_freed_blocks_are_reused_without_page_faults():
 def test_opt_out_is_a_no_op(monkeypatch):
   monkeypatch.setenv(allocator.ENV_VAR, "0")
   assert allocator.keep_freed_memory() is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+@pytest.mark.parametrize("binary,expected", [("evaluate", "off"), ("train", "on")])
+def test_binary_set_up_training_vs_inference(
+    tmp_path, binary, expected):
+  """experiments/__init__.py: evaluate/predict skip it (arena contention between their
+  per-core device threads) and run one CPU device per core, training one device; the
+  binaries log both, then fail fast here."""
+  from xtal2dos_jax import runtime
+  devices = min(runtime.usable_cores(), runtime.MAX_DEFAULT_CPU_DEVICES)
+  devices = devices if binary == "evaluate" else 1
+  args = {"evaluate": [f"--workdir={tmp_path}"],
+          "train": ["--config=configs/smoke.py", f"--workdir={tmp_path / 'run'}",
+                    f"--config.data.path={tmp_path / 'missing'}"]}[binary]
+  env = {k: v for k, v in os.environ.items() if k not in (allocator.ENV_VAR, "XLA_FLAGS")}
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{binary}", *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert f"{devices} local / {devices} global devices (cpu); keep_freed_memory {expected}" \
+      in proc.stderr, proc.stderr[-2000:]

@@ -73,3 +73,8 @@ def test_quick_benchmark_runs_and_prints_the_table(tmp_path):
   assert rows["bf16_matmul: prediction (Trainer.predict)"]["value"] > 0
   if sys.platform.startswith("linux"):  # experiments/__init__.py keeps freed memory
     assert rows["page faults per train step"]["notes"].endswith("keep_freed_memory applied")
+    # ... but the inference rows come from a child set up as the predict binary is.
+    assert rows["prediction (Trainer.predict)"]["notes"].endswith("allocator.applied=False)")
+  assert rows["prediction (Trainer.predict)"]["value"] > 0
+  assert rows["evaluation (Trainer.evaluate)"]["value"] > 0
+  assert rows["prediction incl. featurisation"]["value"] > 0

@@ -514,7 +514,7 @@ def _warm_cache_row(run: TrainingRun, config) -> Row:
   trainer = train.Trainer(config, run.rd.scaler)
   step = CountedStep(trainer.p_train_step)
   batch = input_pipeline.stack([input_pipeline.assemble(run.train_data, np.arange(8),
-                                                        run.rd.budget)])
+                                                        run.rd.budget)] * trainer.num_local_devices)
   t0 = time.perf_counter()
   run.state, out = step(run.state, batch)
   jax.block_until_ready((run.state, out))
@@ -523,20 +523,29 @@ def _warm_cache_row(run: TrainingRun, config) -> Row:
              f"{step.compile_seconds:.2f} s + one step), i.e. a rerun/resume")
 
 
-def _inference_rows(run: TrainingRun, everything, feat_rate: float, repeats: int,
-                    log) -> list[Row]:
-  """Trainer.evaluate / Trainer.predict over the whole set, after a warm-up call."""
+def inference_rows(config: ml_collections.ConfigDict, log: Callable[[str], None] = print
+                   ) -> list[Row]:
+  """Trainer.evaluate / Trainer.predict over the whole set, after a warm-up call.
+
+  Run on its own (`experiments/benchmark.py --inference_only`, in a child process set
+  up as the predict binary is: see experiments/__init__.py), on freshly initialised
+  parameters; throughput does not depend on their values.
+  """
+  _install_listener()
+  rd = data_lib.prepare_run_data(config, jax.device_count())
+  everything = whole_set(rd)
+  run = TrainingRun(config, rd)
+  repeats = int(config.bench.repeats)
   log("evaluation and prediction on the whole set")
-  rd, params = run.rd, run.state.params
+  params = run.state.params
   n_all = len(everything.graphs)
   batch = run.config.train.batch_size
-  c_eval = run.eval_step.compiles
   predict_first = _timed(lambda: run.trainer.predict(params, everything, rd.budget))
   run.evaluate(everything)
+  c_eval = run.eval_step.compiles
   eval_s = best_of(lambda: _timed(lambda: run.evaluate(everything)), repeats)
   predict_s = best_of(lambda: _timed(lambda: run.trainer.predict(params, everything,
                                                                  rd.budget)), repeats)
-  pred_rate = n_all / predict_s[0]
   return [
       Row("compile: predict step", run.predict_step.compile_seconds, "s",
           f"XLA backend time of {run.predict_step.compiles} compilation(s); first predict() "
@@ -545,11 +554,17 @@ def _inference_rows(run: TrainingRun, everything, feat_rate: float, repeats: int
                f"{n_all} crystals, batch {batch}, loss + metrics on both scales; new eval "
                f"compiles {run.eval_step.compiles - c_eval}"),
       rate_row("prediction (Trainer.predict)", n_all, predict_s, "crystals/s",
-               f"{n_all} featurised crystals, batch {batch}"),
-      Row("prediction incl. featurisation", 1.0 / (1.0 / feat_rate + 1.0 / pred_rate),
-          "crystals/s", "derived: structures -> DoS without cache = featurisation and "
-          "prediction rows in series"),
+               f"{n_all} featurised crystals, batch {batch}, {jax.local_device_count()} "
+               f"device(s); process as the predict binary's (allocator.applied="
+               f"{allocator.applied})"),
   ]
+
+
+def _featurise_then_predict_row(rows: Sequence[Row], feat_rate: float) -> Row:
+  pred_rate = next(r.value for r in rows if r.name == "prediction (Trainer.predict)")
+  return Row("prediction incl. featurisation", 1.0 / (1.0 / feat_rate + 1.0 / pred_rate),
+             "crystals/s", "derived: structures -> DoS without cache = featurisation and "
+             "prediction rows in series")
 
 
 def _bf16_matmul_rows(run: TrainingRun, config, everything, repeats: int, log) -> list[Row]:
@@ -566,7 +581,7 @@ def _bf16_matmul_rows(run: TrainingRun, config, everything, repeats: int, log) -
   on_device = device_batches(run.trainer, run.train_data, rd.budget, plan)
   bf16.state, _, _ = warm_up(bf16.train_step, bf16.state, on_device[0])
   predict = lambda r: _timed(lambda: r.trainer.predict(r.state.params, everything, rd.budget))
-  predict(bf16)
+  predict(run), predict(bf16)  # compile both
   n_all = len(everything.graphs)
   times = {"train32": [], "train16": [], "predict32": [], "predict16": []}
   for _ in range(max(repeats, 1)):
@@ -645,9 +660,13 @@ def _peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_benchmark(config: ml_collections.ConfigDict,
-                  log: Callable[[str], None] = print) -> list[Row]:
+def run_benchmark(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
+                  inference_rows_fn: Callable[[ml_collections.ConfigDict], list[Row]] | None
+                  = None) -> list[Row]:
   """Runs every measurement of the module docstring; returns the rows in table order.
+
+  `inference_rows_fn(config)` measures the evaluation/prediction rows (default:
+  `inference_rows` in this process); the benchmark binary runs them in a child process.
 
   Featurisation caches go to a temporary directory, removed at the end.
   """
@@ -655,12 +674,13 @@ def run_benchmark(config: ml_collections.ConfigDict,
   config = copy.deepcopy(config)
   config.data.cache_dir = tempfile.mkdtemp(prefix="xtal2dos_bench_")
   try:
-    return _run_all(config, log)
+    return _run_all(config, log, inference_rows_fn)
   finally:
     shutil.rmtree(config.data.cache_dir, ignore_errors=True)
 
 
-def _run_all(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> list[Row]:
+def _run_all(config: ml_collections.ConfigDict, log: Callable[[str], None],
+             inference_rows_fn) -> list[Row]:
   start = time.perf_counter()
   repeats = int(config.bench.repeats)
   rows: list[Row] = []
@@ -675,11 +695,13 @@ def _run_all(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> l
                   "jit(model.init), optimizer state, replicate"))
   rows += _training_rows(run, config, repeats, log)
   rows.append(_warm_cache_row(run, config))
-  rows += _inference_rows(run, everything, feat_rate, repeats, log)
+  inference = inference_rows_fn(config) if inference_rows_fn else inference_rows(config, log)
+  rows += inference + [_featurise_then_predict_row(inference, feat_rate)]
   if config.bench.get("bf16_matmul", False) and config.model.dtype == "float32":
     rows += _bf16_matmul_rows(run, config, everything, repeats, log)
   rows.append(Row("peak resident memory, bench model", _peak_rss_mib(), "MiB",
-                  "ru_maxrss after data, training, evaluation and prediction (before scaling)"))
+                  "ru_maxrss of the training process after data, training and bf16 rows "
+                  "(before scaling)"))
   main_rate = next(r.value for r in rows if r.name == "train network only (device batches)")
   rows += _scaling_rows(run, config, everything, main_rate, log)
   rows.append(Row("peak resident memory, whole benchmark", _peak_rss_mib(), "MiB",
