@@ -10,7 +10,9 @@ compile times and compile counts as rows of their own:
   XLA backend compilations, attributed to the step whose call triggered them), which must
   equal the number of padding buckets (1), with nothing compiled in the second epoch;
 * evaluation and prediction crystals/s (`Trainer.evaluate` / `Trainer.predict` on the
-  whole set), host pipeline vs device time per step, page faults per training step
+  whole set, measured by `--inference_only` in a child process set up as the predict
+  binary is: one CPU device per core, no single malloc arena), host pipeline vs device
+  time per step, page faults per training step
   (see `xtal2dos_jax/allocator.py`), peak resident memory;
 * the opt-in mixed-precision mode (`model.dtype="bf16_matmul"`): network-only training
   and prediction, interleaved with the float32 model (`config.bench.bf16_matmul`);
