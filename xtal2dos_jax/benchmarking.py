@@ -599,7 +599,8 @@ def _bf16_matmul_rows(run: TrainingRun, config, everything, repeats: int, log) -
       Row("bf16_matmul: prediction (Trainer.predict)", n_all / best["predict16"], "crystals/s",
           f"best; median {n_all / med['predict16']:.1f}; "
           f"x{best['predict32'] / best['predict16']:.2f} vs float32 interleaved "
-          f"({n_all / best['predict32']:.0f})"),
+          f"({n_all / best['predict32']:.0f}); training process, "
+          f"{jax.local_device_count()} device(s)"),
   ]
 
 
