@@ -525,19 +525,19 @@ def _warm_cache_row(run: TrainingRun, config) -> Row:
 
 def inference_rows(config: ml_collections.ConfigDict, log: Callable[[str], None] = print
                    ) -> list[Row]:
-  """Trainer.evaluate / Trainer.predict over the whole set, after a warm-up call.
-
-  Run on its own (`experiments/benchmark.py --inference_only`, in a child process set
-  up as the predict binary is: see experiments/__init__.py), on freshly initialised
-  parameters; throughput does not depend on their values.
-  """
+  """The evaluation/prediction rows on their own, on freshly initialised parameters
+  (throughput does not depend on their values): what `experiments/benchmark.py
+  --inference_only` runs in a child process set up as the predict binary is."""
   _install_listener()
   rd = data_lib.prepare_run_data(config, jax.device_count())
-  everything = whole_set(rd)
-  run = TrainingRun(config, rd)
-  repeats = int(config.bench.repeats)
+  return _inference_rows(TrainingRun(config, rd), whole_set(rd), int(config.bench.repeats),
+                         log)
+
+
+def _inference_rows(run: TrainingRun, everything, repeats: int, log) -> list[Row]:
+  """Trainer.evaluate / Trainer.predict over the whole set, after a warm-up call."""
   log("evaluation and prediction on the whole set")
-  params = run.state.params
+  rd, params = run.rd, run.state.params
   n_all = len(everything.graphs)
   batch = run.config.train.batch_size
   predict_first = _timed(lambda: run.trainer.predict(params, everything, rd.budget))
@@ -581,7 +581,8 @@ def _bf16_matmul_rows(run: TrainingRun, config, everything, repeats: int, log) -
   on_device = device_batches(run.trainer, run.train_data, rd.budget, plan)
   bf16.state, _, _ = warm_up(bf16.train_step, bf16.state, on_device[0])
   predict = lambda r: _timed(lambda: r.trainer.predict(r.state.params, everything, rd.budget))
-  predict(run), predict(bf16)  # compile both
+  predict(run)   # compile both precisions' predict steps before timing
+  predict(bf16)
   n_all = len(everything.graphs)
   times = {"train32": [], "train16": [], "predict32": [], "predict16": []}
   for _ in range(max(repeats, 1)):
@@ -666,8 +667,8 @@ def run_benchmark(config: ml_collections.ConfigDict, log: Callable[[str], None] 
                   = None) -> list[Row]:
   """Runs every measurement of the module docstring; returns the rows in table order.
 
-  `inference_rows_fn(config)` measures the evaluation/prediction rows (default:
-  `inference_rows` in this process); the benchmark binary runs them in a child process.
+  `inference_rows_fn(config)` measures the evaluation/prediction rows (default: in this
+  process, with the trained parameters); the benchmark binary runs them in a child process.
 
   Featurisation caches go to a temporary directory, removed at the end.
   """
@@ -696,7 +697,8 @@ def _run_all(config: ml_collections.ConfigDict, log: Callable[[str], None],
                   "jit(model.init), optimizer state, replicate"))
   rows += _training_rows(run, config, repeats, log)
   rows.append(_warm_cache_row(run, config))
-  inference = inference_rows_fn(config) if inference_rows_fn else inference_rows(config, log)
+  inference = (inference_rows_fn(config) if inference_rows_fn
+               else _inference_rows(run, everything, repeats, log))
   rows += inference + [_featurise_then_predict_row(inference, feat_rate)]
   if config.bench.get("bf16_matmul", False) and config.model.dtype == "float32":
     rows += _bf16_matmul_rows(run, config, everything, repeats, log)
