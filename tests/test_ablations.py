@@ -440,16 +440,19 @@ def test_compare_config_helpers(tiny_config):
       compare.apply_overrides(config, [bad])
 
 
-def _fake_run(path, decoder, r2, seconds, test_ids, speed=True, **model):
+def _fake_run(path, decoder, r2, seconds, test_ids, speed=True, seed=0, **model):
   os.makedirs(path)
   metrics = {scale: {"r2": r2, "mae": 0.01, "mse": 2e-4, "wd": 0.07, "wd_physical": 1.0,
                      "count": len(test_ids)} for scale in ("normalized", "original")}
   metrics["original"]["r2"] = r2 - 0.1
+  validation = json.loads(json.dumps(metrics))
+  validation["normalized"]["r2"] = r2 + 0.05
   with open(os.path.join(path, "results.json"), "w") as f:
-    json.dump({"metrics": {"validation": metrics, "test": metrics}, "best_epoch": 2,
+    json.dump({"metrics": {"validation": validation, "test": metrics}, "best_epoch": 2,
                "epochs_run": 3, "num_params": 12345}, f)
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump({"model": {"encoder": "unimp", "decoder": decoder, "causal": True, **model}}, f)
+    json.dump({"seed": seed,
+               "model": {"encoder": "unimp", "decoder": decoder, "causal": True, **model}}, f)
   with open(os.path.join(path, "splits.json"), "w") as f:
     json.dump({"train": ["a"], "validation": ["b"], "test": test_ids}, f)
   with open(os.path.join(path, "metrics.jsonl"), "w") as f:
@@ -473,6 +476,7 @@ def test_compare_table_from_run_dirs(tmp_path):
   assert rows["phdos"]["train_seconds_per_epoch"] == 3.0    # median, first epoch excluded
   assert rows["chunk"]["train_seconds_per_epoch"] == 10.0   # the only epoch
   assert rows["phdos"]["r2"] == 0.7 and rows["phdos"]["r2_original"] == pytest.approx(0.6)
+  assert rows["phdos"]["val_r2"] == pytest.approx(0.75) and rows["phdos"]["r2_std"] is None
   assert rows["phdos"]["num_params"] == 12345 and rows["phdos"]["test_count"] == 2
   assert rows["chunk"]["model"] == "unimp + chunk_rnn_attn (chunk 8)"
   assert rows["phdos"]["inference_crystals_per_s"] == 250.0
@@ -480,8 +484,10 @@ def test_compare_table_from_run_dirs(tmp_path):
 
   markdown = compare.to_markdown(table)
   lines = markdown.splitlines()
-  assert lines[0].startswith("| variant | model | R^2 | MAE | MSE | WD | R^2 (orig) | params")
-  assert lines[2].startswith("| phdos | unimp + transformer | 0.7000 |")
+  assert lines[0].startswith("| variant | model | val R^2 | R^2 | MAE | MSE | WD | R^2 (orig) "
+                             "| params")
+  assert lines[2].startswith("| phdos | unimp + transformer | 0.7500 | 0.7000 |")
+  assert "±" not in markdown and "seed" not in markdown
   assert "12,345" in lines[2] and "| 250.0 |" in lines[2] and "n/a" in lines[4]
   assert "warning" not in markdown
 
@@ -495,12 +501,39 @@ def test_compare_table_from_run_dirs(tmp_path):
   assert not table["same_split"] and "warning" in compare.to_markdown(table)
 
 
+def test_compare_table_over_seeds(tmp_path):
+  assert compare.parse_seeds(["0", "1", "7"]) == [0, 1, 7]
+  for bad, reason in ((["0", "x"], "integers"), (["1", "1"], "twice")):
+    with pytest.raises(InputError, match=rf"--seeds '{bad[-1]}'.*{reason}"):
+      compare.parse_seeds(bad)
+  assert compare.run_dirs("w", "mlp", []) == [os.path.join("w", "mlp")]
+  dirs = compare.run_dirs(str(tmp_path), "mlp", [0, 1, 2])
+  assert dirs == [str(tmp_path / "mlp" / f"seed_{s}") for s in (0, 1, 2)]
+  for seed, (r2, seconds) in enumerate([(0.5, 2.0), (0.6, 3.0), (0.7, 7.0)]):
+    _fake_run(dirs[seed], "mlp", r2, [9.0, seconds], ["x", "y"], speed=seed == 1, seed=seed)
+  one = str(tmp_path / "phdos")
+  _fake_run(one, "transformer", 0.4, [9.0, 1.0], ["x", "y"])
+  table = compare.build_table({"mlp": dirs, "phdos": one})
+  row = table["rows"][0]
+  assert table["same_split"] and row["num_runs"] == 3 and row["seeds"] == [0, 1, 2]
+  assert row["r2"] == pytest.approx(0.6) and row["r2_std"] == pytest.approx(0.1)
+  assert row["val_r2"] == pytest.approx(0.65) and row["val_r2_std"] == pytest.approx(0.1)
+  assert row["wd_std"] == pytest.approx(0.0) and row["train_seconds_per_epoch"] == 4.0
+  assert row["inference_crystals_per_s"] == 250.0          # from the run that measured it
+  assert [run["r2"] for run in row["runs"]] == pytest.approx([0.5, 0.6, 0.7])
+  assert row["run_dir"] == str(tmp_path / "mlp")
+  lines = compare.to_markdown(table).splitlines()
+  assert lines[2].startswith("| mlp | unimp + mlp | 0.6500 ± 0.1000 | 0.6000 ± 0.1000 |")
+  assert lines[3].startswith("| phdos | unimp + transformer | 0.4500 | 0.4000 |")
+  assert "once per seed (0, 1, 2)" in lines[-1]
+
+
 @pytest.mark.slow
 def test_compare_end_to_end(tmp_path):
   workdir = str(tmp_path / "compare")
   cmd = [sys.executable, "-m", "experiments.compare",
          "--configs=configs/smoke.py,configs/ablations/mlp.py", f"--workdir={workdir}",
-         "--inference_repeats=1"]
+         "--inference_repeats=1", "--seeds=3,4"]
   for override in ("train.num_epochs=1", "data.limit=40", "model.d_model=16",
                    "model.num_heads=2", "model.encoder_layers=1", "model.ff_dim=32",
                    "model.decoder_layers=1", "train.progress=False"):
@@ -511,4 +544,8 @@ def test_compare_end_to_end(tmp_path):
   assert [row["name"] for row in table["rows"]] == ["smoke", "mlp"] and table["same_split"]
   for row in table["rows"]:
     assert row["num_params"] > 0 and row["inference_crystals_per_s"] > 0
-  assert "| smoke |" in result.stdout
+    assert row["seeds"] == [3, 4] and row["r2_std"] is not None
+    for seed in (3, 4):
+      saved = json.load(open(os.path.join(workdir, row["name"], f"seed_{seed}", "config.json")))
+      assert saved["seed"] == seed
+  assert "| smoke |" in result.stdout and "±" in result.stdout

@@ -17,9 +17,22 @@ TABLE_JSON = "compare.json"
 TABLE_MARKDOWN = "compare.md"
 INFERENCE_JSON = "inference.json"
 
+# Accuracy columns: row key -> (split, label scale, metric) in results.json. Validation
+# R^2 is there because choices between variants belong on the validation split; the
+# test columns are the paper's table.
+ACCURACY = {
+    "val_r2": ("validation", "normalized", "r2"),
+    "r2": ("test", "normalized", "r2"),
+    "mae": ("test", "normalized", "mae"),
+    "mse": ("test", "normalized", "mse"),
+    "wd": ("test", "normalized", "wd"),
+    "r2_original": ("test", "original", "r2"),
+}
+
 # (row key, markdown header, format) of the table columns after the name.
 COLUMNS = (
     ("model", "model", "{}"),
+    ("val_r2", "val R^2", "{:.4f}"),
     ("r2", "R^2", "{:.4f}"),
     ("mae", "MAE", "{:.4g}"),
     ("mse", "MSE", "{:.4g}"),
@@ -103,6 +116,29 @@ def run_names(paths: Sequence[str]) -> list[str]:
   return out
 
 
+def parse_seeds(items: Sequence[str]) -> list[int]:
+  """Distinct integer seeds from `--seeds` items; raises InputError naming a bad item."""
+  from xtal2dos_jax.errors import InputError
+  seeds = []
+  for item in items:
+    try:
+      seed = int(item)
+    except ValueError:
+      raise InputError(f"--seeds {item!r}", "seeds must be integers, e.g. --seeds=0,1,2") from None
+    if seed in seeds:
+      raise InputError(f"--seeds {item!r}", "seed listed twice")
+    seeds.append(seed)
+  return seeds
+
+
+def run_dirs(workdir: str, name: str, seeds: Sequence[int]) -> list[str]:
+  """Run directories of variant `name`: `<workdir>/<name>` without seeds (the config's
+  own seed), else `<workdir>/<name>/seed_<s>` per seed."""
+  if not seeds:
+    return [os.path.join(workdir, name)]
+  return [os.path.join(workdir, name, f"seed_{s}") for s in seeds]
+
+
 # --------------------------------------------------------------------------
 # Measurements of a finished run.
 
@@ -154,48 +190,66 @@ def _model_label(config: Mapping[str, Any]) -> str:
   return label
 
 
-def collect_row(name: str, run_dir: str) -> dict[str, Any]:
-  """One table row from a finished run's files (results.json, metrics.jsonl, config.json,
-  inference.json); missing measurements are NaN."""
+def _run_record(run_dir: str) -> dict[str, Any]:
+  """Seed, accuracy metrics and run facts of one finished run (results.json, config.json,
+  metrics.jsonl)."""
   results = _read_json(os.path.join(run_dir, "results.json"))
   config = _read_json(os.path.join(run_dir, "config.json"))
-  test = results["metrics"]["test"]
-  speed_path = os.path.join(run_dir, INFERENCE_JSON)
-  speed = _read_json(speed_path) if os.path.exists(speed_path) else {}
-  return {
-      "name": name,
-      "run_dir": run_dir,
-      "model": _model_label(config),
-      "r2": test["normalized"]["r2"],
-      "mae": test["normalized"]["mae"],
-      "mse": test["normalized"]["mse"],
-      "wd": test["normalized"]["wd"],
-      "r2_original": test["original"]["r2"],
-      "test_count": test["normalized"]["count"],
-      "num_params": int(results.get("num_params", 0)),
-      "epochs_run": results.get("epochs_run"),
-      "best_epoch": results.get("best_epoch"),
-      "train_seconds_per_epoch": _train_seconds_per_epoch(os.path.join(run_dir, "metrics.jsonl")),
-      "inference_crystals_per_s": speed.get("crystals_per_s", math.nan),
-  }
+  record = {key: results["metrics"][split][scale][metric]
+            for key, (split, scale, metric) in ACCURACY.items()}
+  record.update(
+      run_dir=run_dir, seed=config.get("seed"), config=config,
+      test_count=results["metrics"]["test"]["normalized"]["count"],
+      num_params=int(results.get("num_params", 0)), epochs_run=results.get("epochs_run"),
+      best_epoch=results.get("best_epoch"),
+      train_seconds_per_epoch=_train_seconds_per_epoch(os.path.join(run_dir, "metrics.jsonl")))
+  return record
 
 
-def build_table(runs: Mapping[str, str]) -> dict[str, Any]:
-  """{"rows": one `collect_row` per (name, run dir), in order; "same_split": whether all
-  runs saved the same test ids}."""
-  rows = [collect_row(name, run_dir) for name, run_dir in runs.items()]
+def collect_row(name: str, run_dirs: str | Sequence[str]) -> dict[str, Any]:
+  """One table row from a variant's finished runs (one per seed).
+
+  Accuracy columns and s/epoch are means over the runs; with several runs each accuracy
+  column also gets `<key>_std` (sample standard deviation over seeds, None for one run).
+  `runs` lists every run's seed and figures; inference speed comes from the first run
+  holding an inference.json (NaN if none); missing measurements are NaN.
+  """
+  dirs = [run_dirs] if isinstance(run_dirs, str) else list(run_dirs)
+  records = [_run_record(d) for d in dirs]
+  speed = next((_read_json(os.path.join(d, INFERENCE_JSON)) for d in dirs
+                if os.path.exists(os.path.join(d, INFERENCE_JSON))), {})
+  row = {"name": name, "run_dir": dirs[0] if len(dirs) == 1 else os.path.dirname(dirs[0]),
+         "model": _model_label(records[0]["config"]), "num_runs": len(records),
+         "seeds": [r["seed"] for r in records]}
+  for key in list(ACCURACY) + ["train_seconds_per_epoch"]:
+    values = [r[key] for r in records]
+    row[key] = statistics.fmean(values)
+    if key in ACCURACY:
+      row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+  row.update(test_count=records[0]["test_count"], num_params=records[0]["num_params"],
+             epochs_run=records[0]["epochs_run"], best_epoch=records[0]["best_epoch"],
+             inference_crystals_per_s=speed.get("crystals_per_s", math.nan),
+             runs=[{k: v for k, v in r.items() if k != "config"} for r in records])
+  return row
+
+
+def build_table(runs: Mapping[str, str | Sequence[str]]) -> dict[str, Any]:
+  """{"rows": one `collect_row` per (name, run dir or dirs), in order; "same_split":
+  whether all runs saved the same test ids}."""
+  rows = [collect_row(name, dirs) for name, dirs in runs.items()]
   test_ids = []
-  for run_dir in runs.values():
-    path = os.path.join(run_dir, "splits.json")
-    test_ids.append(sorted(_read_json(path)["test"]) if os.path.exists(path) else None)
+  for dirs in runs.values():
+    for run_dir in [dirs] if isinstance(dirs, str) else dirs:
+      path = os.path.join(run_dir, "splits.json")
+      test_ids.append(sorted(_read_json(path)["test"]) if os.path.exists(path) else None)
   same = all(ids is not None and ids == test_ids[0] for ids in test_ids)
   return {"rows": rows, "same_split": bool(same)}
 
 
-def _cell(value: Any, fmt: str) -> str:
+def _cell(value: Any, fmt: str, std: float | None = None) -> str:
   if value is None or (isinstance(value, float) and not math.isfinite(value)):
     return "n/a"
-  return fmt.format(value)
+  return fmt.format(value) + ("" if std is None else " ± " + fmt.format(std))
 
 
 def to_markdown(table: Mapping[str, Any]) -> str:
@@ -207,13 +261,19 @@ def to_markdown(table: Mapping[str, Any]) -> str:
   lines += ["| " + " | ".join(header) + " |",
             "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
   for row in table["rows"]:
-    cells = [row["name"]] + [_cell(row[k], fmt) for k, _, fmt in COLUMNS]
+    cells = [row["name"]] + [_cell(row[k], fmt, row.get(f"{k}_std")) for k, _, fmt in COLUMNS]
     lines.append("| " + " | ".join(cells) + " |")
   n = {row["test_count"] for row in table["rows"]}
-  lines += ["", f"Test split ({', '.join(map(str, sorted(n)))} crystals); R^2, MAE, MSE, WD on "
-            "the normalised label scale, R^2 (orig) on the original scale; s/epoch: median "
-            "training time per epoch (first epoch excluded); crystals/s: Trainer.predict "
-            "throughput, best of the timed runs after warm-up."]
+  runs = {row["num_runs"] for row in table["rows"]}
+  seeds = ("" if runs == {1} else
+           f" Each variant trained once per seed ({', '.join(map(str, table['rows'][0]['seeds']))}):"
+           " mean ± standard deviation over seeds.")
+  lines += ["", f"val R^2: validation split, normalised scale, at the selected checkpoint "
+            f"(compare variants on this). Test split ({', '.join(map(str, sorted(n)))} "
+            "crystals); R^2, MAE, MSE, WD on the normalised label scale, R^2 (orig) on the "
+            "original scale; s/epoch: median training time per epoch (first epoch excluded); "
+            "crystals/s: Trainer.predict throughput, best of the timed runs after warm-up."
+            + seeds]
   return "\n".join(lines)
 
 
