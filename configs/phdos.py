@@ -25,6 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.scaling = "normalized_sum"  # normalized_sum | normalized_max | standardized
   data.split = (0.8, 0.1, 0.1)    # train / validation / test fractions
   data.split_seed = 0
+  data.train_fraction = 1.0       # train on this seeded share of the train split (learning
+                                  # curves; validation and test stay whole)
   data.cache_dir = ""             # "" = ~/.cache/xtal2dos_jax
   data.limit = 0                  # use only the first N crystals (0 = all); for quick checks
 

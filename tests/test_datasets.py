@@ -483,6 +483,23 @@ def test_split_indices_seeded():
   assert not np.array_equal(a["test"], c["test"])
 
 
+def test_train_subset_for_learning_curves():
+  train = datasets.split_indices(200, seed=0)["train"]
+  assert datasets.train_subset(train, 1.0) is train
+  half = datasets.train_subset(train, 0.5, seed=0)
+  quarter = datasets.train_subset(train, 0.25, seed=0)
+  chex.assert_shape(half, (80,))
+  chex.assert_shape(quarter, (40,))
+  assert set(quarter) < set(half) < set(train)          # nested: a learning curve adds data
+  assert np.all(np.diff(half) > 0)
+  np.testing.assert_array_equal(half, datasets.train_subset(train, 0.5, seed=0))
+  assert set(datasets.train_subset(train, 0.5, seed=1)) != set(half)
+  assert len(datasets.train_subset(train, 1e-6)) == 1
+  for bad in (0.0, -0.5, 1.5, "x"):
+    with pytest.raises(InputError, match="config.data.train_fraction"):
+      datasets.train_subset(train, bad)
+
+
 def test_split_indices_zero_fraction_and_errors():
   split = datasets.split_indices(5, fractions=(1.0, 0.0, 0.0))
   assert len(split["train"]) == 5 and len(split["test"]) == 0

@@ -1,6 +1,7 @@
 """End-to-end training, resume, evaluate and predict on the smoke config."""
 import json
 import os
+import shutil
 import signal
 
 import ase.io
@@ -11,7 +12,7 @@ import pytest
 from ase.build import bulk
 
 from configs import smoke
-from xtal2dos_jax import inference, train, workdir as workdir_lib
+from xtal2dos_jax import data as data_lib, inference, train, workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
 
 
@@ -78,6 +79,35 @@ def test_workdir_with_other_config_is_refused(trained):
   config.model.d_model = 32
   with pytest.raises(InputError, match=r"different config \(model.d_model: 16 -> 32"):
     train.train_and_evaluate(config, workdir)
+
+
+def test_workdir_from_before_train_fraction_still_resumes(trained, tmp_path):
+  """A run saved before `data.train_fraction` existed is the same config (fraction 1)."""
+  workdir, summary = trained
+  old = str(tmp_path / "old")
+  shutil.copytree(workdir, old)
+  path = os.path.join(old, "config.json")
+  saved = json.load(open(path))
+  del saved["data"]["train_fraction"]
+  json.dump(saved, open(path, "w"))
+  again = train.train_and_evaluate(_config(), old)
+  assert again["metrics"] == json.loads(json.dumps(summary["metrics"]))
+  config = _config()
+  config.data.train_fraction = 0.5
+  with pytest.raises(InputError, match=r"different config \(data.train_fraction: 1.0 -> 0.5"):
+    train.train_and_evaluate(config, old)
+
+
+def test_train_fraction_shrinks_only_the_train_split():
+  full = data_lib.prepare_run_data(_config())
+  config = _config()
+  config.data.train_fraction = 0.5
+  half = data_lib.prepare_run_data(config)
+  n_train = len(full.splits["train"].graphs)
+  assert len(half.splits["train"].graphs) == round(n_train / 2)
+  assert set(half.splits["train"].graphs.ids) < set(full.splits["train"].graphs.ids)
+  for split in ("validation", "test"):
+    assert list(half.splits[split].graphs.ids) == list(full.splits[split].graphs.ids)
 
 
 @pytest.mark.slow

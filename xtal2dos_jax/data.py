@@ -78,7 +78,11 @@ def crystal_systems_if_needed(config: ml_collections.ConfigDict, structures) -> 
 
 def _split_rows(ids: Sequence[str], data_config, split_ids: Mapping[str, Sequence[str]] | None):
   if split_ids is None:
-    return datasets.split_indices(len(ids), tuple(data_config.split), data_config.split_seed)
+    parts = datasets.split_indices(len(ids), tuple(data_config.split), data_config.split_seed)
+    parts["train"] = datasets.train_subset(parts["train"],
+                                           data_config.get("train_fraction", 1.0),
+                                           data_config.split_seed)
+    return parts
   where = {str(i): k for k, i in enumerate(ids)}
   out = {}
   for name in SPLITS:

@@ -739,6 +739,26 @@ def load_raw_dataset(data_config: Any) -> RawDataset:
 # Splits.
 
 
+def train_subset(train: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+  """The first round(fraction * len(train)) (at least 1) of a seeded shuffle of `train`,
+  sorted: for learning curves on a fixed validation/test split. Same seed -> smaller
+  fractions are subsets of larger ones.
+
+  Raises InputError('config.data.train_fraction', ...) unless 0 < fraction <= 1.
+  """
+  try:
+    fraction = float(fraction)
+  except (TypeError, ValueError):
+    raise InputError("config.data.train_fraction", f"expected a number, got {fraction!r}") from None
+  if not 0.0 < fraction <= 1.0:
+    raise InputError("config.data.train_fraction", f"must be in (0, 1], got {fraction}")
+  if fraction == 1.0:
+    return train
+  keep = max(1, int(round(fraction * len(train))))
+  order = np.random.default_rng([seed, 1]).permutation(len(train))
+  return np.sort(np.asarray(train)[order[:keep]])
+
+
 def split_indices(n: int, fractions: Iterable[float] = (0.8, 0.1, 0.1),
                   seed: int = 0) -> dict[str, np.ndarray]:
   """Seeded random train/validation/test split of range(n).

@@ -36,6 +36,9 @@ from xtal2dos_jax.errors import InputError
 
 # Config entries that may differ between a run and its resumption.
 _MUTABLE_KEYS = {"train.progress"}
+# Config keys added after runs were saved, with the value those runs used implicitly, so
+# an older workdir still resumes and is still recognised as the same config.
+_ADDED_KEYS = {"data.train_fraction": 1.0}
 _PACKAGES = ("xtal2dos_jax", "jax", "jaxlib", "flax", "optax", "jraph", "orbax-checkpoint", "ase",
              "numpy", "ml-collections")
 
@@ -146,7 +149,7 @@ class Workdir:
       self._clear()
     elif os.path.exists(self.file("config.json")):
       old = config_to_dict(load_config(self.path))
-      a, b = _flatten(old), _flatten(new)
+      a, b = ({**_ADDED_KEYS, **_flatten(old)}, {**_ADDED_KEYS, **_flatten(new)})
       diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _MUTABLE_KEYS)
       if diff:
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
