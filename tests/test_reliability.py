@@ -115,6 +115,27 @@ def test_unknown_model_name_is_named(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "typo"))
 
 
+def test_corrected_config_after_a_failed_start_trains(tmp_path):
+  """A start that failed before its first epoch leaves no run to protect: the corrected
+  command in the same workdir trains; once an epoch is saved, a changed config is refused."""
+  workdir = str(tmp_path / "w")
+  config = _config()
+  config.data.train_fraction = 0.0
+  with pytest.raises(InputError, match=r"config.data.train_fraction: must be in \(0, 1\]"):
+    train.train_and_evaluate(config, workdir)
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  summary = train.train_and_evaluate(_config(), workdir)
+  assert summary["epochs_run"] == 2
+  assert json.load(open(os.path.join(workdir, "config.json")))["data"]["train_fraction"] == 1.0
+  with pytest.raises(InputError, match="different config"):
+    train.train_and_evaluate(config, workdir)
+  run = workdir_lib.Workdir(str(tmp_path / "killed"))      # killed after epoch 1
+  run.prepare(_config())
+  run.append_metrics({"epoch": 1})
+  with pytest.raises(InputError, match="different config"):
+    run.prepare(config)
+
+
 @pytest.mark.slow
 def test_config_typo_on_the_command_line_fails_fast(tmp_path):
   proc = subprocess.run(

@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -151,7 +152,12 @@ class Workdir:
       old = config_to_dict(load_config(self.path))
       a, b = ({**_ADDED_KEYS, **_flatten(old)}, {**_ADDED_KEYS, **_flatten(new)})
       diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _MUTABLE_KEYS)
-      if diff:
+      if diff and self._trained_nothing():
+        # An earlier attempt stopped before its first epoch (e.g. on a bad config value):
+        # its files describe no training, so the corrected command starts afresh.
+        logging.info("%s: replacing the config of an attempt that trained nothing", self.path)
+        self._clear()
+      elif diff:
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
         raise InputError(self.path, f"holds a run with a different config ({shown}); use another "
                          "--workdir, or --overwrite to discard that run")
@@ -166,6 +172,19 @@ class Workdir:
             "devices": jax.device_count(), "processes": jax.process_count(),
             "platform": jax.default_backend(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return None
+
+  def _trained_nothing(self) -> bool:
+    """No results, no epoch in metrics.jsonl and no saved checkpoint step."""
+    if os.path.exists(self.file("results.json")):
+      return False
+    metrics = self.file("metrics.jsonl")
+    if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+      return False
+    for kind in ("latest", "best"):
+      directory = os.path.join(self.checkpoint_dir, kind)
+      if os.path.isdir(directory) and os.listdir(directory):
+        return False
+    return True
 
   def _clear(self) -> None:
     for name in ("config.json", "run.json", "splits.json", "label_scaler.json", "skipped.json",
