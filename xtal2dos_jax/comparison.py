@@ -206,7 +206,7 @@ def _run_record(run_dir: str) -> dict[str, Any]:
   return record
 
 
-def collect_row(name: str, run_dirs: str | Sequence[str]) -> dict[str, Any]:
+def collect_row(name: str, dirs: Sequence[str]) -> dict[str, Any]:
   """One table row from a variant's finished runs (one per seed).
 
   Accuracy columns and s/epoch are means over the runs; with several runs each accuracy
@@ -214,7 +214,6 @@ def collect_row(name: str, run_dirs: str | Sequence[str]) -> dict[str, Any]:
   `runs` lists every run's seed and figures; inference speed comes from the first run
   holding an inference.json (NaN if none); missing measurements are NaN.
   """
-  dirs = [run_dirs] if isinstance(run_dirs, str) else list(run_dirs)
   records = [_run_record(d) for d in dirs]
   speed = next((_read_json(os.path.join(d, INFERENCE_JSON)) for d in dirs
                 if os.path.exists(os.path.join(d, INFERENCE_JSON))), {})
@@ -236,10 +235,11 @@ def collect_row(name: str, run_dirs: str | Sequence[str]) -> dict[str, Any]:
 def build_table(runs: Mapping[str, str | Sequence[str]]) -> dict[str, Any]:
   """{"rows": one `collect_row` per (name, run dir or dirs), in order; "same_split":
   whether all runs saved the same test ids}."""
+  runs = {name: [dirs] if isinstance(dirs, str) else list(dirs) for name, dirs in runs.items()}
   rows = [collect_row(name, dirs) for name, dirs in runs.items()]
   test_ids = []
   for dirs in runs.values():
-    for run_dir in [dirs] if isinstance(dirs, str) else dirs:
+    for run_dir in dirs:
       path = os.path.join(run_dir, "splits.json")
       test_ids.append(sorted(_read_json(path)["test"]) if os.path.exists(path) else None)
   same = all(ids is not None and ids == test_ids[0] for ids in test_ids)

@@ -40,6 +40,8 @@ _MUTABLE_KEYS = {"train.progress"}
 # Config keys added after runs were saved, with the value those runs used implicitly, so
 # an older workdir still resumes and is still recognised as the same config.
 _ADDED_KEYS = {"data.train_fraction": 1.0}
+# Subdirectories of `<workdir>/checkpoints` holding the two Orbax managers' steps.
+_CHECKPOINT_KINDS = ("latest", "best")
 _PACKAGES = ("xtal2dos_jax", "jax", "jaxlib", "flax", "optax", "jraph", "orbax-checkpoint", "ase",
              "numpy", "ml-collections")
 
@@ -180,7 +182,7 @@ class Workdir:
     metrics = self.file("metrics.jsonl")
     if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
       return False
-    for kind in ("latest", "best"):
+    for kind in _CHECKPOINT_KINDS:
       directory = os.path.join(self.checkpoint_dir, kind)
       if os.path.isdir(directory) and os.listdir(directory):
         return False
@@ -249,11 +251,12 @@ class Checkpoints:
   def __init__(self, directory: str, keep: int = 2):
     self.directory = directory
     opts = dict(create=True, enable_async_checkpointing=False)
+    latest, best = _CHECKPOINT_KINDS
     self.latest = ocp.CheckpointManager(
-        os.path.join(directory, "latest"),
+        os.path.join(directory, latest),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
     self.best = ocp.CheckpointManager(
-        os.path.join(directory, "best"),
+        os.path.join(directory, best),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["score"],
                                              best_mode="min", **opts))
 
