@@ -8,8 +8,6 @@ import subprocess
 import sys
 from typing import ClassVar
 
-import ase
-import ase.build
 import chex
 import flax.linen as nn
 import jax
@@ -18,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from xtal2dos_jax import losses, symmetry
+from xtal2dos_jax import losses
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.models import DECODERS, ENCODERS, Atoms, create_model
 from xtal2dos_jax.models.dostransformer import DOSTransformerDecoder
@@ -369,55 +367,6 @@ def test_ablation_configs_build(path):
   assert config.model.causal == (path != "unmasked")
   if path in ("unmasked", "no_source_attention"):
     assert model.decoder.source_attention == (path != "no_source_attention")
-
-
-# --------------------------------------------------------------------------------------------
-# Crystal systems
-
-
-def test_crystal_systems():
-  wurtzite = ase.build.bulk("ZnO", "wurtzite", a=3.25, c=5.21)
-  cells = [ase.build.bulk("NaCl", "rocksalt", a=5.64), wurtzite, ase.build.bulk("Mg"),
-           ase.build.bulk("Bi"), ase.build.bulk("Si", "diamond", a=5.43).repeat((2, 1, 1))]
-  np.testing.assert_array_equal(symmetry.crystal_systems(cells), [6, 5, 5, 4, 6])
-  assert symmetry.CRYSTAL_SYSTEMS[5] == "hexagonal" and symmetry.CRYSTAL_SYSTEMS[4] == "trigonal"
-
-  rng = np.random.default_rng(0)
-  triclinic = ase.Atoms("MgAlO", scaled_positions=rng.random((3, 3)),
-                        cell=[[4.2, 0.3, 0.2], [0.6, 4.0, 0.3], [0.4, 0.5, 4.4]], pbc=True)
-  shaken = wurtzite.copy()
-  shaken.positions += rng.normal(scale=0.02, size=shaken.positions.shape)
-  out = symmetry.crystal_systems([triclinic, shaken, ase.Atoms("H"), "not a structure",
-                                  (np.zeros((3, 3)), np.zeros((1, 3)), [1])])
-  np.testing.assert_array_equal(out, [0, 0, 0, 0, 0])   # shaken: P1 at symprec 1e-3
-  assert out.dtype == np.int32 and symmetry.crystal_systems([]).shape == (0,)
-
-
-def test_crystal_systems_fall_back_to_a_looser_symprec(monkeypatch):
-  import spglib
-  real = spglib.get_symmetry_dataset
-  calls = []
-
-  def flaky(cell, symprec):
-    calls.append(symprec)
-    if symprec < 1e-2:
-      raise RuntimeError("spglib failed")
-    return real(cell, symprec=symprec)
-
-  monkeypatch.setattr(spglib, "get_symmetry_dataset", flaky)
-  assert symmetry.crystal_systems([ase.build.bulk("Mg")]).tolist() == [5]
-  assert calls == [1e-3, 1e-1]
-  monkeypatch.setattr(spglib, "get_symmetry_dataset", lambda cell, symprec: None)
-  assert symmetry.crystal_systems([ase.build.bulk("Mg")]).tolist() == [0]
-
-
-def test_crystal_system_of_space_group():
-  first = {1: 0, 3: 1, 16: 2, 75: 3, 143: 4, 168: 5, 195: 6}
-  last = {2: 0, 15: 1, 74: 2, 142: 3, 167: 4, 194: 5, 230: 6}
-  for number, system in {**first, **last}.items():
-    assert symmetry.crystal_system_of_space_group(number) == system
-  assert symmetry.crystal_system_of_space_group(0) == 0
-  assert symmetry.crystal_system_of_space_group(231) == 0
 
 
 # --------------------------------------------------------------------------------------------
