@@ -397,11 +397,30 @@ def test_load_raw_dataset_skips_and_warns(tmp_path, caplog):
   _, featurisation_skipped = graphset.featurize_structures(ds.ids, ds.structures, 8.0, 12)
   assert [i for i, _ in featurisation_skipped] == ["mp-5"]
   assert "overlap" in featurisation_skipped[0][1]
-  caplog.clear()
-  with caplog.at_level(logging.WARNING, logger="xtal2dos_jax.datasets"):
-    datasets.load_raw_dataset(_data_config(path=str(path)))  # grid 0..7
-  assert any("does not match config.data grid" in r.getMessage()
-             for r in caplog.records)
+
+
+def test_load_raw_dataset_refuses_a_label_grid_other_than_the_configs(tmp_path):
+  """Training on the data's grid while predict uses the config's would mislabel every
+  prediction's x-axis, so a mismatch is a one-line error saying what to set."""
+  path = tmp_path / "d.db"
+  _write_db(path, _crystals(), _labels(3))          # metadata freq_cm: 0, 20, .., 140
+  with pytest.raises(InputError) as info:
+    datasets.load_raw_dataset(_data_config(path=str(path)))  # config grid 0..7
+  message = str(info.value)
+  assert message == (
+      f"{path}: label grid 0..140 (8 points) does not match the config's grid 0..7 "
+      "(8 points); set config.data.grid_start=0, config.data.grid_stop=140 and "
+      "config.data.l_y=8")
+  ds = datasets.load_raw_dataset(_data_config(path=str(path), grid_stop=140.0))
+  chex.assert_trees_all_close(ds.grid, np.arange(L_Y, dtype=np.float32) * 20)
+
+
+def test_load_raw_dataset_names_an_uneven_label_grid(tmp_path):
+  path = tmp_path / "d.db"
+  _write_db(path, _crystals(), _labels(3), metadata=False)
+  ase.db.connect(str(path)).metadata = {"freq_cm": [0.0, 1, 2, 4, 8, 16, 32, 64]}
+  with pytest.raises(InputError, match=r"label grid 0..64 \(8 points\) \(not evenly spaced"):
+    datasets.load_raw_dataset(_data_config(path=str(path), grid_stop=64.0))
 
 
 def test_load_raw_dataset_errors(tmp_path):
@@ -430,8 +449,8 @@ def test_load_raw_dataset_errors(tmp_path):
 def test_load_raw_dataset_formats(tmp_path):
   crystals = _crystals()
   _write_mat2spec(tmp_path / "m2s", crystals, _labels(3))
-  ds = datasets.load_raw_dataset(_data_config(format="mat2spec",
-                                              path=str(tmp_path / "m2s")))
+  ds = datasets.load_raw_dataset(_data_config(format="mat2spec", path=str(tmp_path / "m2s"),
+                                              grid_start=-1.0, grid_stop=1.0))
   assert ds.ids == list(crystals)
   csv_path = tmp_path / "p.csv"
   with open(csv_path, "w", newline="") as f:

@@ -662,7 +662,8 @@ def load_raw_dataset(data_config: Any) -> RawDataset:
 
   Raises:
     InputError: unknown format, unreadable source, no labels, label length !=
-      l_y, no usable crystal, or one id used for different compositions.
+      l_y, no usable crystal, one id used for different compositions, or a
+      label grid (db metadata, energies_ev.npy) other than config.data's.
   """
   fmt = str(getattr(data_config, "format", "ase_db"))
   path = str(getattr(data_config, "path", "") or "")
@@ -728,10 +729,17 @@ def load_raw_dataset(data_config: Any) -> RawDataset:
     data.grid = config_grid.astype(np.float32)
   elif not np.allclose(data.grid, config_grid, rtol=1e-4, atol=1e-4 * max(
       1.0, abs(grid_stop - grid_start))):
-    logger.warning("%s: label grid %g..%g does not match config.data "
-                   "grid_start..grid_stop = %g..%g", source,
-                   float(data.grid[0]), float(data.grid[-1]), grid_start,
-                   grid_stop)
+    # Training, evaluation and prediction must all use one grid; predict only has
+    # the config's, so data on another grid is refused rather than trained on.
+    g = np.asarray(data.grid, np.float64)
+    uneven = ("" if np.allclose(g, np.linspace(g[0], g[-1], len(g)), rtol=1e-4,
+                                atol=1e-4 * max(1.0, abs(g[-1] - g[0])))
+              else " (not evenly spaced: resample the labels onto an even grid)")
+    raise InputError(source, f"label grid {g[0]:g}..{g[-1]:g} ({len(g)} points)"
+                     f"{uneven} does not match the config's grid {grid_start:g}.."
+                     f"{grid_stop:g} ({l_y} points); set config.data.grid_start="
+                     f"{g[0]:g}, config.data.grid_stop={g[-1]:g} and "
+                     f"config.data.l_y={len(g)}")
   return data
 
 
