@@ -23,7 +23,7 @@ setup(
     version="0.1.0",
     description="Xtal2DoS in JAX/Flax: UniMP graph encoder + causal transformer decoder for DoS",
     packages=find_packages(include=["xtal2dos_jax", "xtal2dos_jax.*", "experiments", "configs", "configs.*"]),
-    package_data={"xtal2dos_jax": ["data/*.json", "data/phdos/*", "data/edos_mat2spec/*.md",
+    package_data={"xtal2dos_jax": ["data/*.json", "data/phdos/*", "data/phdos_dfpt/*", "data/edos_mat2spec/*.md",
                                    "data/edos_mat2spec/label_edos/*",
                                    "data/edos_mat2spec/materials_with_edos/*"]},
     include_package_data=True,

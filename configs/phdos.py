@@ -1,7 +1,9 @@
-"""Default config: Xtal2DoS on the embedded phonon-DoS set (51 points, 0-1000 cm^-1).
+"""Default config: Xtal2DoS on the embedded DFPT phonon-DoS benchmark (51 points,
+0-1000 cm^-1; 1,521 crystals, the data of the paper's Table 1).
 
 Sized so a full run fits a 2-core CPU session. Override on the command line, e.g.
-`--config.train.num_epochs=5 --config.model.decoder=rnn`.
+`--config.train.num_epochs=5 --config.model.decoder=rnn`. The universal-potential set
+(absolute DoS, C_v labels) is `configs/phdos_chgnet.py`.
 """
 import ml_collections
 
@@ -11,8 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = data = ml_collections.ConfigDict()
-  data.format = "ase_db"          # ase_db | mat2spec | phonondos_csv
-  data.path = ""                  # "" = the embedded phonon-DoS set shipped in the package
+  data.format = "phonondos_csv"   # ase_db | mat2spec | phonondos_csv
+  data.path = ""                  # "" = the embedded set of the format: DFPT benchmark CSV
+                                  # (phonondos_csv), universal-potential db (ase_db)
   data.label_key = "dos"          # key of the label array in row.data (ase_db)
   data.l_y = 51                   # number of DoS points
   data.grid_start = 0.0           # first grid point (cm^-1 for phonons, eV for electrons)
@@ -23,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.max_num_nbr = 12           # nearest neighbours kept per atom
   data.gaussian_step = 0.2        # Angstrom; edge feature = exp(-(d-mu)^2/step^2), mu = 0..radius
   data.scaling = "normalized_sum"  # normalized_sum | normalized_max | standardized
-  data.split = (0.8, 0.1, 0.1)    # train / validation / test fractions
+  data.split = (0.8, 0.1, 0.1)    # train / validation / test fractions (1,217/152/152 on
+                                  # the DFPT set: the paper's split sizes)
   data.split_seed = 0
   data.train_fraction = 1.0       # train on this seeded share of the train split (learning
                                   # curves; validation and test stay whole)

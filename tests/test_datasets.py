@@ -164,12 +164,13 @@ def test_embedded_phdos_db():
   start = time.perf_counter()
   ds = datasets.read_ase_db(datasets.embedded_phdos_path())
   elapsed = time.perf_counter() - start
-  assert len(ds) == 1077 and not ds.skipped
-  chex.assert_shape(ds.labels, (1077, 51))
+  assert len(ds) == 1024 and not ds.skipped
+  assert len(set(ds.ids)) == 1024  # version 1.1: one row per material id
+  chex.assert_shape(ds.labels, (1024, 51))
   chex.assert_trees_all_close(ds.grid, np.linspace(0, 1000, 51,
                                                    dtype=np.float32))
   assert {"cv300", "max_freq_cm", "imag_frac"} <= set(ds.extras)
-  chex.assert_shape(ds.extras["cv300"], (1077,))
+  chex.assert_shape(ds.extras["cv300"], (1024,))
   assert np.all(ds.extras["cv300"] > 0)
   assert ds.ids[0].startswith("mp-")
   assert elapsed < 2.0, f"reading the embedded db took {elapsed:.2f} s"
@@ -433,8 +434,9 @@ def test_load_raw_dataset_errors(tmp_path):
   with pytest.raises(InputError, match="config.data.format: unknown format "
                      "'xyz'; expected one of ase_db"):
     datasets.load_raw_dataset(_data_config(format="xyz"))
-  with pytest.raises(InputError, match="config.data.path"):
-    datasets.load_raw_dataset(_data_config(format="phonondos_csv"))
+  with pytest.raises(InputError, match="missing.csv: no such file"):
+    datasets.load_raw_dataset(_data_config(format="phonondos_csv",
+                                           path=str(tmp_path / "missing.csv")))
   zero = tmp_path / "zero.db"
   _write_db(zero, crystals, np.zeros((3, L_Y), np.float32))
   with pytest.raises(InputError, match="zero.db: no usable crystals among 3"):
@@ -465,12 +467,13 @@ def test_load_raw_dataset_formats(tmp_path):
 
 
 def test_load_embedded_defaults():
-  from configs import phdos  # pylint: disable=g-import-not-at-top
+  from configs import phdos, phdos_chgnet  # pylint: disable=g-import-not-at-top
   ds = datasets.load_raw_dataset(phdos.get_config().data)
-  assert ds.labels.shape[1] == 51
-  assert len(ds) == len(set(ds.ids))  # unique ids (some materials repeat)
-  assert len(ds) + len(ds.skipped) == 1077
-  assert all("duplicate id" in r for _, r in ds.skipped)
+  assert ds.source == datasets.embedded_dfpt_path()
+  assert ds.labels.shape == (1521, 51) and not ds.skipped
+  chgnet = datasets.load_raw_dataset(phdos_chgnet.get_config().data)
+  assert chgnet.source == datasets.embedded_phdos_path()
+  assert chgnet.labels.shape == (1024, 51) and not chgnet.skipped
   edos = datasets.load_raw_dataset(_data_config(
       format="mat2spec", l_y=128, grid_start=-3.96875, grid_stop=3.96875))
   assert len(edos) == 164 and edos.labels.shape == (164, 128)

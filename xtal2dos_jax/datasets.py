@@ -98,8 +98,15 @@ class RawDataset:
         source=self.source)
 
 
+def embedded_dfpt_path() -> str:
+  """Path of the DFPT phonon-DoS benchmark (the paper's Table 1 set, phononDoS CSV)
+  shipped inside the package."""
+  return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                      "phdos_dfpt", "data.csv")
+
+
 def embedded_phdos_path() -> str:
-  """Path of the phonon-DoS ASE database shipped inside the package."""
+  """Path of the universal-potential phonon-DoS ASE database shipped inside the package."""
   return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
                       "phdos", "phdos.db")
 
@@ -649,7 +656,8 @@ def load_raw_dataset(data_config: Any) -> RawDataset:
   """Reads the training data described by `config.data`, validated.
 
   Uses `data_config.format` (ase_db | mat2spec | phonondos_csv), `path`
-  ("" = the embedded phonon-DoS db for ase_db, the embedded eDoS sample for
+  ("" = the embedded DFPT benchmark CSV for phonondos_csv, the embedded
+  universal-potential phonon-DoS db for ase_db, the embedded eDoS sample for
   mat2spec), `l_y`, `label_key` (ase_db), `grid_start`/`grid_stop` (grid for
   phonondos_csv, and for sources without one).
 
@@ -678,10 +686,7 @@ def load_raw_dataset(data_config: Any) -> RawDataset:
   elif fmt == "mat2spec":
     raw = read_mat2spec(path or embedded_edos_path(), l_y=l_y)
   elif fmt == "phonondos_csv":
-    if not path:
-      raise InputError("config.data.path", "format 'phonondos_csv' needs the "
-                       "path of a CSV file")
-    raw = read_phonondos_csv(path, config_grid)
+    raw = read_phonondos_csv(path or embedded_dfpt_path(), config_grid)
   else:
     raise InputError("config.data.format", f"unknown format {fmt!r}; expected "
                      f"one of {', '.join(FORMATS)}")

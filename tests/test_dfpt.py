@@ -1,0 +1,58 @@
+"""The shipped DFPT phonon-DoS benchmark (the paper's Table 1 data) and its default config."""
+import csv
+import ast
+
+import chex
+import numpy as np
+
+from configs import phdos, phdos_chgnet
+from xtal2dos_jax import data as data_lib
+from xtal2dos_jax import datasets
+
+
+def _raw_rows():
+  """The CSV's rows parsed with the standard library only (the test's own reader)."""
+  csv.field_size_limit(2**31 - 1)
+  with open(datasets.embedded_dfpt_path(), newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+
+def test_dfpt_reader_on_the_shipped_file():
+  ds = datasets.load_raw_dataset(phdos.get_config().data)
+  rows = _raw_rows()
+  assert len(rows) == 1521
+  assert len(ds) == 1521 and not ds.skipped
+  assert ds.ids == [r["mp_id"] for r in rows]
+  assert len(set(ds.ids)) == 1521
+  chex.assert_shape(ds.labels, (1521, 51))
+  chex.assert_trees_all_close(ds.grid, np.arange(0, 1001, 20, dtype=np.float32))
+  # The file's own grid is the config's grid, so the resampling changes nothing.
+  freq = np.asarray(ast.literal_eval(rows[0]["phfreq"]), np.float64)
+  np.testing.assert_allclose(freq, np.arange(0, 1001, 20))
+  for k in (0, 700, 1520):
+    dos = np.asarray(ast.literal_eval(rows[k]["phdos"]), np.float64)
+    chex.assert_trees_all_close(ds.labels[k], dos.astype(np.float32), atol=1e-7)
+  # Max-normalised labels (the README's processing): every crystal's maximum is 1.
+  chex.assert_trees_all_close(ds.labels.max(axis=1), np.ones(1521, np.float32), atol=1e-6)
+  assert ds.labels.min() >= 0.0
+  # Structures: 2-40 atoms per cell, as the README says.
+  n_atoms = np.array([len(a) for a in ds.structures])
+  assert n_atoms.min() == 2 and n_atoms.max() == 40
+  first = ast.literal_eval(rows[0]["structure"])
+  np.testing.assert_array_equal(ds.structures[0].numbers, first["numbers"])
+
+
+def test_default_split_has_the_paper_sizes(tmp_path):
+  config = phdos.get_config()
+  config.data.cache_dir = str(tmp_path)
+  rd = data_lib.prepare_run_data(config)
+  sizes = {name: len(s.graphs) for name, s in rd.splits.items()}
+  assert sizes == {"train": 1217, "validation": 152, "test": 152}
+  assert not rd.skipped
+
+
+def test_universal_potential_set_is_one_config_away():
+  config = phdos_chgnet.get_config()
+  ds = datasets.load_raw_dataset(config.data)
+  assert len(ds) == 1024 and "cv300" in ds.extras
+  assert config.model.to_dict() == phdos.get_config().model.to_dict()
