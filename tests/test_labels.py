@@ -114,3 +114,45 @@ class LabelScalerTest(parameterized.TestCase):
     scaler = labels.LabelScaler.fit("standardized", _labels())
     with pytest.raises(InputError, match="label length"):
       scaler.transform(np.ones((2, L_Y + 1), np.float32))
+
+
+def _reference_metric_predictions(name, y_true, pred_original, mean=None, std=None):
+  """The public reference's `metrics()` in numpy: what the normalised-scale and the
+  original-scale metrics compare, from an original-scale prediction."""
+  y_true = y_true.astype(np.float64)
+  pred = pred_original.astype(np.float64)
+  if name == "standardized":
+    normalized = (pred - mean) / std
+    original = normalized * std + mean
+    original[original < 0] = 0
+    return normalized, original
+  if name == "normalized_max":
+    label_max = np.max(y_true, axis=1, keepdims=True)
+    normalized = pred / np.max(pred, axis=1, keepdims=True)
+    return normalized, normalized * label_max
+  label_sum = np.sum(y_true, axis=1, keepdims=True)
+  normalized = pred / np.sum(pred, axis=1, keepdims=True)
+  return normalized, normalized * label_sum
+
+
+@pytest.mark.parametrize("name", labels.SCALINGS)
+@pytest.mark.parametrize("xp", [np, jnp])
+def test_metric_predictions_match_the_reference_per_mode(name, xp):
+  y = _labels(seed=3)
+  scaler = labels.LabelScaler.fit(name, y[:15])
+  rng = np.random.default_rng(4)
+  if name == "standardized":
+    pred_scaled = rng.normal(scale=2.0, size=y.shape).astype(np.float32)  # some < 0 in DoS
+  else:
+    pred_scaled = rng.gamma(2.0, 0.3, size=y.shape).astype(np.float32)    # max / sum != 1
+  _, scale = scaler.transform(y)
+  got_n, got_o = scaler.metric_predictions(xp.asarray(pred_scaled), xp.asarray(scale))
+  pred_original = scaler.inverse(pred_scaled, scale)
+  ref_n, ref_o = _reference_metric_predictions(name, y, pred_original, scaler.mean, scaler.std)
+  chex.assert_trees_all_close((np.asarray(got_n), np.asarray(got_o)),
+                              (ref_n.astype(np.float32), ref_o.astype(np.float32)),
+                              rtol=2e-5, atol=1e-4)
+  if name == "standardized":
+    assert np.any(pred_original < 0) and np.all(np.asarray(got_o) >= 0)
+  else:
+    assert not np.allclose(np.asarray(got_n), pred_scaled)  # renormalised, not passed through

@@ -34,15 +34,6 @@ def _hard_cases():
   ]
 
 
-def _mean_losses(t, p, m):
-  """float[4]: masked mean over crystals of each loss in NAMES."""
-  out = []
-  for name in NAMES:
-    total, count = losses.masked_loss_sum(losses.get_loss(name)(t, p), m)
-    out.append(total / count)
-  return jnp.stack(out)
-
-
 class LossTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -97,10 +88,70 @@ class LossTest(chex.TestCase):
     ref = np.sum(y.astype(np.float64) * np.log(y.astype(np.float64) / other), -1)
     np.testing.assert_allclose(losses.kl_divergence(y, other), ref, rtol=1e-4)
 
-  def test_kl_eps_bounds_value_for_zero_prediction(self):
+  def test_kl_of_probabilities_is_finite_for_a_zero_prediction(self):
     y = np.eye(L_Y, dtype=np.float32)[:1]
-    val = float(losses.kl_divergence(y, np.zeros_like(y), eps=1e-8)[0])
-    np.testing.assert_allclose(val, np.log((1 + 1e-8) / 1e-8), rtol=1e-5)
+    val = float(losses.kl_divergence(y, np.zeros_like(y))[0])
+    np.testing.assert_allclose(val, np.log(1 + 1e-10) - np.log(1e-30), rtol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_kl_from_logits_matches_numpy(self):
+    rng = np.random.default_rng(11)
+    logits = rng.normal(scale=3.0, size=(6, L_Y)).astype(np.float32)
+    y = _random_dos(rng, 6)
+    y[0, :10] = 0.0  # zero target bins contribute exactly 0
+    y[0] /= y[0].sum()
+    z = logits.astype(np.float64)
+    log_q = z - z.max(-1, keepdims=True)
+    log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
+    y64 = y.astype(np.float64)
+    ref = np.sum(np.where(y64 > 0, y64 * (np.log(y64 + 1e-10) - log_q), 0.0), -1)
+    fn = losses.loss_on_raw_outputs("kl", "softmax")
+    got = self.variant(fn)(jnp.asarray(y), jnp.asarray(logits))
+    chex.assert_shape(got, (6,))
+    chex.assert_trees_all_close(got, ref.astype(np.float32), rtol=1e-5, atol=1e-6)
+
+  def test_kl_gradient_is_exact_for_tiny_predicted_probabilities(self):
+    """d KL / d logits = softmax(logits) - y for targets summing to 1, however small the
+    predicted probability: a bin the model gives ~1e-12 is pulled up with its full
+    target weight (log(softmax + eps) would damp it by p / (p + eps))."""
+    y = np.full((1, L_Y), 1.0 / L_Y, np.float32)
+    logits = np.zeros((1, L_Y), np.float32)
+    logits[0, 7] = -28.0  # p_7 ~ 7e-13
+    grad = jax.grad(lambda z: jnp.sum(losses.loss_on_raw_outputs("kl", "softmax")(y, z)))(
+        jnp.asarray(logits))
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    chex.assert_trees_all_close(grad, (p - y).astype(np.float32), atol=1e-7)
+    np.testing.assert_allclose(float(grad[0, 7]), -1.0 / L_Y, rtol=1e-4)
+
+  @parameterized.parameters(("wd", "softmax"), ("mae", "softplus"), ("mse", "identity"),
+                            ("mae", "softmax"))
+  def test_loss_on_raw_outputs_applies_the_activation(self, name, activation):
+    rng = np.random.default_rng(12)
+    raw = rng.normal(size=(4, L_Y)).astype(np.float32)
+    y = _random_dos(rng, 4)
+    act = {"softmax": lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True),
+           "softplus": lambda x: np.log1p(np.exp(x)), "identity": lambda x: x}[activation]
+    p = act(raw.astype(np.float64))
+    ref = {"wd": lambda: np.abs(np.cumsum(y, -1) - np.cumsum(p, -1)).sum(-1),
+           "mae": lambda: np.abs(y - p).mean(-1), "mse": lambda: ((y - p) ** 2).mean(-1)}[name]()
+    got = losses.loss_on_raw_outputs(name, activation)(jnp.asarray(y), jnp.asarray(raw))
+    chex.assert_trees_all_close(got, ref.astype(np.float32), rtol=1e-5, atol=1e-7)
+
+  def test_loss_scaling_pairs(self):
+    for loss in NAMES:
+      losses.check_loss_scaling(loss, "normalized_sum")
+    for scaling in ("normalized_max", "standardized"):
+      for loss in ("mae", "mse"):
+        losses.check_loss_scaling(loss, scaling)
+      for loss in ("kl", "wd"):
+        with pytest.raises(InputError) as e:
+          losses.check_loss_scaling(loss, scaling)
+        assert str(e.value) == (
+            f"config.train.loss: loss '{loss}' needs config.data.scaling='normalized_sum', "
+            f"got '{scaling}'; with '{scaling}' use one of mae, mse")
+    with pytest.raises(InputError, match="unknown loss 'x'"):
+      losses.check_loss_scaling("x", "normalized_sum")
 
   def test_wasserstein_matches_explicit_cumsum(self):
     rng = np.random.default_rng(4)
@@ -121,53 +172,6 @@ class LossTest(chex.TestCase):
     y, y_hat = rng.normal(size=(2, 4, 9)).astype(np.float32)
     np.testing.assert_allclose(losses.mae_loss(y, y_hat), np.abs(y - y_hat).mean(-1), rtol=1e-6)
     np.testing.assert_allclose(losses.mse_loss(y, y_hat), ((y - y_hat) ** 2).mean(-1), rtol=1e-6)
-
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_masked_sum_ignores_padding(self):
-    rng = np.random.default_rng(6)
-    y, y_hat = _random_dos(rng, 5), _random_dos(rng, 5)
-    mask = np.array([True, True, True, False, False])
-    # Arbitrary garbage in the padding rows.
-    y_pad, y_hat_pad = y.copy(), y_hat.copy()
-    y_pad[3:] = rng.normal(size=(2, L_Y)) * 1e3
-    y_hat_pad[3:] = -7.0
-
-    got = self.variant(_mean_losses)(y_pad, y_hat_pad, mask)
-    y64, p64 = y[:3].astype(np.float64), y_hat[:3].astype(np.float64)
-    ref = [
-        np.mean(np.sum(y64 * (np.log(y64 + 1e-8) - np.log(p64 + 1e-8)), -1)),
-        np.mean(np.sum(np.abs(np.cumsum(y64, -1) - np.cumsum(p64, -1)), -1)),
-        np.mean(np.abs(y64 - p64)),
-        np.mean((y64 - p64) ** 2),
-    ]
-    np.testing.assert_allclose(got, ref, rtol=1e-5)
-    total, count = losses.masked_loss_sum(jnp.asarray(got), jnp.array([1, 1, 0, 0], bool))
-    chex.assert_shape((total, count), ())
-    assert float(count) == 2.0
-
-  def test_masked_gradients_ignore_padding(self):
-    """Padding values change no gradient on real rows; padding rows get exactly 0."""
-    rng = np.random.default_rng(7)
-    y, y_hat = _random_dos(rng, 5), _random_dos(rng, 5)
-    mask = np.array([True, True, True, False, False])
-    y_pad, y_hat_pad = y.copy(), y_hat.copy()
-    y_pad[3:] = rng.normal(size=(2, L_Y)) * 1e3
-    y_hat_pad[3:] = -7.0
-    jac_fn = jax.jit(jax.jacrev(_mean_losses, argnums=1))
-    jac = jac_fn(y_pad, y_hat_pad, mask)
-    jac_clean = jac_fn(y, y_hat, mask)
-    chex.assert_shape(jac, (4, 5, L_Y))
-    chex.assert_tree_all_finite(jac)
-    np.testing.assert_allclose(jac[:, :3], jac_clean[:, :3], rtol=1e-6)
-    np.testing.assert_array_equal(jac[:, 3:], 0.0)
-    # And they equal the gradient of the plain mean over the real rows (MSE, closed form).
-    np.testing.assert_allclose(jac[3, :3], -2 * (y[:3] - y_hat[:3]) / (3 * L_Y),
-                               rtol=1e-5, atol=1e-9)
-
-  def test_masked_sum_padding_inf_does_not_leak(self):
-    per = jnp.array([1.0, 2.0, jnp.inf])
-    total, count = losses.masked_loss_sum(per, jnp.array([True, True, False]))
-    assert float(total) == 3.0 and float(count) == 2.0
 
   def test_get_loss(self):
     assert losses.get_loss("kl") is losses.kl_divergence

@@ -154,6 +154,32 @@ class LabelScaler:
     safe = xp.where(scale > 0, scale, xp.ones_like(scale))
     return y_scaled * safe[..., None]
 
+  def metric_predictions(self, y_hat_scaled: Any, scale: Any = None) -> Tuple[Any, Any]:
+    """Predictions as the metrics compare them, on the normalised and the original scale.
+
+    As the public reference's `metrics()`: `normalized_sum` and `normalized_max`
+    predictions are first renormalised by their own sum / maximum (a softmax output is
+    unchanged; a softplus head's output gets max 1, like its targets), then multiplied by
+    the true per-crystal sum / maximum; `standardized` predictions are compared as they
+    are on the standardised scale, and on the original scale after undoing the
+    standardisation with negative values clipped to 0 (a DoS is non-negative).
+
+    Args:
+      y_hat_scaled: float[..., l_y] model output on the scaled-label scale.
+      scale: float[...] the true per-crystal sum / max (ignored for `standardized`).
+
+    Returns:
+      (normalised float[..., l_y], original float[..., l_y]).
+    """
+    xp = _xp(y_hat_scaled)
+    y_hat = xp.asarray(y_hat_scaled)
+    if self.name == "standardized":
+      return y_hat, xp.maximum(self.inverse(y_hat), 0.0)
+    own = xp.sum(y_hat, axis=-1) if self.name == "normalized_sum" else xp.max(y_hat, axis=-1)
+    own = xp.where(own > 0, own, xp.ones_like(own))
+    normalized = y_hat / own[..., None]
+    return normalized, self.inverse(normalized, scale)
+
   def _check_length(self, y: Any) -> None:
     if y.shape[-1] != self.mean.shape[0]:
       raise InputError("labels", f"label length {y.shape[-1]} != {self.mean.shape[0]} "

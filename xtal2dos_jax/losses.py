@@ -2,15 +2,16 @@
 
 Every loss maps a target `y` and a prediction `y_hat`, both float[..., l_y] (in a batch:
 [G, l_y], G crystals of a padded batch), to one value per crystal, float[...]. Reduction
-over crystals is separate (`masked_loss_sum`) so that padding crystals are excluded and
-data-parallel code can `psum` sums and counts for an exact global mean.
+over crystals is separate (the train and eval steps sum real crystals with `where` and
+`psum` sums and counts across devices for an exact global mean).
 
 All functions are pure jnp and safe inside `jax.jit` / `jax.grad`.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
+import jax
 import jax.numpy as jnp
 
 from xtal2dos_jax.errors import InputError
@@ -18,21 +19,42 @@ from xtal2dos_jax.errors import InputError
 LossFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
-def kl_divergence(y: jnp.ndarray, y_hat: jnp.ndarray, eps: float = 1e-8) -> jnp.ndarray:
-  """KL(y || y_hat) per crystal for normalised DoS: sum_t y_t (log(y_t+eps) - log(y_hat_t+eps)).
+def kl_from_log_probs(y: jnp.ndarray, log_y_hat: jnp.ndarray,
+                      eps: float = 1e-10) -> jnp.ndarray:
+  """KL(y || y_hat) per crystal from predicted log-probabilities:
+  sum_t y_t (log(y_t + eps) - log_y_hat_t).
 
-  `eps` keeps zeros in either argument finite, in value and in gradient (d/dy_hat =
-  -y / (y_hat + eps)), e.g. for one-hot targets or a saturated softmax output.
+  The prediction enters as log-probabilities (e.g. `jax.nn.log_softmax` of the logits),
+  so a bin the model gives probability 1e-10 keeps its full gradient; `eps` only keeps
+  log(y_t) finite where the target is 0 (that term is then 0), as the public reference
+  does with its 1e-10.
 
   Args:
     y: float[..., l_y] target, normalised to sum 1 over the last axis (`normalized_sum`).
-    y_hat: float[..., l_y] prediction on the same scale (e.g. a softmax output).
-    eps: additive floor inside the logs.
+    log_y_hat: float[..., l_y] predicted log-probabilities (logsumexp over l_y = 0).
+    eps: floor inside the target's log.
 
   Returns:
-    float[...] divergence in nats; 0 when y == y_hat.
+    float[...] divergence in nats; 0 when y == exp(log_y_hat) (up to eps).
   """
-  return jnp.sum(y * (jnp.log(y + eps) - jnp.log(y_hat + eps)), axis=-1)
+  return jnp.sum(y * (jnp.log(y + eps) - log_y_hat), axis=-1)
+
+
+def kl_divergence(y: jnp.ndarray, y_hat: jnp.ndarray, eps: float = 1e-10) -> jnp.ndarray:
+  """KL(y || y_hat) per crystal for two normalised DoS given as probabilities.
+
+  For a model output prefer `kl_from_log_probs` on its logits (what training uses): the
+  log of a probability that underflowed is clipped here at log(1e-30).
+
+  Args:
+    y: float[..., l_y] target, summing to 1 over the last axis.
+    y_hat: float[..., l_y] prediction on the same scale.
+    eps: floor inside the target's log.
+
+  Returns:
+    float[...] divergence in nats.
+  """
+  return kl_from_log_probs(y, jnp.log(jnp.maximum(y_hat, 1e-30)), eps)
 
 
 def wasserstein_loss(y: jnp.ndarray, y_hat: jnp.ndarray) -> jnp.ndarray:
@@ -69,9 +91,32 @@ LOSSES: Dict[str, LossFn] = {
     "mse": mse_loss,
 }
 
+# Losses defined only between two normalised DoS (each summing to 1), so they need the
+# labels scaled by their sum and the model's softmax head.
+NEEDS_NORMALIZED_SUM = ("kl", "wd")
+
+
+def check_loss_scaling(loss: str, scaling: str) -> None:
+  """Refuses a loss / label-scaling pair that cannot train.
+
+  KL and WD compare two distributions over the l_y positions: with `normalized_max` or
+  `standardized` labels the targets do not sum to 1 and the KL of unnormalised outputs
+  is unbounded below, so such a run trains to garbage.
+
+  Raises:
+    InputError('config.train.loss', ...) naming the pair and the valid choices.
+  """
+  get_loss(loss)
+  if loss in NEEDS_NORMALIZED_SUM and scaling != "normalized_sum":
+    valid = [name for name in LOSSES if name not in NEEDS_NORMALIZED_SUM]
+    raise InputError("config.train.loss",
+                     f"loss {loss!r} needs config.data.scaling='normalized_sum', got "
+                     f"{scaling!r}; with {scaling!r} use one of {', '.join(valid)}")
+
 
 def get_loss(name: str) -> LossFn:
-  """Per-crystal loss function by config name (`config.train.loss`): kl, wd, mae or mse."""
+  """Per-crystal loss between two DoS by config name (`config.train.loss`): kl, wd, mae or
+  mse; both arguments on the scaled-label scale (predictions after the activation)."""
   try:
     return LOSSES[name]
   except (KeyError, TypeError):
@@ -80,24 +125,22 @@ def get_loss(name: str) -> LossFn:
         f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}") from None
 
 
-def masked_loss_sum(per_crystal: jnp.ndarray,
-                    mask: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
-  """Sum of a per-crystal quantity over real crystals, and their number.
+def loss_on_raw_outputs(name: str, output_activation: str) -> LossFn:
+  """Per-crystal loss of the raw model output (before its activation), what training
+  and validation minimise.
 
-  Padding crystals (mask False) contribute exactly nothing, whatever their values (the
-  values are selected away with `where`, not multiplied by 0, so inf/NaN there cannot
-  leak in the forward pass). The mean over a global batch split across devices is
-  `psum(sum) / psum(count)`.
+  KL takes the log-probabilities straight from the logits (`log_softmax`), so it is exact
+  however small a predicted probability is; the other losses apply the activation first.
 
   Args:
-    per_crystal: float[G] (or any shape broadcastable against `mask`).
-    mask: bool[G], True for real crystals.
+    name: config.train.loss.
+    output_activation: the head's activation ('softmax', 'softplus' or 'identity').
 
   Returns:
-    (sum, count): float32 scalars.
+    fn(y float[..., l_y] scaled labels, raw float[..., l_y]) -> float[...].
   """
-  mask = jnp.asarray(mask, bool)
-  per_crystal = jnp.asarray(per_crystal)
-  total = jnp.sum(jnp.where(mask, per_crystal, jnp.zeros_like(per_crystal)))
-  count = jnp.sum(mask.astype(jnp.float32))
-  return total, count
+  from xtal2dos_jax.models.xtal2dos import apply_output_activation
+  loss = get_loss(name)
+  if name == "kl" and output_activation == "softmax":
+    return lambda y, raw: kl_from_log_probs(y, jax.nn.log_softmax(raw, axis=-1))
+  return lambda y, raw: loss(y, apply_output_activation(raw, output_activation))

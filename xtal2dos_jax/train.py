@@ -98,35 +98,49 @@ def update_ema(ema_params, params, step: jax.Array, decay: float):
 
 def train_step(state: TrainState, batch: input_pipeline.Batch, *, loss_fn: Callable,
                ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One data-parallel step (inside pmap over AXIS); returns the global mean loss."""
+  """One data-parallel step (inside pmap over AXIS).
+
+  `loss_fn(y, raw)` is the per-crystal loss of the raw model output
+  (`losses.loss_on_raw_outputs`). Returns the new state and the global loss sum, crystal
+  count and `finite` (bool: the loss and every gradient were finite; the host stops
+  the run at the first step where it is False).
+  """
   dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                                    jax.lax.axis_index(AXIS))
   mask = batch.graph_mask
   count = jax.lax.psum(jnp.sum(mask.astype(jnp.float32)), AXIS)
 
   def loss(params):
-    pred = state.apply_fn({"params": params}, batch, train=True, rngs={"dropout": dropout_rng})
-    total = jnp.sum(jnp.where(mask, loss_fn(batch.y, pred), 0.0))
+    raw = state.apply_fn({"params": params}, batch, train=True, raw=True,
+                         rngs={"dropout": dropout_rng})
+    total = jnp.sum(jnp.where(mask, loss_fn(batch.y, raw), 0.0))
     return total / jnp.maximum(count, 1.0), total
 
   (_, total), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
   grads = jax.lax.psum(grads, AXIS)
+  loss_sum = jax.lax.psum(total, AXIS)
+  finite = jnp.isfinite(loss_sum) & jnp.isfinite(optax.global_norm(grads))
   state = state.apply_gradients(grads=grads)
   if state.ema_params is not None:
     state = state.replace(ema_params=update_ema(state.ema_params, state.params,
                                                 state.step.astype(jnp.float32), ema_decay))
-  return state, {"loss_sum": jax.lax.psum(total, AXIS), "count": count}
+  return state, {"loss_sum": loss_sum, "count": count, "finite": finite}
 
 
 def eval_step(params, batch: input_pipeline.Batch, shift_normalized, shift_original, *,
-              apply_fn, loss_fn, inverse_fn) -> dict[str, Any]:
-  """Additive loss and metric sums of one step, on both label scales (inside pmap)."""
-  pred = apply_fn({"params": params}, batch, train=False)
+              apply_fn, loss_fn, scaler, output_activation: str) -> dict[str, Any]:
+  """Additive loss and metric sums of one step, on both label scales (inside pmap).
+
+  The loss is the training loss of the raw output; the metrics compare the predictions
+  as `LabelScaler.metric_predictions` gives them on each scale.
+  """
+  raw = apply_fn({"params": params}, batch, train=False, raw=True)
+  pred, pred_orig = scaler.metric_predictions(
+      models.apply_output_activation(raw, output_activation), batch.y_scale)
   mask = batch.graph_mask
-  y_orig = inverse_fn(batch.y, batch.y_scale)
-  pred_orig = inverse_fn(pred, batch.y_scale)
+  y_orig = scaler.inverse(batch.y, batch.y_scale)
   out = {
-      "loss_sum": jnp.sum(jnp.where(mask, loss_fn(batch.y, pred), 0.0)),
+      "loss_sum": jnp.sum(jnp.where(mask, loss_fn(batch.y, raw), 0.0)),
       "normalized": metrics.batch_stats(batch.y, pred, mask, shift_normalized),
       "original": metrics.batch_stats(y_orig, pred_orig, mask, shift_original),
   }
@@ -148,14 +162,15 @@ class Trainer:
     self.devices = devices or jax.local_devices()
     pmap_devices = devices  # None = all global devices, as multi-process pmap requires
     self.model = models.create_model(config)
-    self.loss_fn = losses.get_loss(config.train.loss)
+    self.output_activation = models.output_activation_for(config.data.scaling)
+    self.loss_fn = losses.loss_on_raw_outputs(config.train.loss, self.output_activation)
     self.scaler = scaler
     self.p_train_step = jax.pmap(functools.partial(train_step, loss_fn=self.loss_fn,
                                                    ema_decay=config.train.get("ema_decay", 0.0)),
                                  axis_name=AXIS, devices=pmap_devices, donate_argnums=(0,))
     self.p_eval_step = jax.pmap(
         functools.partial(eval_step, apply_fn=self.model.apply, loss_fn=self.loss_fn,
-                          inverse_fn=scaler.inverse),
+                          scaler=scaler, output_activation=self.output_activation),
         axis_name=AXIS, devices=pmap_devices, in_axes=(0, 0, None, None))
     self.p_predict_step = jax.pmap(functools.partial(predict_step, apply_fn=self.model.apply),
                                    axis_name=AXIS, devices=pmap_devices)
@@ -246,6 +261,11 @@ def _resident_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _all_finite(tree) -> bool:
+  """True when every number in a (nested) metrics dict is finite."""
+  return all(np.all(np.isfinite(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree))
+
+
 def _is_lead() -> bool:
   return jax.process_index() == 0
 
@@ -278,6 +298,38 @@ class Preempted(Exception):
   """Raised after a SIGTERM-triggered checkpoint; rerun the command to resume."""
 
 
+class Diverged(InputError):
+  """The loss, a gradient or a validation metric became NaN/inf; nothing from that
+  epoch on is saved (checkpoints, metrics line, results)."""
+
+
+# Steps the divergence check trails the dispatch by: reading a step's `finite` flag
+# waits for that step only, which has finished by the time two more are queued.
+_CHECK_LAG = 2
+
+
+def _first_non_finite(outs: list, upto: int | None = None) -> int | None:
+  """Index in `outs` (train-step outputs) of the first step whose loss or gradient was
+  not finite, looking at outs[:upto]; None if all were finite."""
+  for k, out in enumerate(outs[:upto]):
+    if not bool(out["finite"][0]):
+      return k
+  return None
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses config values that would train nothing or train to garbage, before any
+  data is read. Raises InputError naming the config key."""
+  if config.train.select_on not in VALIDATION_SCORES:
+    raise InputError("config.train.select_on", f"unknown choice '{config.train.select_on}'; "
+                     f"expected one of {', '.join(VALIDATION_SCORES)}")
+  losses.check_loss_scaling(config.train.loss, config.data.scaling)
+  if int(config.train.num_epochs) < 1:
+    raise InputError("config.train.num_epochs",
+                     f"must be at least 1, got {config.train.num_epochs} (to evaluate a "
+                     "trained run use `python -m experiments.evaluate --workdir=...`)")
+
+
 def format_table(results: dict[str, Any]) -> str:
   """Paper-style table: one row per split and scale, columns R^2 MAE MSE WD."""
   lines = [f"{'split':<11}{'scale':<11}{'R^2':>9}{'MAE':>12}{'MSE':>12}{'WD':>9}{'WD_phys':>10}"
@@ -297,9 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the results dict written to `workdir/results.json`. A finished run is not
   retrained: its saved results are returned. Raises `Preempted` after SIGTERM.
   """
-  if config.train.select_on not in VALIDATION_SCORES:
-    raise InputError("config.train.select_on", f"unknown choice '{config.train.select_on}'; "
-                     f"expected one of {', '.join(VALIDATION_SCORES)}")
+  check_config(config)
   run = workdir_lib.Workdir(workdir)
   finished = run.prepare(config, overwrite=overwrite)
   if finished is not None:
@@ -345,14 +395,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         enabled=config.train.progress and _is_lead())
       bar.count = start_step
       t0 = time.perf_counter()
-      outs = []  # device scalars; read once per epoch so dispatch never waits on the host
+      outs = []  # device scalars; summed once per epoch so dispatch never waits on the host
+
+      def diverged(k: int) -> Diverged:
+        return Diverged("training", f"non-finite loss or gradient at epoch {epoch + 1} step "
+                        f"{start_step + k + 1} of {len(plan)}; stopped, nothing from this "
+                        f"epoch is saved (last checkpoint: epoch {progress.epoch}); lower "
+                        f"config.train.learning_rate (now {config.train.learning_rate:g}) "
+                        "or check the labels")
+
       for s, batch in enumerate(trainer.batches(train_data, rd.budget, plan[start_step:]),
                                 start=start_step):
         state_repl, out = trainer.p_train_step(state_repl, batch)
         outs.append(out)
+        if len(outs) > _CHECK_LAG and not bool(outs[-1 - _CHECK_LAG]["finite"][0]):
+          raise diverged(_first_non_finite(outs))
         bar.update(sum(len(idx) for idx in plan[s]))
         if stop.requested:
           done = jax.device_get(outs)
+          if _first_non_finite(done) is not None:
+            raise diverged(_first_non_finite(done))
           progress = progress.replace(
               epoch=epoch, step_in_epoch=s + 1,
               epoch_loss_sum=progress.epoch_loss_sum + float(sum(o["loss_sum"][0] for o in done)),
@@ -361,11 +423,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           ckpt.close()
           raise Preempted(f"preempted at epoch {epoch + 1} step {s + 1}; rerun to resume")
       outs = jax.device_get(outs)  # every device holds the psum-ed totals: read device 0
+      if _first_non_finite(outs) is not None:
+        raise diverged(_first_non_finite(outs))
       # (plus what the steps before a preemption of this epoch contributed)
       loss_sum = progress.epoch_loss_sum + float(sum(o["loss_sum"][0] for o in outs))
       count = progress.epoch_count + float(sum(o["count"][0] for o in outs))
       train_seconds = time.perf_counter() - t0
       val = trainer.evaluate(state_repl.eval_params, val_data, rd.budget, bin_width)
+      if not _all_finite(val):
+        raise Diverged("training", f"validation loss/metrics are not finite after epoch "
+                       f"{epoch + 1}; stopped, nothing from this epoch is saved (last "
+                       f"checkpoint: epoch {progress.epoch})")
       bar.close(f"loss {loss_sum / max(count, 1):.4g} val {val['loss']:.4g} "
                 f"val R^2 {val['normalized']['r2']:.3f}")
       epoch += 1
@@ -400,6 +468,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   results = {split: trainer.evaluate(params_repl, rd.splits[split], rd.budget, bin_width)
              for split in ("validation", "test")}
   ckpt.close()
+  if not _all_finite(results):
+    raise Diverged("results", f"the best checkpoint (epoch {progress.best_epoch}) gives "
+                   "non-finite validation/test metrics; results.json not written")
   summary = {"metrics": results, "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
              "num_params": n_params}
   if _is_lead():

@@ -100,8 +100,12 @@ class Xtal2DoS(nn.Module):
   dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
-  def __call__(self, batch: Batch, *, train: bool) -> jax.Array:
-    """float32[G, l_y] predictions on the scaled-label scale (padding crystals finite)."""
+  def __call__(self, batch: Batch, *, train: bool, raw: bool = False) -> jax.Array:
+    """float32[G, l_y] predictions on the scaled-label scale (padding crystals finite).
+
+    `raw=True` returns the decoder output before the output activation (the logits of
+    the softmax for `normalized_sum`), from which the losses take log-probabilities.
+    """
     node_states = self.encoder(batch.graph, train=train)
     atoms = Atoms(node_states, batch.atom_index, batch.atom_mask)
     context = CrystalContext(**same_precision(self), name="context")(node_states, batch.graph)
@@ -109,5 +113,5 @@ class Xtal2DoS(nn.Module):
     y_teacher = batch.y if train else None
     extra = ({"crystal_system": batch.crystal_system}
              if getattr(self.decoder, "uses_crystal_system", False) else {})
-    raw = self.decoder(context, atoms, y_teacher, train=train, **extra)
-    return apply_output_activation(raw.astype(jnp.float32), self.output_activation)
+    out = self.decoder(context, atoms, y_teacher, train=train, **extra).astype(jnp.float32)
+    return out if raw else apply_output_activation(out, self.output_activation)
