@@ -97,3 +97,12 @@ def user_errors():
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def checkpoint_used(out: dict) -> str:
+  """`best, epoch N` or `latest, epoch N` (checkpoints/best missing) from an evaluation's
+  output; only the epoch where the output does not say which kind was restored."""
+  checkpoint = out.get("checkpoint")
+  if checkpoint:
+    return f"{checkpoint['kind']}, epoch {checkpoint['epoch']}"
+  return f"epoch {out['best_epoch']}"

@@ -1,7 +1,8 @@
 r"""Evaluate a trained run: `python -m experiments.evaluate --workdir=runs/phdos`.
 
-Restores the best checkpoint, prints the paper-style metrics table for the test
-split (R^2, MAE, MSE, WD on the normalised and the original scale), and writes
+Restores the best checkpoint (the latest, with a warning, if checkpoints/best holds
+none), prints the paper-style metrics table for the test split (R^2, MAE, MSE, WD on
+the normalised and the original scale) and which checkpoint it used, and writes
 eval_<split>.json, predictions_<split>.npz and eval_<split>.png into the workdir.
 """
 from absl import app, flags
@@ -21,6 +22,7 @@ def main(argv):
   with common.user_errors():
     out = inference.evaluate_run(FLAGS.workdir, FLAGS.split)
   print(train.format_table({FLAGS.split: out[FLAGS.split]}))
+  print(f"checkpoint: {common.checkpoint_used(out)}")
   print(f"wrote {FLAGS.workdir}/eval_{FLAGS.split}.json, predictions_{FLAGS.split}.npz, "
         f"eval_{FLAGS.split}.png")
 

@@ -101,6 +101,25 @@ def test_checkpoint_from_another_model_size_is_named(run_dir, tmp_path):
     inference.evaluate_run(workdir)
 
 
+def test_evaluate_without_best_checkpoint_says_it_uses_the_latest(run_dir, tmp_path, caplog):
+  """A workdir whose checkpoints/best is gone is evaluated on the latest checkpoint with a
+  warning naming its epoch, not silently as if it were the best one."""
+  import logging
+  from experiments import common
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run_dir, workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "best"))
+  with caplog.at_level(logging.WARNING):
+    out = inference.evaluate_run(workdir)
+  best_dir = os.path.join(workdir, "checkpoints", "best")
+  assert f"no best checkpoint in {best_dir}; evaluating the latest, epoch 2" in [
+      r.getMessage() for r in caplog.records]
+  assert out["best_epoch"] == 2
+  assert common.checkpoint_used({"checkpoint": {"kind": "latest", "epoch": 2, "step": 2000000},
+                                   "best_epoch": 2}) == "latest, epoch 2"
+  assert common.checkpoint_used({"best_epoch": 1}) == "epoch 1"
+
+
 def test_split_with_zero_crystals_is_named(tmp_path):
   config = _config()
   config.data.limit = 2

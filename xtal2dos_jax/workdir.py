@@ -10,9 +10,10 @@
     workdir/results.json       final metrics; its presence marks a finished run
     workdir/checkpoints/{latest,best}/<step>   Orbax checkpoints
 
-Every JSON file is written atomically (temp file + rename), and Orbax commits a
-checkpoint only once it is complete, so a run killed at any moment leaves either
-the old or the new file, never a torn one.
+Every JSON file is written atomically (temp file + rename), with the mode a plain
+open() would give under the umask, and Orbax commits a checkpoint only once it is
+complete, so a run killed at any moment leaves either the old or the new file,
+never a torn one.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
-from typing import Any
+from typing import IO, Any, Callable, NamedTuple
 
 from absl import logging
 import jax
@@ -39,19 +41,58 @@ from xtal2dos_jax.errors import InputError
 _MUTABLE_KEYS = {"train.progress"}
 # Config keys added after runs were saved, with the value those runs used implicitly, so
 # an older workdir still resumes and is still recognised as the same config.
-_ADDED_KEYS = {"data.train_fraction": 1.0}
+_ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0}
 # Subdirectories of `<workdir>/checkpoints` holding the two Orbax managers' steps.
 _CHECKPOINT_KINDS = ("latest", "best")
 _PACKAGES = ("xtal2dos_jax", "jax", "jaxlib", "flax", "optax", "jraph", "orbax-checkpoint", "ase",
              "numpy", "ml-collections")
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+  """The process umask. Read from /proc/self/status where Linux provides it, since
+  os.umask can only be read by setting it, which races with other threads creating
+  files; elsewhere it is swapped briefly (under a lock, to the restrictive 0o077)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  with _UMASK_LOCK:
+    mask = os.umask(0o077)
+    os.umask(mask)
+  return mask
+
+
+def mkstemp_like_open(directory: str, suffix: str = ".tmp") -> tuple[int, str]:
+  """`tempfile.mkstemp` in `directory`, with the file's mode set to what a plain
+  `open(path, "w")` gives (0o666 & ~umask) instead of mkstemp's 0600.
+
+  Files written to a temp file and renamed into place keep the temp file's mode, so
+  without this every config.json / results.json would be unreadable to collaborators
+  on a shared filesystem whatever their umask allows."""
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
+  try:
+    os.fchmod(fd, 0o666 & ~current_umask())
+  except BaseException:
+    os.close(fd)
+    os.remove(tmp)
+    raise
+  return fd, tmp
+
+
+def _write_atomic(path: str, write: Callable[[IO[str]], None]) -> None:
+  """Calls `write(file)` on a temp file in `path`'s directory, then renames it to
+  `path`, so a kill or a full disk leaves the old or the new file, never a torn one;
+  the mode follows the umask (see `mkstemp_like_open`)."""
+  fd, tmp = mkstemp_like_open(os.path.dirname(os.path.abspath(path)))
   try:
     with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=1)
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -59,6 +100,16 @@ def write_json_atomic(path: str, obj: Any) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """`text` at `path`, atomically (see `_write_atomic`)."""
+  _write_atomic(path, lambda f: f.write(text))
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """`obj` as indented JSON at `path`, atomically (see `_write_atomic`)."""
+  _write_atomic(path, lambda f: json.dump(obj, f, indent=1))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -235,14 +286,21 @@ class Workdir:
             kept.append(record)
         except (ValueError, KeyError):
           continue  # a line torn by a kill mid-write
-    fd, tmp = tempfile.mkstemp(dir=self.path, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     tensorboard.rewrite(self.path, kept)
 
   def save_results(self, results: dict) -> None:
     write_json_atomic(self.file("results.json"), results)
+
+
+class RestoredCheckpoint(NamedTuple):
+  """Which checkpoint `Checkpoints.restore_best` restored."""
+  kind: str     # "best", or "latest" when checkpoints/best holds none
+  epoch: int    # completed epochs of the restored state
+  step: int     # Orbax step (see `_checkpoint_step`)
+
+  def to_json(self) -> dict:
+    return self._asdict()
 
 
 class Checkpoints:
@@ -250,6 +308,7 @@ class Checkpoints:
 
   def __init__(self, directory: str, keep: int = 2):
     self.directory = directory
+    self.restored: RestoredCheckpoint | None = None
     opts = dict(create=True, enable_async_checkpointing=False)
     latest, best = _CHECKPOINT_KINDS
     self.latest = ocp.CheckpointManager(
@@ -300,13 +359,22 @@ class Checkpoints:
     return None if step is None else self._restore(self.latest, step, template)
 
   def restore_best(self, template) -> Progress:
+    """The best checkpoint; if `checkpoints/best` holds none (deleted, or a run killed
+    before its first validation), the latest one, with a warning naming its epoch.
+    `self.restored` records which one was used, for evaluation outputs."""
     step = self.best.best_step()
+    if step is not None:
+      progress = self._restore(self.best, step, template)
+      self.restored = RestoredCheckpoint("best", progress.epoch, int(step))
+      return progress
+    step = self.latest.latest_step()
     if step is None:
-      step = self.latest.latest_step()
-      if step is None:
-        raise InputError(self.directory, "holds no checkpoint; train first")
-      return self._restore(self.latest, step, template)
-    return self._restore(self.best, step, template)
+      raise InputError(self.directory, "holds no checkpoint; train first")
+    progress = self._restore(self.latest, step, template)
+    self.restored = RestoredCheckpoint("latest", progress.epoch, int(step))
+    logging.warning("no best checkpoint in %s; evaluating the latest, epoch %d",
+                    self.best.directory, progress.epoch)
+    return progress
 
   def close(self) -> None:
     self.latest.close()

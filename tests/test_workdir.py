@@ -1,0 +1,141 @@
+"""Workdir files: modes under the umask, and which checkpoint evaluation restores."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+
+import flax.struct
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import smoke
+from xtal2dos_jax import workdir as workdir_lib
+from xtal2dos_jax.errors import InputError
+
+
+@pytest.fixture
+def umask():
+  """Sets the process umask for one test and restores it afterwards."""
+  saved = os.umask(0o022)
+  os.umask(saved)
+  yield os.umask
+  os.umask(saved)
+
+
+def _mode(path) -> int:
+  return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, mask, expected):
+  """Temp-file-and-rename writes get the mode a plain open() would (0o666 & ~umask),
+  not mkstemp's 0600, so collaborators can read a shared run's files."""
+  umask(mask)
+  assert workdir_lib.current_umask() == mask
+  path = tmp_path / "results.json"
+  workdir_lib.write_json_atomic(str(path), {"metrics": {"mae": 1.0}})
+  assert _mode(path) == expected
+  assert json.load(open(path)) == {"metrics": {"mae": 1.0}}
+  workdir_lib.write_text_atomic(str(tmp_path / "notes.txt"), "x")
+  assert _mode(tmp_path / "notes.txt") == expected
+  with open(tmp_path / "plain.txt", "w") as f:
+    f.write("x")
+  assert _mode(tmp_path / "plain.txt") == expected            # the same as open()
+
+
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600)])
+def test_workdir_files_respect_the_umask(tmp_path, umask, mask, expected):
+  umask(mask)
+  run = workdir_lib.Workdir(str(tmp_path / "run"))
+  run.prepare(smoke.get_config())
+  for epoch in (1, 2, 3):
+    run.append_metrics({"epoch": epoch})
+  run.truncate_metrics(2)                                    # rewritten via a temp file
+  run.save_results({"metrics": {}})
+  for name in ("config.json", "run.json", "metrics.jsonl", "results.json"):
+    assert _mode(run.file(name)) == expected, name
+  assert [json.loads(l)["epoch"] for l in open(run.file("metrics.jsonl"))] == [1, 2]
+  assert not [f for f in os.listdir(run.path) if f.endswith(".tmp")]
+
+
+def test_current_umask_without_proc(monkeypatch, umask):
+  """Where /proc/self/status is unreadable the umask is read by swapping it briefly."""
+  umask(0o027)
+  real_open = open
+
+  def no_proc(path, *a, **k):
+    if str(path).startswith("/proc/"):
+      raise OSError("no /proc")
+    return real_open(path, *a, **k)
+
+  monkeypatch.setattr("builtins.open", no_proc)
+  assert workdir_lib.current_umask() == 0o027
+  assert os.umask(0o027) == 0o027                           # left unchanged
+
+
+# --------------------------------------------------------------------------------------------
+# Which checkpoint evaluation restores
+
+
+@flax.struct.dataclass
+class _State:
+  step: jnp.ndarray
+  params: dict
+  opt_state: dict
+  rng: jnp.ndarray
+  ema_params: dict | None = None
+
+
+def _state(value: float) -> _State:
+  return _State(jnp.int32(0), {"w": jnp.full(3, value)}, {"m": jnp.zeros(3)},
+                jnp.zeros(2, jnp.uint32))
+
+
+def _saved_run(directory):
+  """Checkpoints with epochs 1 (best, w = 1) and 2 (latest only, w = 2)."""
+  ckpt = workdir_lib.Checkpoints(str(directory))
+  for epoch, score in ((1, 0.5), (2, 0.9)):
+    progress = workdir_lib.Progress(epoch=epoch, best_epoch=1)
+    ckpt.save(_state(float(epoch)), progress)
+    if epoch == 1:
+      ckpt.save_best(_state(1.0), progress, score)
+  return ckpt
+
+
+def test_restore_best_names_the_best_checkpoint(tmp_path, caplog):
+  ckpt = _saved_run(tmp_path / "checkpoints")
+  with caplog.at_level(logging.WARNING):
+    progress = ckpt.restore_best(_state(0.0))
+  np.testing.assert_array_equal(progress.state.params["w"], np.ones(3))
+  assert progress.epoch == 1
+  assert ckpt.restored == workdir_lib.RestoredCheckpoint("best", 1, 1_000_000)
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+  ckpt.close()
+
+
+def test_restore_best_without_best_warns_and_names_the_latest_epoch(tmp_path, caplog):
+  """A workdir whose checkpoints/best is gone is evaluated on the latest checkpoint, and
+  says so, naming its epoch, instead of passing it off as the best one."""
+  import shutil
+  _saved_run(tmp_path / "checkpoints").close()
+  shutil.rmtree(tmp_path / "checkpoints" / "best")
+  ckpt = workdir_lib.Checkpoints(str(tmp_path / "checkpoints"))
+  with caplog.at_level(logging.WARNING):
+    progress = ckpt.restore_best(_state(0.0))
+  np.testing.assert_array_equal(progress.state.params["w"], np.full(3, 2.0))
+  assert ckpt.restored == workdir_lib.RestoredCheckpoint("latest", 2, 2_000_000)
+  messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert messages == [f"no best checkpoint in {tmp_path / 'checkpoints' / 'best'}; "
+                      "evaluating the latest, epoch 2"]
+  ckpt.close()
+
+
+def test_restore_best_of_an_empty_directory_is_one_line_error(tmp_path):
+  ckpt = workdir_lib.Checkpoints(str(tmp_path / "checkpoints"))
+  with pytest.raises(InputError, match="holds no checkpoint; train first"):
+    ckpt.restore_best(_state(0.0))
+  assert ckpt.restored is None
+  ckpt.close()
