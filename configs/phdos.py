@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.split = (0.8, 0.1, 0.1)    # train / validation / test fractions (1,217/152/152 on
                                   # the DFPT set: the paper's split sizes)
   data.split_seed = 0
+  data.num_folds = 0              # > 1: k-fold cross-validation; test = fold `fold`,
+  data.fold = 0                   # validation = split[1] of the crystals from the rest
   data.train_fraction = 1.0       # train on this seeded share of the train split (learning
                                   # curves; validation and test stay whole)
   data.cache_dir = ""             # "" = ~/.cache/xtal2dos_jax

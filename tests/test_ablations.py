@@ -474,7 +474,7 @@ def test_compare_table_over_seeds(tmp_path):
   lines = compare.to_markdown(table).splitlines()
   assert lines[2].startswith("| mlp | unimp + mlp | 0.6500 ± 0.1000 | 0.6000 ± 0.1000 |")
   assert lines[3].startswith("| phdos | unimp + transformer | 0.4500 | 0.4000 |")
-  assert "once per seed (0, 1, 2)" in lines[-1]
+  assert "trained 3 times (seeds 0, 1, 2)" in lines[-1]
 
 
 @pytest.mark.slow
@@ -498,3 +498,33 @@ def test_compare_end_to_end(tmp_path):
       saved = json.load(open(os.path.join(workdir, row["name"], f"seed_{seed}", "config.json")))
       assert saved["seed"] == seed
   assert "| smoke |" in result.stdout and "±" in result.stdout
+
+
+def test_compare_over_cross_validation_folds(tmp_path):
+  from configs import phdos, phdos_chgnet
+  for bad in ("1", "-2", "x"):
+    with pytest.raises(InputError, match=rf"--folds '{bad}'"):
+      compare.parse_folds(bad)
+  assert compare.run_grid([0, 1], 2) == [(0, 0), (1, 0), (0, 1), (1, 1)]
+  dirs = compare.run_dirs(str(tmp_path), "mlp", [], 3)
+  assert dirs == [str(tmp_path / "mlp" / f"fold_{k}") for k in range(3)]
+  other = compare.run_dirs(str(tmp_path), "phdos", [], 3)
+  for k in range(3):
+    for run_dir, decoder in ((dirs[k], "mlp"), (other[k], "transformer")):
+      _fake_run(run_dir, decoder, 0.5 + 0.1 * k, [9.0, 2.0], [f"t{k}"])
+      config = json.load(open(os.path.join(run_dir, "config.json")))
+      config["data"] = {"num_folds": 3, "fold": k}
+      json.dump(config, open(os.path.join(run_dir, "config.json"), "w"))
+  table = compare.build_table({"mlp": dirs, "phdos": other},
+                              published=compare.published_rows(phdos.get_config()))
+  row = table["rows"][0]
+  assert table["same_split"] and row["folds"] == [0, 1, 2] and row["num_runs"] == 3
+  assert row["r2"] == pytest.approx(0.6) and row["r2_std"] == pytest.approx(0.1)
+  markdown = compare.to_markdown(table)
+  assert "trained 3 times (folds 0, 1, 2)" in markdown
+  assert "| Xtal2DoS | published |  | 0.7340 | 0.00663 | 0.000193 | 0.0631 |" in markdown
+  # Folds of one variant against one split of the other are not the same test crystals.
+  single = str(tmp_path / "single")
+  _fake_run(single, "mlp", 0.5, [9.0], ["t0"])
+  assert not compare.build_table({"mlp": dirs, "single": single})["same_split"]
+  assert compare.published_rows(phdos_chgnet.get_config()) == ()

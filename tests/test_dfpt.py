@@ -56,3 +56,31 @@ def test_universal_potential_set_is_one_config_away():
   ds = datasets.load_raw_dataset(config.data)
   assert len(ds) == 1024 and "cv300" in ds.extras
   assert config.model.to_dict() == phdos.get_config().model.to_dict()
+
+
+def test_five_folds_test_every_crystal_once(tmp_path):
+  config = phdos.get_config()
+  config.data.cache_dir = str(tmp_path)
+  config.data.num_folds = 5
+  tested = []
+  for fold in range(5):
+    config.data.fold = fold
+    rd = data_lib.prepare_run_data(config)
+    ids = {name: set(s.graphs.ids) for name, s in rd.splits.items()}
+    assert not (ids["train"] & ids["validation"] or ids["train"] & ids["test"]
+                or ids["validation"] & ids["test"])
+    assert sum(map(len, ids.values())) == 1521
+    assert len(ids["test"]) in (304, 305) and len(ids["validation"]) == 152
+    tested += list(ids["test"])
+  assert sorted(tested) == sorted(datasets.load_raw_dataset(config.data).ids)
+
+
+def test_fold_arguments_are_checked():
+  import pytest
+  from xtal2dos_jax.errors import InputError
+  with pytest.raises(InputError, match="config.data.num_folds: needs 2..10 folds"):
+    datasets.fold_indices(10, 1, 0)
+  with pytest.raises(InputError, match="config.data.fold: must be in 0..4 for 5 folds, got 5"):
+    datasets.fold_indices(10, 5, 5)
+  a, b = datasets.fold_indices(100, 5, 2, seed=1), datasets.fold_indices(100, 5, 2, seed=1)
+  assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -78,7 +78,11 @@ def crystal_systems_if_needed(config: ml_collections.ConfigDict, structures) -> 
 
 def _split_rows(ids: Sequence[str], data_config, split_ids: Mapping[str, Sequence[str]] | None):
   if split_ids is None:
-    parts = datasets.split_indices(len(ids), tuple(data_config.split), data_config.split_seed)
+    if data_config.num_folds:
+      parts = datasets.fold_indices(len(ids), data_config.num_folds, data_config.fold,
+                                    data_config.split[1], data_config.split_seed)
+    else:
+      parts = datasets.split_indices(len(ids), tuple(data_config.split), data_config.split_seed)
     parts["train"] = datasets.train_subset(parts["train"],
                                            data_config.get("train_fraction", 1.0),
                                            data_config.split_seed)

@@ -772,6 +772,44 @@ def train_subset(train: np.ndarray, fraction: float, seed: int = 0) -> np.ndarra
   return np.sort(np.asarray(train)[order[:keep]])
 
 
+def fold_indices(n: int, num_folds: int, fold: int, validation_fraction: float = 0.1,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+  """One fold of seeded k-fold cross-validation of range(n).
+
+  A seeded permutation of range(n) is cut into `num_folds` folds of near-equal size
+  (sizes differ by at most 1); fold `fold` is the test split, round(validation_fraction
+  * n) crystals drawn (seeded) from the rest are the validation split, the remaining
+  crystals the train split. Over fold = 0..num_folds-1 every crystal is tested exactly
+  once. Same arguments -> same split.
+
+  Returns:
+    {'train', 'validation', 'test'} -> sorted int64 index arrays partitioning range(n).
+
+  Raises:
+    InputError('config.data.num_folds' / 'config.data.fold', ...): fewer than 2 folds,
+      more folds than crystals, a fold index outside 0..num_folds-1, or no crystal left
+      for training.
+  """
+  n, k, fold = int(n), int(num_folds), int(fold)
+  if k < 2 or k > n:
+    raise InputError("config.data.num_folds", f"needs 2..{n} folds for {n} crystals, got {k} "
+                     "(0 = one seeded split by config.data.split)")
+  if not 0 <= fold < k:
+    raise InputError("config.data.fold", f"must be in 0..{k - 1} for {k} folds, got {fold}")
+  perm = np.random.default_rng([seed, 2]).permutation(n)
+  folds = np.array_split(perm, k)
+  test = folds[fold]
+  rest = np.concatenate([f for j, f in enumerate(folds) if j != fold])
+  n_val = int(round(float(validation_fraction) * n))
+  rest = np.random.default_rng([seed, 3, fold]).permutation(rest)
+  if n_val >= len(rest):
+    raise InputError("config.data.split", f"a validation share of {validation_fraction} "
+                     f"leaves no training crystal in fold {fold} of {k}")
+  return {"train": np.sort(rest[n_val:]).astype(np.int64),
+          "validation": np.sort(rest[:n_val]).astype(np.int64),
+          "test": np.sort(test).astype(np.int64)}
+
+
 def split_indices(n: int, fractions: Iterable[float] = (0.8, 0.1, 0.1),
                   seed: int = 0) -> dict[str, np.ndarray]:
   """Seeded random train/validation/test split of range(n).
