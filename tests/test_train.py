@@ -339,3 +339,18 @@ def test_zero_epochs_is_refused(tmp_path):
   with pytest.raises(InputError, match="config.train.num_epochs: must be at least 1, got 0"):
     train.train_and_evaluate(_config(num_epochs=0), str(tmp_path / "x"))
   assert not (tmp_path / "x").exists()
+
+
+def test_noam_schedule_matches_the_formula():
+  config = _config(schedule="noam", learning_rate=1.0, warmup_steps=300,
+                   noam_decay_epochs=10, noam_decay_rate=4.0)
+  config.model.d_model = 512
+  fn = train.create_learning_rate_fn(config, steps_per_epoch=100)
+  steps = np.array([0, 1, 150, 300, 301, 999, 1000, 5000])
+  s = np.maximum(steps, 1).astype(np.float64)
+  ref = 512 ** -0.5 * np.minimum(s ** -0.5, s * 300 ** -1.5)
+  ref = np.where(s >= 1000, ref / 4.0 ** (s / 1000), ref)
+  np.testing.assert_allclose([float(fn(k)) for k in steps], ref, rtol=1e-5)
+  assert float(fn(300)) == pytest.approx(1 / np.sqrt(512 * 300), rel=1e-5)  # the peak
+  with pytest.raises(InputError, match="config.train.schedule: unknown schedule 'step'"):
+    train.create_learning_rate_fn(_config(schedule="step"), 10)

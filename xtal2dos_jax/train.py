@@ -46,9 +46,35 @@ class TrainState(train_state.TrainState):
     return self.params if self.ema_params is None else self.ema_params
 
 
-def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
+def noam_schedule(factor: float, d_model: int, warmup_steps: int, decay_after_steps: int = 0,
+                  decay_rate: float = 1.0) -> optax.Schedule:
+  """The Transformer paper's schedule as the public Xtal2DoS code runs it:
+  factor * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5) at step s >= 1 (step 0 counts as
+  1), and from `decay_after_steps` on (if > 0) divided by decay_rate^(s /
+  decay_after_steps). The peak, at s = warmup, is factor / sqrt(d_model * warmup)."""
+  def schedule(step):
+    s = jnp.maximum(jnp.asarray(step, jnp.float32), 1.0)
+    lr = factor * d_model ** -0.5 * jnp.minimum(s ** -0.5, s * float(warmup_steps) ** -1.5)
+    if decay_after_steps > 0:
+      lr = jnp.where(s >= decay_after_steps, lr / decay_rate ** (s / decay_after_steps), lr)
+    return lr
+  return schedule
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
                             steps_per_epoch: int) -> optax.Schedule:
-  """Linear warmup, then `cosine_restarts` cosine cycles down to 1% of the peak."""
+  """`config.train.schedule`: 'cosine' (linear warmup, then `cosine_restarts` cosine
+  cycles down to 1% of the peak `learning_rate`) or 'noam' (`noam_schedule` with factor
+  `learning_rate`, `warmup_steps`, and the extra decay after `noam_decay_epochs`)."""
+  train_config = config.train
+  if train_config.schedule == "noam":
+    return noam_schedule(train_config.learning_rate, config.model.d_model,
+                         train_config.warmup_steps,
+                         int(train_config.noam_decay_epochs * steps_per_epoch),
+                         train_config.noam_decay_rate)
+  if train_config.schedule != "cosine":
+    raise InputError("config.train.schedule", f"unknown schedule {train_config.schedule!r}; "
+                     "expected cosine or noam")
   peak = train_config.learning_rate
   warmup = int(train_config.warmup_epochs * steps_per_epoch)
   total = max(int(train_config.num_epochs * steps_per_epoch), warmup + 1)
@@ -64,10 +90,11 @@ def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
 def create_optimizer(train_config: ml_collections.ConfigDict,
                      learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
   name = train_config.optimizer
+  betas = {"b1": 0.9, "b2": train_config.adam_b2, "eps": train_config.adam_eps}
   if name == "adam":
-    opt = optax.adam(learning_rate_fn)
+    opt = optax.adam(learning_rate_fn, **betas)
   elif name == "adamw":
-    opt = optax.adamw(learning_rate_fn, weight_decay=train_config.weight_decay)
+    opt = optax.adamw(learning_rate_fn, weight_decay=train_config.weight_decay, **betas)
   elif name == "sgd":
     opt = optax.sgd(learning_rate_fn, momentum=0.9)
   else:
@@ -190,7 +217,7 @@ class Trainer:
         tree)
 
   def init_state(self, sample: input_pipeline.Batch, steps_per_epoch: int) -> TrainState:
-    self.learning_rate_fn = create_learning_rate_fn(self.config.train, steps_per_epoch)
+    self.learning_rate_fn = create_learning_rate_fn(self.config, steps_per_epoch)
     tx = create_optimizer(self.config.train, self.learning_rate_fn)
     return create_train_state(self.config, self.model, sample, tx)
 

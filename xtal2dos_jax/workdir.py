@@ -41,7 +41,10 @@ from xtal2dos_jax.errors import InputError
 _MUTABLE_KEYS = {"train.progress"}
 # Config keys added after runs were saved, with the value those runs used implicitly, so
 # an older workdir still resumes and is still recognised as the same config.
-_ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0}
+_ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0,
+               "train.adam_b2": 0.999, "train.adam_eps": 1e-8, "train.schedule": "cosine",
+               "train.warmup_steps": 300, "train.noam_decay_epochs": 0,
+               "train.noam_decay_rate": 4.0}
 # Subdirectories of `<workdir>/checkpoints` holding the two Orbax managers' steps.
 _CHECKPOINT_KINDS = ("latest", "best")
 _PACKAGES = ("xtal2dos_jax", "jax", "jaxlib", "flax", "optax", "jraph", "orbax-checkpoint", "ase",
@@ -128,16 +131,24 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run in `workdir` was trained with."""
+  """The config a run in `workdir` was trained with; keys added to the configs since
+  it was saved get the value that run used implicitly (`_ADDED_KEYS`)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise InputError(workdir, "is not a training workdir (no config.json); train first with "
                      "python -m experiments.train --workdir=...")
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      saved = json.load(f)
   except (OSError, ValueError) as e:
     raise InputError(path, f"unreadable run config ({e})") from None
+  for key, value in _ADDED_KEYS.items():
+    *parents, leaf = key.split(".")
+    section = saved
+    for name in parents:
+      section = section.setdefault(name, {})
+    section.setdefault(leaf, value)
+  return ml_collections.ConfigDict(saved)
 
 
 def package_versions() -> dict[str, str]:
