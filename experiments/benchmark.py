@@ -34,14 +34,13 @@ import subprocess
 import sys
 import tempfile
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 from experiments import common
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config file.",
-                                lock_config=False)
+common.define_config_file("config", "configs/bench.py", "Benchmark config file.",
+                          lock_config=False)
 flags.DEFINE_bool("quick", False, "Smoke-sized model and a data subset (seconds; for tests).")
 flags.DEFINE_string("output", None, "Also write the rows (and the run's context) as JSON here.")
 flags.DEFINE_bool("inference_only", False,
@@ -105,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -1,10 +1,19 @@
-"""Shared plumbing for the absl binaries: runtime set-up and one-line user errors."""
+"""Shared plumbing for the absl binaries: flag parsing, runtime set-up and one-line
+user errors.
+
+Every binary starts with `common.run(main)` instead of `app.run(main)`, so that a bad
+command line (an unknown flag, a config override naming no config key, a value of the
+wrong type) ends as one line `error: --flag: reason` with exit status 2, the same as
+any other user error, instead of absl's usage text or ml_collections' traceback.
+"""
 import contextlib
 import logging as logging_std
 import os
+import re
 import sys
+from typing import Callable, Sequence
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-host: host:port of process 0 (else from the environment).")
@@ -81,6 +90,131 @@ def setup_runtime(inference: bool = False) -> None:
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.default_backend(),
                "on" if allocator.applied else "off")
+
+
+def _bad_command_line(flag: str, reason: str) -> None:
+  from xtal2dos_jax.errors import one_line
+  print(f"error: {flag}: {one_line(reason)}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _innermost_message(exc: BaseException) -> str:
+  """The text of `exc`, unwrapped from the AttributeError(KeyError(text)) chain by which
+  ml_collections reports a missing config key (its text holds the did-you-mean hint)."""
+  while exc.args and isinstance(exc.args[0], BaseException):
+    exc = exc.args[0]
+  return str(exc.args[0]) if exc.args else str(exc)
+
+
+def _override_naming(key: str, argv: Sequence[str], flag_names) -> str | None:
+  """The first `--<flag>.<path>` argument, for a flag in `flag_names`, whose path has
+  the component `key`."""
+  for arg in argv[1:]:
+    m = re.match(r"^--?(\w+)\.([\w.]+)(=|$)", arg)
+    if m and m.group(1) in flag_names and key in m.group(2).split("."):
+      return f"--{m.group(1)}.{m.group(2)}"
+  return None
+
+
+def _config_file_reason(text: str) -> str | None:
+  """The reason in ml_collections' text for a config file that failed to load: the OS
+  error of a missing file, or the last line of the traceback `get_config` raised."""
+  if "Failed loading config file" in text:
+    errno_text = re.search(r"\[Errno \d+\][^\n]*", text)
+    return f"cannot load the config file ({errno_text.group(0) if errno_text else text})"
+  if "Error whilst parsing config file" in text:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return f"the config file raised {lines[-1].strip()}"
+  return None
+
+
+def _unloaded_config() -> tuple[str, str] | None:
+  """(flag, reason) for a config flag whose file could not be read: ml_collections
+  defers that error until the config is first used, which would be mid-run."""
+  from ml_collections.config_flags import config_flags  # the module, not the package
+  error_config = getattr(config_flags, "_ErrorConfig", None)
+  if error_config is None:
+    return None
+  for name in list(flags.FLAGS):
+    value = flags.FLAGS[name].value
+    if isinstance(value, error_config):
+      error = vars(value).get("_error")
+      return f"--{name}", _config_file_reason(str(error)) or str(error)
+  return None
+
+
+def _describe_flag_error(e: Exception, argv: Sequence[str], config_flag: str | None = None
+                         ) -> tuple[str, str]:
+  """(flag, one-line reason) of an error parsing `argv`. `config_flag` names the config
+  flag whose overrides were being applied when that is known (see
+  `define_config_file`); otherwise the flag is found in `argv`."""
+  if isinstance(e, flags.UnrecognizedFlagError):
+    suggestions = re.search(r"Did you mean: (.*?) ?\?", str(e))
+    hint = (f"; did you mean --{' or --'.join(suggestions.group(1).split(', '))}?"
+            if suggestions else "")
+    return f"--{e.flagname}", f"unknown flag{hint}"
+  if isinstance(e, flags.Error):
+    # absl's text is "flag --name=value: reason" for a value it cannot parse.
+    m = re.match(r"^flag (--[\w.]+)=(.*?): (.*)$", str(e), re.S)
+    if not m:
+      return "command line", str(e)
+    if re.match(r"^Flag --[\w.]+ must have a value other than None\.?$", m.group(3)):
+      return m.group(1), "is required"                  # flags.mark_flag_as_required
+    reason = _config_file_reason(m.group(3))
+    return m.group(1), f"{m.group(2)}: {reason}" if reason else m.group(3)
+  # ml_collections raises plain errors for a config override naming no config key.
+  message = _innermost_message(e)
+  reason = _config_file_reason(message)
+  key = None if reason else re.match(r"^'([^']+)'", message)
+  if key:
+    reason = (f"no config key '{key.group(1)}'"
+              + message[key.end():].replace("\nDid you mean", ". Did you mean"))
+  names = {config_flag} if config_flag else set(flags.FLAGS)
+  flag = ((_override_naming(key.group(1), argv, names) if key else None)
+          or f"--{config_flag or 'config'}")
+  return flag, reason or f"{type(e).__name__}: {message}"
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """Parses the command line into absl's FLAGS; a bad one exits with status 2 after one
+  line `error: --flag: reason`. The `flags_parser` of `run`."""
+  try:
+    remaining = flags.FLAGS(list(argv))
+  except Exception as e:  # absl's flags.Error, or what ml_collections raises
+    _bad_command_line(*_describe_flag_error(e, argv))
+  unloaded = _unloaded_config()
+  if unloaded:
+    _bad_command_line(*unloaded)
+  return remaining
+
+
+def define_config_file(name: str, default: str, help_string: str, **kwargs):
+  """`ml_collections.config_flags.DEFINE_config_file`, with a bad command line ending as
+  one line `error: --flag: reason` (exit status 2).
+
+  Without `--<name>=` on the command line, ml_collections loads the default config and
+  applies the `--<name>.<key>=` overrides from sys.argv while the flag is defined, at
+  import, before `run` parses anything; a typo in a key raises there."""
+  from ml_collections import config_flags
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
+  except Exception as e:  # the same errors as at parse time
+    _bad_command_line(*_describe_flag_error(e, sys.argv, config_flag=name))
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`absl.app.run(main)`, with the command line parsed by `parse_flags`; an
+  `app.UsageError` raised by `main` is one line `error: ...` with exit status 2 too."""
+
+  def main_with_one_line_usage_errors(argv):
+    try:
+      return main(argv)
+    except app.UsageError as e:
+      from xtal2dos_jax.errors import one_line
+      print(f"error: {one_line(e)}", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(main_with_one_line_usage_errors, flags_parser=parse_flags)
 
 
 def default_workdir(config_path: str) -> str:

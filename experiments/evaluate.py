@@ -5,7 +5,7 @@ none), prints the paper-style metrics table for the test split (R^2, MAE, MSE, W
 the normalised and the original scale) and which checkpoint it used, and writes
 eval_<split>.json, predictions_<split>.npz and eval_<split>.png into the workdir.
 """
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -28,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

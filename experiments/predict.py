@@ -7,7 +7,7 @@ predictions.npz and predictions.png (and, for phonon DoS, C_v(300 K) and the mea
 frequency; for electronic DoS, a band-gap estimate) to --outdir (default: a new
 workdir/predict-N).
 """
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -29,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -5,14 +5,13 @@ the same command resumes from the last checkpoint; a finished run is not retrain
 """
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 from experiments import common
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/phdos.py", "Training config file.",
-                                lock_config=True)
+common.define_config_file("config", "configs/phdos.py", "Training config file.",
+                          lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
 flags.DEFINE_bool("overwrite", False, "Discard a run already in --workdir and start afresh.")
 
@@ -34,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -156,14 +156,40 @@ def test_corrected_config_after_a_failed_start_trains(tmp_path):
 
 
 @pytest.mark.slow
-def test_config_typo_on_the_command_line_fails_fast(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.train", "--config=configs/smoke.py",
-       "--config.train.num_epoch=3", f"--workdir={tmp_path / 'w'}"],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert proc.returncode != 0
-  assert "num_epoch" in proc.stderr
-  assert not os.path.exists(tmp_path / "w")
+@pytest.mark.parametrize("binary, args, line", [
+    ("train", ["--config=configs/smoke.py", "--config.train.num_epoch=3"],
+     "error: --config.train.num_epoch: no config key 'num_epoch'. "
+     'Did you mean "num_epochs" instead of "num_epoch"?'),
+    # Without --config=, ml_collections applies overrides to the default config while
+    # the flag is defined, at import.
+    ("train", ["--config.trian.num_epochs=3"],
+     "error: --config.trian.num_epochs: no config key 'trian'. "
+     'Did you mean "train" instead of "trian"?'),
+    ("train", ["--config=configs/smoke.py", "--config.train.num_epochs=abc"],
+     "error: --config.train.num_epochs: invalid literal for int() with base 10: 'abc'"),
+    ("train", ["--config=configs/missing.py"],
+     "error: --config: cannot load the config file ([Errno 2] No such file or directory: "
+     "'configs/missing.py')"),
+    ("benchmark", ["--quick", "--config.model.d_modle=3"],
+     "error: --config.model.d_modle: no config key 'd_modle'. "
+     'Did you mean "d_model" instead of "d_modle"?'),
+    ("evaluate", ["--workdr=runs/x"], "error: --workdr: unknown flag; did you mean --workdir?"),
+    ("predict", ["--workdir=runs/x"], "error: --structures: is required"),
+    ("compare", ["--configz=a.py"],
+     "error: --configz: unknown flag; did you mean --config_overrides or --configs?"),
+    ("compare", [], "error: --configs is required (comma-separated config files)"),
+])
+def test_bad_command_line_is_one_line_exit_2(tmp_path, binary, args, line):
+  """Every binary reports a bad command line (a config key typo included, with
+  ml_collections' did-you-mean) as one line `error: ...` and exit status 2, before
+  creating anything."""
+  workdir = tmp_path / "w"
+  extra = [] if binary == "compare" and not args else [f"--workdir={workdir}"]
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{binary}"] + args + extra,
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines() == [line]
+  assert not os.path.exists(workdir)
 
 
 @pytest.mark.slow
