@@ -21,7 +21,8 @@ cross-validation (`config.data.num_folds`/`fold`: the fold is the test split, th
 validation split is drawn from the rest) in `<workdir>/<name>/fold_<k>[/seed_<s>]`; the
 columns are mean ± standard deviation over all the runs. This tells recipes apart where
 one 152-crystal test split moves R^2 by ±0.05. On the embedded DFPT set the paper's
-Table 1 rows are printed under ours.
+Table 1 rows are printed under ours. `--ensemble` adds, per variant, the row of its
+seeds' averaged predictions (an ensemble of len(--seeds) members per split).
 
 Then one table, one row per variant, printed as markdown and written to
 `<workdir>/compare.json` and `<workdir>/compare.md`:
@@ -54,6 +55,8 @@ flags.DEFINE_integer("inference_repeats", 3, "Timed Trainer.predict runs after t
 flags.DEFINE_bool("overwrite", False, "Discard the variants' runs and train afresh.")
 flags.DEFINE_list("seeds", [], "Train every variant once per seed (e.g. 0,1,2) and report "
                   "mean ± std over seeds; empty: once, with each config's own seed.")
+flags.DEFINE_bool("ensemble", False, "With several --seeds: also score each variant's "
+                  "seeds as one ensemble (their predictions averaged), per split or fold.")
 flags.DEFINE_string("folds", "0", "K >= 2: train every variant on each of K cross-validation "
                     "folds and report mean ± std over folds; 0: one split.")
 
@@ -94,7 +97,8 @@ def main(argv):
       speed = time_inference(dirs[0], FLAGS.inference_repeats)   # speed does not depend on the seed
       write_json_atomic(os.path.join(dirs[0], INFERENCE_JSON), speed)
       runs[name] = dirs
-    table = build_table(runs, published=published_rows(configs[0]))
+    table = build_table(runs, published=published_rows(configs[0]),
+                        ensemble_members=len(seeds) if FLAGS.ensemble else 0)
   json_path, md_path = write_table(table, FLAGS.workdir)
   print(to_markdown(table))
   print(f"wrote {json_path} and {md_path}")

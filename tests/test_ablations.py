@@ -482,7 +482,7 @@ def test_compare_end_to_end(tmp_path):
   workdir = str(tmp_path / "compare")
   cmd = [sys.executable, "-m", "experiments.compare",
          "--configs=configs/smoke.py,configs/ablations/mlp.py", f"--workdir={workdir}",
-         "--inference_repeats=1", "--seeds=3,4"]
+         "--inference_repeats=1", "--seeds=3,4", "--ensemble"]
   for override in ("train.num_epochs=1", "data.limit=40", "model.d_model=16",
                    "model.num_heads=2", "model.encoder_layers=1", "model.ff_dim=32",
                    "model.decoder_layers=1", "train.progress=False"):
@@ -490,8 +490,16 @@ def test_compare_end_to_end(tmp_path):
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   table = json.load(open(os.path.join(workdir, "compare.json")))
-  assert [row["name"] for row in table["rows"]] == ["smoke", "mlp"] and table["same_split"]
-  for row in table["rows"]:
+  assert [row["name"] for row in table["rows"]] == [
+      "smoke", "mlp", "smoke (mean of 2)", "mlp (mean of 2)"] and table["same_split"]
+  for single, ensemble in zip(table["rows"][:2], table["rows"][2:]):
+    # The squared error of a mean prediction is at most the members' mean (convexity),
+    # so the averaged seeds score at least their mean R^2 / at most their mean MSE.
+    members = single["runs"]
+    assert ensemble["mse"] <= np.mean([r["mse"] for r in members]) + 1e-12
+    assert ensemble["r2"] >= np.mean([r["r2"] for r in members]) - 1e-9
+    assert ensemble["r2"] != pytest.approx(members[0]["r2"], abs=1e-7)
+  for row in table["rows"][:2]:
     assert row["num_params"] > 0 and row["inference_crystals_per_s"] > 0
     assert row["seeds"] == [3, 4] and row["r2_std"] is not None
     for seed in (3, 4):

@@ -281,19 +281,81 @@ def collect_row(name: str, dirs: Sequence[str]) -> dict[str, Any]:
   return row
 
 
+def _ensemble_metrics(dirs: Sequence[str]) -> dict[str, Any]:
+  """Accuracy of the mean prediction of several runs trained on one split (seeds):
+  the runs' scaled predictions are averaged per crystal, then scored like one run."""
+  import numpy as np
+
+  from xtal2dos_jax import metrics
+  out: dict[str, Any] = {}
+  loaded_runs = [inference.restore_run_and_data(d) for d in dirs]
+  for split in ("validation", "test"):
+    preds = []
+    for loaded, rd in loaded_runs:
+      part = rd.splits[split]
+      if list(part.graphs.ids) != list(loaded_runs[0][1].splits[split].graphs.ids):
+        raise ValueError(f"{dirs}: an ensemble needs runs on one split")
+      preds.append(loaded.trainer.predict(loaded.params, part, rd.budget))
+    rd = loaded_runs[0][1]
+    part = rd.splits[split]
+    normalized, original = rd.scaler.metric_predictions(np.mean(preds, axis=0), part.y_scale)
+    bin_width = float(rd.grid[1] - rd.grid[0])
+    out[split] = {"normalized": metrics.compute_metrics(part.y, normalized, bin_width=bin_width),
+                  "original": metrics.compute_metrics(rd.labels[split], original,
+                                                      bin_width=bin_width)}
+  return out
+
+
+def ensemble_row(name: str, dirs: Sequence[str], members: int) -> dict[str, Any]:
+  """A table row for the ensembles of a variant: its runs grouped by split (fold) into
+  ensembles of `members` seeds each, every ensemble scored on its split's mean
+  prediction; accuracy is the mean (± std) over the splits."""
+  records = [_run_record(d) for d in dirs]
+  by_fold: dict[Any, list[str]] = {}
+  for record in records:
+    by_fold.setdefault(record["fold"], []).append(record["run_dir"])
+  scored = []
+  for fold, fold_dirs in by_fold.items():
+    if len(fold_dirs) != members:
+      raise ValueError(f"{name}: fold {fold} has {len(fold_dirs)} runs, not {members}")
+    result = _ensemble_metrics(fold_dirs)
+    scored.append({key: result[split][scale][metric]
+                   for key, (split, scale, metric) in ACCURACY.items()})
+  row = {"name": f"{name} (mean of {members})", "run_dir": os.path.dirname(dirs[0]),
+         "model": _model_label(records[0]["config"]) + f", ensemble of {members}",
+         "num_runs": len(scored), "seeds": sorted({r["seed"] for r in records}),
+         "folds": sorted(f for f in by_fold if f is not None)}
+  row["runs_label"] = (f"folds {', '.join(map(str, row['folds']))}" if row["folds"]
+                       else "one split")
+  for key in ACCURACY:
+    values = [r[key] for r in scored]
+    row[key] = statistics.fmean(values)
+    row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+  row.update(test_count=records[0]["test_count"],
+             num_params=members * records[0]["num_params"],
+             train_seconds_per_epoch=members * statistics.fmean(
+                 r["train_seconds_per_epoch"] for r in records),
+             epochs_run=None, best_epoch=None, inference_crystals_per_s=math.nan, runs=scored)
+  return row
+
+
 def _test_ids(run_dir: str) -> list[str] | None:
   path = os.path.join(run_dir, "splits.json")
   return sorted(_read_json(path)["test"]) if os.path.exists(path) else None
 
 
 def build_table(runs: Mapping[str, str | Sequence[str]],
-                published: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+                published: Sequence[Mapping[str, Any]] = (),
+                ensemble_members: int = 0) -> dict[str, Any]:
   """{"rows": one `collect_row` per (name, run dir or dirs), in order; "same_split":
   whether every variant was tested on the same split or sequence of splits (the seeds of
   one variant share a split, its cross-validation folds each have one); "published":
-  rows quoted from papers}."""
+  rows quoted from papers}. With `ensemble_members` > 1 (the number of seeds), every
+  variant also gets an `ensemble_row`."""
   runs = {name: [dirs] if isinstance(dirs, str) else list(dirs) for name, dirs in runs.items()}
   rows = [collect_row(name, dirs) for name, dirs in runs.items()]
+  if ensemble_members > 1:
+    rows += [ensemble_row(name, dirs, ensemble_members) for name, dirs in runs.items()]
   distinct = []  # per variant: its distinct test splits, in order of first appearance
   for dirs in runs.values():
     splits = []
