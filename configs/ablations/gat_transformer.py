@@ -1,4 +1,5 @@
-"""Encoder ablation: GATGNN-style graph attention encoder + the Xtal2DoS transformer decoder."""
+"""Encoder ablation: a plain GAT encoder (additive graph attention with edge features,
+`models/gat_encoder.py`) + the Xtal2DoS transformer decoder."""
 from configs import phdos
 
 

@@ -1,17 +1,22 @@
-"""GAT encoder: GATGNN-style graph attention with edge features (encoder ablation).
+"""GAT encoder: multi-head graph attention (GAT) with edge features (encoder ablation).
 
-GATGNN (Louis et al. 2020) "augmented graph attention": edge features enter both the
-attention logits and the messages. Per layer and head (d_h = d_model / H), for each
-edge j -> i with edge embedding g_ij (shared by all layers, as in UniMP):
+A plain GAT layer (Velickovic et al. 2018, additive attention) in which the shared edge
+embedding enters both the attention logits and the messages. Per layer and head
+(d_h = d_model / H), for each edge j -> i with edge embedding g_ij (shared by all
+layers, as in UniMP):
 
-  z_i = W [h_i; g_ij],  z_j = W [h_j; g_ij]            (W [h; g] = W_n h + W_e g)
-  alpha_ij = softmax over the incoming edges of i of LeakyReLU(a_c . z_i + a_n . z_j)
-  m_i = sum_j alpha_ij z_j                             (heads concatenated)
-  h'_i = act(LayerNorm(m_i + W_r h_i))                 (no LayerNorm / act on the last layer)
+  z_i = W_n h_i + b_n + W_e g_ij,  z_j = W_n h_j + b_n + W_e g_ij     (per head: [d_h])
+  alpha_ij = softmax over the incoming edges of i of LeakyReLU_0.2(a_c . z_i + a_n . z_j)
+  m_i = sum_j alpha_ij z_j                                           (heads concatenated)
+  h'_i = softplus(LayerNorm(m_i + W_r h_i + b_r))   (no LayerNorm / softplus on the last layer)
 
-i.e. additive (GAT) attention instead of UniMP's scaled dot product, with the same
-residual / normalisation layout as `UniMPLayer` so the ablation isolates the attention
-form. Same interface and padding guarantees as `encoders.UniMPEncoder`:
+It differs from `UniMPLayer` in the attention form (additive instead of scaled dot
+product), in the residual (plain sum instead of the gate beta) and in the activation
+(softplus instead of leaky ReLU). It is not GATGNN (Louis et al. 2020): there are no
+softplus transforms of the node features or of the attention logits, no batch norm
+inside the attention, and no composition-attention pooling; the crystal context is the
+same mean pool + composition embedding as for UniMP. Same interface and padding
+guarantees as `encoders.UniMPEncoder`:
 
   encoder(graph, train=...) -> float[N, d_model]
 """
@@ -32,7 +37,7 @@ Dtype = Any
 
 
 class GATLayer(nn.Module):
-  """One GATGNN-style attention layer with edge features (see the module docstring).
+  """One GAT attention layer with edge features (equations in the module docstring).
 
   Attributes:
     d_model: width of node states and messages.
@@ -40,7 +45,7 @@ class GATLayer(nn.Module):
     dropout: dropout rate on the layer output (train only).
     last: skip LayerNorm and activation (the encoder's final layer).
     negative_slope: LeakyReLU slope of the attention logits (0.2 as in GAT).
-    activation: the non-linearity (softplus, as in GATGNN).
+    activation: the non-linearity after LayerNorm (softplus by default).
     sorted_receivers: `receivers` is non-decreasing (true for `input_pipeline` batches).
     dtype: compute dtype (parameters stay float32).
     dot_general: the matmul of the layers (see `precision.py`).
@@ -98,7 +103,7 @@ class GATLayer(nn.Module):
 
 
 class GATEncoder(StackedGraphEncoder):
-  """GATGNN-style ablation encoder: embeddings + `num_layers` `GATLayer`s."""
+  """GAT ablation encoder: embeddings + `num_layers` `GATLayer`s."""
   layer_cls: ClassVar[Callable[..., nn.Module]] = GATLayer
 
 
