@@ -22,17 +22,19 @@ from xtal2dos_jax.models import DECODERS, ENCODERS, Atoms, create_model
 from xtal2dos_jax.models.dostransformer import DOSTransformerDecoder
 from xtal2dos_jax.models.gat_encoder import GATEncoder
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
-from xtal2dos_jax.models.rnn_decoders import (ChunkRNNAttentionDecoder, RNNAttentionDecoder,
-                                              RNNDecoder)
+from xtal2dos_jax.models.rnn_decoders import (ChunkRNNAttentionDecoder, ChunkRNNDecoder,
+                                              RNNAttentionDecoder, RNNDecoder)
 from xtal2dos_jax.models.xtal2dos import Xtal2DoS, apply_output_activation
 
 from xtal2dos_jax import comparison as compare
 
+from test_equations import REF_TOL, as_numpy, dostransformer_reference, mlp_reference, perturb
+
 TOL = dict(rtol=1e-4, atol=1e-6)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NEW_DECODERS = ("rnn", "rnn_attn", "chunk_rnn_attn", "mlp", "dostransformer")
-AUTOREGRESSIVE = ("rnn", "rnn_attn", "chunk_rnn_attn")
+NEW_DECODERS = ("rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn", "mlp", "dostransformer")
+AUTOREGRESSIVE = ("rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn")
 CHUNK = 5   # does not divide the tiny l_y = 12: 3 chunks, the last padded by 3
 
 
@@ -164,11 +166,14 @@ def test_rnn_teacher_forcing_is_strictly_causal(tiny_config, decoder_inputs, nam
   assert np.abs(jac[0, :, 1]).max() == 0.0 and np.abs(jac[1, :, 0]).max() == 0.0
 
 
+@pytest.mark.parametrize("cls", [ChunkRNNAttentionDecoder, ChunkRNNDecoder])
 @pytest.mark.parametrize("activation", ["softmax", "identity"])
-def test_chunk_rnn_teacher_forcing_is_block_causal(tiny_config, decoder_inputs, activation):
+def test_chunk_rnn_teacher_forcing_is_block_causal(tiny_config, decoder_inputs, cls, activation):
+  """Output t depends on y_teacher[s] only when chunk(s) < chunk(t): the teacher values
+  at or after chunk t's own positions never reach it."""
   l_y = tiny_config.data.l_y
-  decoder = ChunkRNNAttentionDecoder(l_y=l_y, d_model=tiny_config.model.d_model,
-                                     chunk_size=CHUNK, output_activation=activation)
+  decoder = cls(l_y=l_y, d_model=tiny_config.model.d_model, chunk_size=CHUNK,
+                output_activation=activation)
   jac = _teacher_jacobian(decoder, decoder_inputs)
   chunk = np.arange(l_y) // CHUNK
   earlier = chunk[None, :] < chunk[:, None]                 # [t, s]: chunk(s) < chunk(t)
@@ -176,6 +181,36 @@ def test_chunk_rnn_teacher_forcing_is_block_causal(tiny_config, decoder_inputs, 
     dependence = np.abs(jac[g, :, g])
     assert (dependence[~earlier] == 0.0).all()
     assert (dependence[chunk >= 1].max(axis=1) > 0).all()   # later chunks do use the teacher
+
+
+def test_chunk_rnn_without_attention(tiny_config, decoder_inputs):
+  """'chunk_rnn' (paper Fig. 2b) is the chunk GRU without the attention: no attention
+  parameters, outputs independent of the atom states (the context is their only way
+  in), and different outputs from 'chunk_rnn_attn' given the same GRU, initial state
+  and head parameters plus the attention's."""
+  config = _config(tiny_config)
+  plain, attn = DECODERS["chunk_rnn"](config), DECODERS["chunk_rnn_attn"](config)
+  assert type(plain) is ChunkRNNDecoder and not plain.attention and attn.attention
+  assert plain.chunk_size == attn.chunk_size == CHUNK
+  context, atoms, atom_mask, y = decoder_inputs
+  variables, apply = _init_apply(plain, context, atoms, atom_mask)
+  attn_variables, _ = _init_apply(attn, context, atoms, atom_mask)
+  assert set(variables["params"]["step"]) == {"gru", "head"}
+  assert set(attn_variables["params"]["step"]) == {"gru", "attention", "head"}
+  params = variables["params"]
+  shared = {**params, "step": {**params["step"],
+                               "attention": attn_variables["params"]["step"]["attention"]}}
+  attn_apply = jax.jit(lambda a, teacher: attn.apply({"params": shared}, context,
+                                                     Atoms.from_dense(a, atom_mask), teacher,
+                                                     train=False))
+  other_atoms = jnp.asarray(np.random.default_rng(7).normal(size=atoms.shape), jnp.float32)
+  for teacher in (None, y):
+    out = apply(context, atoms, atom_mask, teacher)
+    chex.assert_shape(out, (3, tiny_config.data.l_y))
+    np.testing.assert_array_equal(apply(context, other_atoms, atom_mask, teacher), out)
+    with_attention = np.asarray(attn_apply(atoms, teacher))
+    assert np.abs(with_attention - np.asarray(out))[:2].max() > 1e-4
+    assert np.abs(np.asarray(attn_apply(other_atoms, teacher)) - with_attention)[:2].max() > 1e-6
 
 
 @pytest.mark.parametrize("cls,activation", [
@@ -226,16 +261,35 @@ def test_chunk_size_validation(tiny_config):
       chex.assert_shape(out, (2, 12))
 
 
-def test_mlp_decoder_with_energy_embedding(tiny_config, decoder_inputs):
+@pytest.mark.parametrize("energy_embedding", [False, True])
+def test_mlp_decoder_matches_reference(tiny_config, decoder_inputs, energy_embedding):
+  """Without energy embeddings: out[g] = MLP(context_g) (the last layer has l_y outputs).
+  With them: one MLP shared over positions, out[g, t] = MLP([e_t; context_g])[0], e_t the
+  learned embedding of position t. Atoms and teacher values are ignored."""
   context, atoms, atom_mask, y = decoder_inputs
-  l_y = tiny_config.data.l_y
-  decoder = MLPDecoder(l_y=l_y, hidden=8, num_layers=2, energy_embedding=True)
-  variables, apply = _init_apply(decoder, context, atoms, atom_mask)
-  out = apply(context, atoms, atom_mask, None)
+  l_y, hidden, num_layers = tiny_config.data.l_y, 8, 2
+  decoder = MLPDecoder(l_y=l_y, hidden=hidden, num_layers=num_layers,
+                       energy_embedding=energy_embedding)
+  variables, _ = _init_apply(decoder, context, atoms, atom_mask)
+  params = perturb(variables["params"])
+  apply = jax.jit(lambda a, teacher: decoder.apply({"params": params}, context,
+                                                   Atoms.from_dense(a, atom_mask), teacher,
+                                                   train=False))
+  out = apply(atoms, None)
   chex.assert_shape(out, (3, l_y))
-  assert variables["params"]["energy_embedding"]["embedding"].shape == (l_y, 8)
-  assert float(np.abs(np.diff(np.asarray(out), axis=1)).max()) > 0   # positions differ
-  np.testing.assert_array_equal(apply(context, atoms * 2, atom_mask, y), out)  # ignores both
+  p, c = as_numpy(params), np.asarray(context, np.float64)
+  if energy_embedding:
+    assert set(p) == {"energy_embedding", "mlp"}
+    embeddings = p["energy_embedding"]["embedding"]
+    chex.assert_shape(embeddings, (l_y, hidden))
+    expected = np.array([[mlp_reference(p["mlp"], np.concatenate([embeddings[t], c[gi]]),
+                                        num_layers)[0] for t in range(l_y)]
+                         for gi in range(len(c))])
+  else:
+    assert set(p) == {"mlp"}
+    expected = mlp_reference(p["mlp"], c, num_layers)
+  chex.assert_trees_all_close(out, expected, **REF_TOL)
+  np.testing.assert_array_equal(apply(atoms * 2, y), out)        # ignores atoms and teacher
 
 
 def test_dostransformer_uses_crystal_system_prompt(tiny_config, decoder_inputs):
@@ -253,6 +307,38 @@ def test_dostransformer_uses_crystal_system_prompt(tiny_config, decoder_inputs):
   assert np.abs(changed[0] - base[0]).max() > 1e-5 and np.abs(changed[1] - base[1]).max() > 1e-5
   np.testing.assert_allclose(changed[2], base[2], **TOL)   # per-crystal prompt
   np.testing.assert_allclose(apply(jnp.array([9, 4, -1])), changed, **TOL)   # clipped
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_dostransformer_stage_order_matches_reference(tiny_config, decoder_inputs, num_layers):
+  """The decoder equals the numpy reference of its documented stages, in order: energy x
+  atoms cross-attention, context fusion, self-attention with the prompt token prepended
+  (then dropped), a second cross-attention, LayerNorm, Dense(1)."""
+  config = _config(tiny_config, decoder_layers=num_layers)
+  decoder = DECODERS["dostransformer"](config)
+  context, atoms, atom_mask, _ = decoder_inputs
+  atom_states = Atoms.from_dense(atoms, atom_mask)
+  systems = jnp.array([6, 2, 0])
+  variables = decoder.init(jax.random.key(0), context, atom_states, None, train=False,
+                           crystal_system=systems)
+  params = perturb(variables["params"])
+  out = jax.jit(lambda p: decoder.apply({"params": p}, context, atom_states, None, train=False,
+                                        crystal_system=systems))(params)
+  expected = dostransformer_reference(as_numpy(params), np.asarray(context, np.float64),
+                                      np.asarray(atom_states.states, np.float64),
+                                      np.asarray(atom_states.index),
+                                      np.asarray(atom_states.mask), np.asarray(systems),
+                                      num_layers, config.model.num_heads)
+  chex.assert_trees_all_close(out, expected, **REF_TOL)
+  # The two cross-attention stages are not interchangeable in this example.
+  p = as_numpy(params)
+  swapped = dict(p, **{f"energy_atom_{i}": p[f"source_{i}"] for i in range(num_layers)},
+                 **{f"source_{i}": p[f"energy_atom_{i}"] for i in range(num_layers)})
+  other = dostransformer_reference(swapped, np.asarray(context, np.float64),
+                                   np.asarray(atom_states.states, np.float64),
+                                   np.asarray(atom_states.index), np.asarray(atom_states.mask),
+                                   np.asarray(systems), num_layers, config.model.num_heads)
+  assert np.abs(other - expected)[:2].max() > 1e-2
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,14 +437,14 @@ def test_xtal2dos_passes_crystal_system_to_decoders_that_use_it(tiny_batch):
   np.testing.assert_array_equal(out[:, 0], systems)
 
 
-@pytest.mark.parametrize("path", ["rnn", "rnn_attn", "chunk_rnn_attn", "mlp",
+@pytest.mark.parametrize("path", ["rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn", "mlp",
                                   "gat_transformer", "dostransformer", "unmasked",
                                   "no_source_attention"])
 def test_ablation_configs_build(path):
   config = compare.load_config_file(os.path.join(REPO, "configs", "ablations", f"{path}.py"))
   model = create_model(config)
   assert model.decoder.l_y == config.data.l_y == 51
-  expected = {"rnn": RNNDecoder, "rnn_attn": RNNAttentionDecoder,
+  expected = {"rnn": RNNDecoder, "rnn_attn": RNNAttentionDecoder, "chunk_rnn": ChunkRNNDecoder,
               "chunk_rnn_attn": ChunkRNNAttentionDecoder, "mlp": MLPDecoder,
               "dostransformer": DOSTransformerDecoder}
   if path in expected:

@@ -22,6 +22,9 @@ from xtal2dos_jax.models import encoders
 from xtal2dos_jax.models.attention import MultiHeadAttention, masked_softmax, segment_softmax
 from xtal2dos_jax.models.precision import bf16_dot_general
 
+from test_equations import (REF_TOL, as_numpy, context_reference, encoder_reference, perturb,
+                            transformer_decoder_reference, unimp_layer_reference)
+
 TOL = dict(rtol=1e-4, atol=1e-6)   # float32 agreement of the same computation
 
 
@@ -138,8 +141,8 @@ def test_multi_head_attention_kv_index_equals_gathered_inputs():
 
 def test_decoder_on_node_states_equals_padded_atoms(tiny_model, tiny_batch, tiny_variables):
   """The transformer decoder projects the source keys/values from the flat node states
-  [N, d]; the old formula projected the padded per-crystal atoms [G, A, d] (zeros where
-  masked). Same outputs and gradients on a real batch."""
+  [N, d]; attending to the padded per-crystal atoms [G, A, d] (zeros where masked)
+  instead gives the same outputs and gradients on a real batch."""
   params = tiny_variables["params"]
   node_states = tiny_model.encoder.apply({"params": params["encoder"]}, tiny_batch.graph,
                                          train=False)
@@ -177,51 +180,82 @@ def test_graph_masks_and_mean_pool(tiny_batch):
   np.testing.assert_allclose(pooled, np.asarray(tiny_batch.graph_mask)[:, None] * np.ones(3))
 
 
-def test_unimp_layer_shapes(tiny_config, tiny_batch):
+@pytest.mark.parametrize("last", [False, True])
+def test_unimp_layer_on_the_batch_matches_reference(tiny_config, tiny_batch, last):
+  """One `UniMPLayer` on the fixture batch graph (padding nodes and edges included) equals
+  the numpy reference of paper Eq. 2, 4-6 on every node."""
   g = tiny_batch.graph
   n, e, d = g.nodes.shape[0], g.edges.shape[0], tiny_config.model.d_model
+  num_heads = tiny_config.model.num_heads
   rng = np.random.default_rng(3)
-  h = jnp.asarray(rng.normal(size=(n, 8)), jnp.float32)
-  edge_states = jnp.asarray(rng.normal(size=(e, d)), jnp.float32)
-  args = (h, edge_states, g.senders, g.receivers, encoders.edge_mask(g))
-  layer = UniMPLayer(d_model=d, num_heads=tiny_config.model.num_heads)
-  variables = layer.init(jax.random.key(0), *args, train=False)
-  out = layer.apply(variables, *args, train=False)
+  h = rng.normal(size=(n, 8)).astype(np.float32)
+  edge_states = rng.normal(size=(e, d)).astype(np.float32)
+  mask = encoders.edge_mask(g)
+  args = (h, edge_states, g.senders, g.receivers, mask)
+  layer = UniMPLayer(d_model=d, num_heads=num_heads, last=last)
+  params = perturb(layer.init(jax.random.key(0), *args, train=False)["params"])
+  assert ("LayerNorm_0" in params) != last
+  out = jax.jit(functools.partial(layer.apply, train=False))({"params": params}, *args)
   chex.assert_shape(out, (n, d))
   chex.assert_type(out, jnp.float32)
   chex.assert_tree_all_finite(out)
-  assert "LayerNorm_0" in variables["params"]
-  last = UniMPLayer(d_model=d, num_heads=tiny_config.model.num_heads, last=True)
-  last_params = jax.eval_shape(functools.partial(last.init, train=False), jax.random.key(0),
-                               *args)["params"]
-  assert "LayerNorm_0" not in last_params
+  expected = unimp_layer_reference(as_numpy(params), h.astype(np.float64),
+                                   edge_states.astype(np.float64), np.asarray(g.senders),
+                                   np.asarray(g.receivers), np.asarray(mask), num_heads, last)
+  chex.assert_trees_all_close(out, expected, **REF_TOL)
 
 
-def test_encoder_context_decoder_model_shapes(tiny_config, tiny_batch, tiny_model,
-                                              tiny_variables, tiny_predict):
+def _pieces(model, params, batch):
+  """(node states [N, d], context [G, 2d], raw decoder outputs [G, l_y]) of `model`."""
+  node_states = model.encoder.apply({"params": params["encoder"]}, batch.graph, train=False)
+  context = CrystalContext().apply({"params": params["context"]}, node_states, batch.graph)
+  atoms = Atoms(node_states, batch.atom_index, batch.atom_mask)
+  raw = model.decoder.apply({"params": params["decoder"]}, context, atoms, None, train=False)
+  return node_states, context, raw
+
+
+def _reference_pieces(config, params, batch):
+  """numpy reference of `_pieces` (encoder -> context -> decoder, DESIGN 4)."""
+  m, d, g = config.model, config.data, batch.graph
+  p = as_numpy(params)
+  node_states = encoder_reference(p["encoder"], g, m.num_heads, m.encoder_layers, d.radius,
+                                  d.gaussian_step)
+  context = context_reference(p["context"], node_states, np.asarray(g.nodes),
+                              np.asarray(g.n_node))
+  raw = transformer_decoder_reference(p["decoder"], context, node_states,
+                                      np.asarray(batch.atom_index), np.asarray(batch.atom_mask),
+                                      d.l_y, m.decoder_layers, m.num_heads)
+  return node_states, context, raw
+
+
+def test_encoder_context_decoder_model_match_reference(tiny_config, tiny_batch, tiny_model,
+                                                       tiny_variables, tiny_predict):
+  """Shapes, dtypes and values of every stage against the numpy references (perturbed
+  parameters, real atoms and crystals; padding rows only finite)."""
   g = tiny_batch.graph
   n, num_graphs, d = g.nodes.shape[0], g.n_node.shape[0], tiny_config.model.d_model
-  l_y, max_atoms = tiny_config.data.l_y, tiny_batch.atom_mask.shape[1]
-  params = tiny_variables["params"]
+  l_y = tiny_config.data.l_y
+  variables = {"params": perturb(tiny_variables["params"])}
+  params = variables["params"]
 
-  node_states = tiny_model.encoder.apply({"params": params["encoder"]}, g, train=False)
-  chex.assert_shape(node_states, (n, d))
-  chex.assert_type(node_states, jnp.float32)
-  chex.assert_tree_all_finite(node_states)
+  node_states, context, raw = jax.jit(functools.partial(_pieces, tiny_model))(params, tiny_batch)
+  chex.assert_shape([node_states, context, raw], [(n, d), (num_graphs, 2 * d), (num_graphs, l_y)])
+  chex.assert_trees_all_equal_dtypes(node_states, context, raw, jnp.zeros((), jnp.float32))
+  chex.assert_tree_all_finite([node_states, context, raw])
 
-  context = CrystalContext().apply({"params": params["context"]}, node_states, g)
-  chex.assert_shape(context, (num_graphs, 2 * d))
-  chex.assert_type(context, jnp.float32)
+  ref_states, ref_context, ref_raw = _reference_pieces(tiny_config, params, tiny_batch)
+  real_nodes = np.asarray(encoders.node_mask(g))
+  chex.assert_trees_all_close(np.asarray(node_states)[real_nodes], ref_states[real_nodes],
+                              **REF_TOL)
+  chex.assert_trees_all_close(_real(tiny_batch, context), _real(tiny_batch, ref_context),
+                              **REF_TOL)
+  chex.assert_trees_all_close(_real(tiny_batch, raw), _real(tiny_batch, ref_raw), **REF_TOL)
 
-  atoms = Atoms.from_dense(jnp.zeros((num_graphs, max_atoms, d)), tiny_batch.atom_mask)
-  raw = tiny_model.decoder.apply({"params": params["decoder"]}, context, atoms, None,
-                                 train=False)
-  chex.assert_shape(raw, (num_graphs, l_y))
-  chex.assert_type(raw, jnp.float32)
-
-  out = tiny_predict(tiny_variables, tiny_batch)
+  out = tiny_predict(variables, tiny_batch)
   chex.assert_shape(out, (num_graphs, l_y))
   chex.assert_type(out, jnp.float32)
+  expected = np.exp(ref_raw) / np.exp(ref_raw).sum(-1, keepdims=True)   # over positions
+  chex.assert_trees_all_close(_real(tiny_batch, out), _real(tiny_batch, expected), **REF_TOL)
 
 
 def test_learned_position_embedding(tiny_config, tiny_batch):
@@ -244,10 +278,22 @@ def test_learned_position_embedding(tiny_config, tiny_batch):
 # Whole-model properties
 
 
-def test_outputs_finite_softmax_sums_to_one(tiny_batch, tiny_variables, tiny_predict):
+def test_outputs_finite_softmax_over_positions(tiny_model, tiny_batch, tiny_variables,
+                                              tiny_predict):
+  """Predictions are softmax(raw) over the l_y positions of each crystal, on their own:
+  finite for padding crystals, equal to a per-row numpy softmax of the decoder outputs
+  (so a softmax over the crystal axis, which mixes in padding crystals, or over the
+  flattened batch fails), and not uniform."""
   out = np.asarray(tiny_predict(tiny_variables, tiny_batch))
   assert not np.asarray(tiny_batch.graph_mask).all()    # the batch has padding crystals
   chex.assert_tree_all_finite(out)                      # padding crystals included
+  _, _, raw = jax.jit(functools.partial(_pieces, tiny_model))(tiny_variables["params"],
+                                                              tiny_batch)
+  raw = _real(tiny_batch, raw).astype(np.float64)
+  assert np.ptp(raw, axis=-1).min() > 1e-3              # outputs differ across positions
+  expected = np.exp(raw - raw.max(-1, keepdims=True))
+  expected /= expected.sum(-1, keepdims=True)
+  chex.assert_trees_all_close(_real(tiny_batch, out), expected, **REF_TOL)
   np.testing.assert_allclose(_real(tiny_batch, out).sum(-1), 1.0, rtol=1e-5)
   assert (out >= 0).all()
 
@@ -484,6 +530,7 @@ def test_output_activation_for():
 @pytest.mark.parametrize("key,value", [
     ("model.decoder", "lstm"), ("model.encoder", "schnet"), ("data.scaling", "log"),
     ("model.dtype", "float16"), ("model.position_embedding", "sinusoid"), ("model.num_heads", 3),
+    ("model.composition_activation", "relu"),
 ])
 def test_create_model_rejects_bad_config(tiny_config, key, value):
   config = tiny_config.copy_and_resolve_references()
@@ -515,6 +562,36 @@ def test_create_model_uses_config_and_registries(tiny_config, monkeypatch):
   config.data.scaling = "standardized"
   model = create_model(config)
   assert isinstance(model.decoder, ZeroDecoder) and model.output_activation == "identity"
+
+
+def test_composition_activation_from_config(tiny_config, tiny_batch, tiny_variables):
+  """config.model.composition_activation='leaky_relu' reaches the crystal context: the
+  context inside the model is [mean; leaky_relu_0.2(Dense(composition))]; the default
+  is the identity."""
+  assert create_model(tiny_config).composition_activation == "none"
+  config = tiny_config.copy_and_resolve_references()
+  config.model.composition_activation = "leaky_relu"
+  model = create_model(config)
+  assert model.composition_activation == "leaky_relu"
+  params = perturb(tiny_variables["params"], scale=0.5)
+  g = tiny_batch.graph
+
+  def contexts(model):
+    _, state = model.apply({"params": params}, tiny_batch, train=False,
+                           capture_intermediates=lambda module, _: isinstance(module,
+                                                                              CrystalContext))
+    return np.asarray(state["intermediates"]["context"]["__call__"][0])
+
+  node_states = model.encoder.apply({"params": params["encoder"]}, g, train=False)
+  reference = functools.partial(context_reference, as_numpy(params["context"]),
+                                np.asarray(node_states, np.float64), np.asarray(g.nodes),
+                                np.asarray(g.n_node))
+  leaky, identity = reference("leaky_relu"), reference("none")
+  assert np.abs(_real(tiny_batch, leaky) - _real(tiny_batch, identity)).max() > 0.05
+  chex.assert_trees_all_close(_real(tiny_batch, contexts(model)), _real(tiny_batch, leaky),
+                              **REF_TOL)
+  chex.assert_trees_all_close(_real(tiny_batch, contexts(create_model(tiny_config))),
+                              _real(tiny_batch, identity), **REF_TOL)
 
 
 def test_count_params():

@@ -19,8 +19,9 @@ from xtal2dos_jax.models import dostransformer, gat_encoder, mlp_decoder, rnn_de
 from xtal2dos_jax.models.decoders import Atoms, CausalTransformerDecoder, check_position_embedding
 from xtal2dos_jax.models.encoders import UniMPEncoder, UniMPLayer
 from xtal2dos_jax.models.precision import PRECISIONS, bf16_dot_general, precision_kwargs
-from xtal2dos_jax.models.xtal2dos import (CrystalContext, Xtal2DoS, apply_output_activation,
-                                          output_activation_for)
+from xtal2dos_jax.models.xtal2dos import (COMPOSITION_ACTIVATIONS, CrystalContext, Xtal2DoS,
+                                          apply_output_activation,
+                                          check_composition_activation, output_activation_for)
 
 ModelFactory = Callable[[ml_collections.ConfigDict], nn.Module]
 
@@ -62,6 +63,7 @@ DECODERS: Dict[str, ModelFactory] = {
     "transformer": _transformer,
     "rnn": rnn_decoders.rnn_decoder,
     "rnn_attn": rnn_decoders.rnn_attention_decoder,
+    "chunk_rnn": rnn_decoders.chunk_rnn_decoder,
     "chunk_rnn_attn": rnn_decoders.chunk_rnn_attention_decoder,
     "mlp": mlp_decoder.mlp_decoder,
     "dostransformer": dostransformer.dostransformer_decoder,
@@ -80,14 +82,17 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   """The model named by config.model.{encoder, decoder}, sized by config.model / config.data.
 
   Raises InputError naming the config key for an unknown encoder, decoder, dtype,
-  scaling or position embedding, or heads that do not divide d_model.
+  scaling, position embedding or composition activation, or heads that do not divide
+  d_model.
   """
   encoder_factory = _lookup(ENCODERS, config.model.encoder, "encoder")
   decoder_factory = _lookup(DECODERS, config.model.decoder, "decoder")
   _check_heads(config)
+  composition_activation = check_composition_activation(
+      config.model.get("composition_activation", "none"))
   return Xtal2DoS(encoder=encoder_factory(config), decoder=decoder_factory(config),
                   output_activation=output_activation_for(config.data.scaling),
-                  **precision_kwargs(config))
+                  composition_activation=composition_activation, **precision_kwargs(config))
 
 
 def count_params(params: Any) -> int:
@@ -96,7 +101,8 @@ def count_params(params: Any) -> int:
 
 
 __all__ = [
-    "DECODERS", "ENCODERS", "PRECISIONS", "Atoms", "CausalTransformerDecoder", "CrystalContext",
-    "UniMPEncoder", "UniMPLayer", "Xtal2DoS", "apply_output_activation", "bf16_dot_general",
-    "count_params", "create_model", "output_activation_for", "precision_kwargs",
+    "COMPOSITION_ACTIVATIONS", "DECODERS", "ENCODERS", "PRECISIONS", "Atoms",
+    "CausalTransformerDecoder", "CrystalContext", "UniMPEncoder", "UniMPLayer", "Xtal2DoS",
+    "apply_output_activation", "bf16_dot_general", "count_params", "create_model",
+    "output_activation_for", "precision_kwargs",
 ]

@@ -11,7 +11,8 @@ Same interface as every decoder (see `decoders.py`):
   crystal's atoms at every step (padding atoms masked).
 - `ChunkRNNAttentionDecoder`: emits `chunk_size` values per step (ceil(l_y / chunk_size)
   steps); the input at step k is chunk k - 1. When chunk_size does not divide l_y the
-  last chunk is padded and the padding cut from the output.
+  last chunk is padded and the padding cut from the output ('Chunk RNN+Attn', Fig. 3).
+- `ChunkRNNDecoder`: the same without the attention ('Chunk RNN', Fig. 2b).
 
 The recurrence is one `nn.scan` (it compiles once, whatever l_y). Teacher forcing is
 used exactly when `y_teacher` is given (`Xtal2DoS` passes the labels only in training);
@@ -197,8 +198,9 @@ class ChunkRNNAttentionDecoder(nn.Module):
   """GRU decoder emitting `chunk_size` values per step, optionally attending to atoms.
 
   The general RNN decoder of the paper's ablation; `RNNDecoder` and
-  `RNNAttentionDecoder` are this module with chunk_size = 1 (see the module docstring
-  for the recurrence and the fed-back value).
+  `RNNAttentionDecoder` are this module with chunk_size = 1, `ChunkRNNDecoder` is it
+  with attention = False (see the module docstring for the recurrence and the fed-back
+  value).
 
   Attributes:
     l_y: number of output positions.
@@ -264,6 +266,12 @@ class ChunkRNNAttentionDecoder(nn.Module):
     return raw.transpose(1, 0, 2).reshape(num_graphs, padded)[:, :self.l_y]
 
 
+class ChunkRNNDecoder(ChunkRNNAttentionDecoder):
+  """Plain GRU emitting `chunk_size` values per step, no attention (paper 'Chunk RNN',
+  Fig. 2b): the atoms reach it only through the context in the initial state."""
+  attention: bool = False
+
+
 class RNNAttentionDecoder(ChunkRNNAttentionDecoder):
   """GRU + Luong attention over atoms, one value per step (paper 'RNN+Attn')."""
   chunk_size: int = 1
@@ -293,10 +301,19 @@ def rnn_attention_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   return RNNAttentionDecoder(**_kwargs(config))
 
 
-def chunk_rnn_attention_decoder(config: ml_collections.ConfigDict) -> nn.Module:
-  """`ChunkRNNAttentionDecoder` with config.model.chunk_size values per step."""
+def _chunk_size(config: ml_collections.ConfigDict) -> int:
   chunk_size = config.model.chunk_size
   if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
     raise InputError("config.model.chunk_size", f"must be an integer >= 1, got {chunk_size!r}")
-  return ChunkRNNAttentionDecoder(chunk_size=int(chunk_size), attention=True,
+  return int(chunk_size)
+
+
+def chunk_rnn_attention_decoder(config: ml_collections.ConfigDict) -> nn.Module:
+  """`ChunkRNNAttentionDecoder` with config.model.chunk_size values per step."""
+  return ChunkRNNAttentionDecoder(chunk_size=_chunk_size(config), attention=True,
                                   **_kwargs(config))
+
+
+def chunk_rnn_decoder(config: ml_collections.ConfigDict) -> nn.Module:
+  """`ChunkRNNDecoder` (no attention) with config.model.chunk_size values per step."""
+  return ChunkRNNDecoder(chunk_size=_chunk_size(config), **_kwargs(config))

@@ -3,7 +3,8 @@
   node states = encoder(batch.graph)                              float[N, d]
   atoms       = Atoms(node states, batch.atom_index, batch.atom_mask)
                 (each crystal's atoms, `atoms.dense()` = float[G, A, d])
-  context     = [mean of real node states; Dense(composition)]    float[G, c]
+  context     = [mean of real node states; act(Dense(composition))]  float[G, c]
+                (act: `composition_activation`, identity by default)
   raw         = decoder(context, atoms, y_teacher)                float[G, l_y]
                 (y_teacher = batch.y when training, else None)
   output      = activation(raw), chosen by the label scaling (`output_activation_for`).
@@ -62,25 +63,48 @@ def apply_output_activation(raw: jax.Array, name: str) -> jax.Array:
   return fn(raw)
 
 
+# config.model.composition_activation -> activation of the composition embedding.
+COMPOSITION_ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
+    "none": lambda x: x,
+    # The public Xtal2DoS code: F.leaky_relu(embed_comp(composition), 0.2).
+    "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.2),
+}
+
+
+def check_composition_activation(name: str) -> str:
+  """Returns `name` if it is a key of COMPOSITION_ACTIVATIONS, else raises InputError."""
+  if name not in COMPOSITION_ACTIVATIONS:
+    raise InputError("config.model.composition_activation",
+                     f"unknown composition activation {name!r}; expected one of "
+                     f"{', '.join(COMPOSITION_ACTIVATIONS)}")
+  return name
+
+
 class CrystalContext(nn.Module):
-  """Crystal context h_x = [mean of real node states; Dense(composition fractions)].
+  """Crystal context h_x = [mean of real node states; act(Dense(composition fractions))].
 
   Attributes:
     composition_features: width of the composition embedding (None = node-state width).
+    composition_activation: act, a key of COMPOSITION_ACTIVATIONS: 'none' (identity, the
+      default) or 'leaky_relu' (slope 0.2, as the public code applies to it).
     dtype: compute dtype (parameters stay float32).
     dot_general: the matmul of the layers (see `precision.py`).
   """
   composition_features: Optional[int] = None
+  composition_activation: str = "none"
   dtype: Dtype = jnp.float32
   dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, node_states: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
     """float[N, d] node states -> float[G, d + composition_features]."""
+    activation = COMPOSITION_ACTIVATIONS[check_composition_activation(
+        self.composition_activation)]
     pooled = mean_pool(node_states, graph)
     composition = composition_fractions(graph.nodes, graph.n_node)          # [G, 103]
     features = self.composition_features or node_states.shape[-1]
-    embedded = nn.Dense(features, **same_precision(self), name="composition")(composition)
+    embedded = activation(nn.Dense(features, **same_precision(self), name="composition")(
+        composition))
     return jnp.concatenate([pooled.astype(embedded.dtype), embedded], axis=-1)
 
 
@@ -91,11 +115,14 @@ class Xtal2DoS(nn.Module):
     encoder: module mapping (graph, train=) -> float[N, d] node states.
     decoder: module mapping (context, atoms, y_teacher, train=) -> float[G, l_y].
     output_activation: 'softmax' (over positions), 'softplus' or 'identity'.
+    composition_activation: activation of the context's composition embedding (see
+      `CrystalContext`).
     dtype: compute dtype of the context embedding (parameters stay float32).
   """
   encoder: nn.Module
   decoder: nn.Module
   output_activation: str = "softmax"
+  composition_activation: str = "none"
   dtype: Dtype = jnp.float32
   dot_general: DotGeneral = lax.dot_general
 
@@ -108,7 +135,8 @@ class Xtal2DoS(nn.Module):
     """
     node_states = self.encoder(batch.graph, train=train)
     atoms = Atoms(node_states, batch.atom_index, batch.atom_mask)
-    context = CrystalContext(**same_precision(self), name="context")(node_states, batch.graph)
+    context = CrystalContext(composition_activation=self.composition_activation,
+                             **same_precision(self), name="context")(node_states, batch.graph)
     # Teacher forcing only in training: evaluation never sees the labels.
     y_teacher = batch.y if train else None
     extra = ({"crystal_system": batch.crystal_system}
