@@ -78,3 +78,14 @@ def test_quick_benchmark_runs_and_prints_the_table(tmp_path):
   assert rows["prediction (Trainer.predict)"]["value"] > 0
   assert rows["evaluation (Trainer.evaluate)"]["value"] > 0
   assert rows["prediction incl. featurisation"]["value"] > 0
+  reached = rows["time to validation R^2 -1000000000.00"]
+  assert reached["value"] > 0 and reached["notes"].startswith("epoch 1 of 2")
+  assert rows["time to validation R^2 0.99"]["notes"].startswith("not reached in 2 epochs")
+
+
+def test_first_time_reaching_a_validation_r2():
+  lines = [{"epoch": e, "wall_time": 100.0 + 10 * e, "val": {"normalized": {"r2": r2}}}
+           for e, r2 in ((1, 0.3), (2, 0.61), (3, 0.59), (4, 0.66))]
+  assert benchmark.first_time_reaching(lines, 100.0, 0.60) == (20.0, 2)
+  assert benchmark.first_time_reaching(lines, 100.0, 0.65) == (40.0, 4)
+  assert benchmark.first_time_reaching(lines, 100.0, 0.70) is None
