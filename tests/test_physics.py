@@ -210,3 +210,27 @@ def test_cv300_from_51_point_dos_matches_shipped_labels():
   assert np.mean(rel) < 0.01
   assert np.median(rel) < 0.005
   assert np.max(rel) < 0.12
+
+
+def test_band_gap_default_threshold_gives_exact_widths_scale_free():
+  """Known gap windows on the shipped 128-bin eDoS grid (bin centres, 0 eV off the grid),
+  gaps off the bin grid, the default relative threshold, per-row scales: the estimate is
+  the exact window width, so an off-by-one edge, a width counted in whole bins, a
+  threshold taken from the batch instead of each row, or a constant answer all fail."""
+  e = np.linspace(-3.96875, 3.96875, 128)
+  gaps = np.array([0.33, 1.0, 1.77, 2.61])
+  scales = np.array([1.0, 1e-3, 250.0, 7.0])
+  # Linear edges of slope 4/eV: the DoS max is 4 x 3.96875 (the valence end), so the
+  # threshold 0.05 x max crosses each edge 0.05 x 3.96875 = 0.198 eV (> 3 bins) outside it,
+  # where linear interpolation is exact.
+  dos = scales[:, None] * _ramp_dos(e[None, :], gaps[:, None], slope=4.0)
+  got = physics.band_gap(e, dos, rel_threshold=0.05)
+  np.testing.assert_allclose(got, gaps + 2 * 0.05 * 3.96875, rtol=1e-9)
+  np.testing.assert_allclose(physics.band_gap(e, dos[::-1], rel_threshold=0.05), got[::-1],
+                             rtol=1e-12)
+  # Unscaled copies give the same gaps (the threshold is relative to each row's max).
+  np.testing.assert_allclose(physics.band_gap(e, dos / scales[:, None], rel_threshold=0.05), got,
+                             rtol=1e-9)
+  # Closing the gap (a metal) gives 0, not a width.
+  metal = dos[1] + scales[1] * 10.0 * (np.abs(e) < 1.5)
+  assert physics.band_gap(e, metal, rel_threshold=0.05) == 0.0

@@ -57,6 +57,10 @@ def restore_run_and_data(workdir: str) -> tuple[LoadedRun, data_lib.RunData]:
   return restore_run(workdir, sample, scaler), rd
 
 
+# Formats out[split]["physics"] of `evaluate_run` as printable lines (for the binaries).
+physics_table = physics.physics_table
+
+
 def _new_output_dir(base: str, prefix: str) -> str:
   """A fresh directory base/prefix-N, so earlier outputs are never overwritten."""
   n = 1
@@ -73,7 +77,16 @@ def _x_label(config) -> str:
 
 def evaluate_run(workdir: str, split: str = "test") -> dict[str, Any]:
   """Metrics of the best checkpoint on `split`; writes eval_<split>.json, predictions
-  (npz: ids, grid, y_true, y_pred on the original scale) and a best/median/worst PNG."""
+  (npz: ids, grid, y_true, y_pred on the original scale) and a best/median/worst PNG.
+
+  Besides the DoS metrics, out[split]["physics"] holds the errors of properties derived
+  from the predicted vs the true DoS (`physics.derived_property_errors`): for phonons
+  C_v(300 K) in J/K/mol-atom and the mean frequency in cm^-1, both DoS rescaled to 3N
+  modes per cell (N = atoms of the featurised cell); for electrons the band-gap estimate.
+  The npz adds n_atoms and the per-crystal values (e.g. cv300_true_J_per_K_mol_atom,
+  cv300_pred_J_per_K_mol_atom, mean_freq_true_cm, mean_freq_pred_cm). Print the summary
+  with `physics.physics_table(out[split]["physics"])`.
+  """
   run = workdir_lib.Workdir(workdir)
   loaded, rd = restore_run_and_data(workdir)
   if split not in rd.splits:
@@ -85,8 +98,11 @@ def evaluate_run(workdir: str, split: str = "test") -> dict[str, Any]:
                                      part.y_scale))
   y_true = rd.labels[split]
   ids = np.asarray(part.graphs.ids)
+  n_atoms = part.graphs.n_node.astype(np.int64)
+  result["physics"], per_crystal = physics.derived_property_errors(
+      config.data.kind, rd.grid, y_true, y_pred, n_atoms)
   np.savez(run.file(f"predictions_{split}.npz"), ids=ids, grid=rd.grid, y_true=y_true,
-           y_pred=y_pred)
+           y_pred=y_pred, n_atoms=n_atoms, **per_crystal)
   per_crystal_mae = np.abs(y_true - y_pred).mean(1)
   order = np.argsort(per_crystal_mae)
   picks = {"best": order[:3], "median": order[len(order) // 2 - 1:len(order) // 2 + 2],

@@ -1,7 +1,10 @@
 """Physics derived from a (predicted) DoS (DESIGN 7). Host-side numpy post-processing.
 
 - phonon DoS -> harmonic heat capacity C_v(T) and mean phonon frequency;
-- electronic DoS -> band-gap estimate (width of the low-DoS window at 0 eV).
+- electronic DoS -> band-gap estimate (width of the low-DoS window at 0 eV);
+- evaluation: errors of these properties between predicted and true DoS
+  (`derived_property_errors`, phonon DoS rescaled to 3N modes per cell first, C_v per
+  mole of atoms) and `physics_table` to print them.
 
 All functions are vectorised over a batch of DoS on a shared grid, dos float[..., l].
 Grids must be ascending. Integrals use the trapezoid rule on the given grid.
@@ -191,3 +194,198 @@ def band_gap(energies_ev: Any,
   right = np.where(has_right, eb1 + fb * (ebb - eb1), e[-1])
   gap = (right - left)[..., 0]
   return np.where(has_gap, np.maximum(gap, 0.0), 0.0)
+
+
+# ---------------------------------------------------------------- evaluation: derived-property errors
+
+# Temperature of the heat capacity reported by evaluation (as Mat2Spec's Table 1: C_v(300 K)).
+CV_TEMPERATURE_K = 300.0
+
+
+def rescale_to_modes(freq_cm: Any, dos: Any, n_atoms: Any) -> np.ndarray:
+  """A phonon DoS of any normalisation rescaled to 3N modes per cell.
+
+  g_3N = max(g, 0) * 3N / ∫ max(g, 0) dω, the integral by the trapezoid rule on the given
+  grid (the rule `heat_capacity` and `mean_frequency` integrate with, so ∫ g_3N dω = 3N
+  holds exactly for them). Negative values (a `standardized`/identity head can predict
+  them) are set to 0 first: a DoS is non-negative. A row with no positive weight (or a
+  non-finite value) gives a row of NaN.
+
+  Args:
+    freq_cm: float[l] ascending frequency grid in cm^-1.
+    dos: float[..., l] DoS on that grid, any scale (e.g. max = 1 or sum = 1).
+    n_atoms: N atoms per cell, scalar or float[...] broadcasting against dos[..., 0].
+
+  Returns:
+    float64[..., l] DoS in modes per cm^-1 per cell.
+  """
+  freq = _as_grid(freq_cm, "freq_cm")
+  g = np.maximum(_as_dos(dos, freq), 0.0)
+  n = np.asarray(n_atoms, np.float64)
+  total = _trapezoid(g, freq)
+  ok = (total > 0) & np.isfinite(total)
+  factor = np.where(ok, 3.0 * n / np.where(ok, total, 1.0), np.nan)
+  return g * np.asarray(factor)[..., None]
+
+
+def phonon_properties(freq_cm: Any, dos: Any, n_atoms: Any,
+                      temperature_K: float = CV_TEMPERATURE_K) -> dict[str, np.ndarray]:
+  """Heat capacity and mean frequency of a phonon DoS of any normalisation.
+
+  The DoS is first rescaled to 3N modes per cell (`rescale_to_modes`); then
+  C_v per mole of atoms = C_v per cell / N = (R / N) ∫ g_3N(ω) f(hcω / k_B T) dω
+  (`heat_capacity`, trapezoid rule, the ω = 0 bin at the classical limit f = 1), which is
+  3R ∫ g f dω / ∫ g dω: N cancels, so the value depends only on the DoS's shape and lies
+  in [0, 3R]; and the mean frequency ∫ ω g dω / ∫ g dω (scale-free anyway). Rows with no
+  positive weight give NaN.
+
+  Args:
+    freq_cm: float[l] ascending grid in cm^-1.
+    dos: float[..., l] DoS on that grid, any scale.
+    n_atoms: atoms per cell, scalar or float[...].
+    temperature_K: scalar temperature in K.
+
+  Returns:
+    {"cv_J_per_K_mol_atom": float64[...], "cv_J_per_K_mol_cell": float64[...] (= N times
+    the former), "mean_freq_cm": float64[...]}.
+  """
+  freq = _as_grid(freq_cm, "freq_cm")
+  n = np.asarray(n_atoms, np.float64)
+  if np.any(~(n > 0)):
+    raise InputError("n_atoms", "numbers of atoms must be positive")
+  g = rescale_to_modes(freq, dos, n)
+  cv_cell = heat_capacity(freq, np.nan_to_num(g, nan=0.0), float(temperature_K))
+  bad = np.isnan(g[..., 0])
+  cv_cell = np.where(bad, np.nan, cv_cell)
+  with np.errstate(invalid="ignore"):
+    mean_freq = mean_frequency(freq, np.nan_to_num(g, nan=0.0))
+  return {"cv_J_per_K_mol_atom": cv_cell / n, "cv_J_per_K_mol_cell": cv_cell,
+          "mean_freq_cm": np.where(bad, np.nan, mean_freq)}
+
+
+def _error_stats(true: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
+  t, p = true[valid], pred[valid]
+  if t.size == 0:
+    return {"mae": None, "mse": None, "mean_rel_error": None, "true_mean": None}
+  err = p - t
+  pos = t > 0
+  rel = float(np.mean(np.abs(err[pos]) / t[pos])) if np.any(pos) else None
+  return {"mae": float(np.mean(np.abs(err))), "mse": float(np.mean(err * err)),
+          "mean_rel_error": rel, "true_mean": float(np.mean(t))}
+
+
+def phonon_errors(freq_cm: Any, dos_true: Any, dos_pred: Any, n_atoms: Any,
+                  temperature_K: float = CV_TEMPERATURE_K
+                  ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Errors of C_v(T) and of the mean frequency between a predicted and a true phonon DoS.
+
+  Both DoS are rescaled to 3N modes per cell first (`phonon_properties`), so the labels'
+  and predictions' normalisations (max = 1, sum = 1, any per-crystal factor) do not
+  matter. Crystals where either DoS has no positive weight are left out of the summary
+  (`n_excluded`). The relative error is |pred - true| / true averaged over the crystals
+  (those with true > 0 for the mean frequency).
+
+  Args:
+    freq_cm: float[l] ascending grid in cm^-1.
+    dos_true, dos_pred: float[n, l] true and predicted DoS, any scale.
+    n_atoms: float[n] atoms per cell.
+    temperature_K: temperature of C_v, K (the keys are named after it, e.g. `cv300_*`).
+
+  Returns:
+    (summary, per_crystal). summary (JSON-ready floats; None when no crystal is valid):
+      kind="phonon", count, n_excluded, temperature_K,
+      cv{T}_mae_J_per_K_mol_atom, cv{T}_mse_J2_per_K2_mol2_atom, cv{T}_mean_rel_error,
+      cv{T}_true_mean_J_per_K_mol_atom,
+      mean_freq_mae_cm, mean_freq_mse_cm2, mean_freq_mean_rel_error, mean_freq_true_mean_cm.
+    per_crystal: float64[n] arrays cv{T}_true_J_per_K_mol_atom, cv{T}_pred_J_per_K_mol_atom,
+      mean_freq_true_cm, mean_freq_pred_cm (NaN where the DoS has no positive weight).
+  """
+  n = np.asarray(n_atoms, np.float64)
+  true = phonon_properties(freq_cm, dos_true, n, temperature_K)
+  pred = phonon_properties(freq_cm, dos_pred, n, temperature_K)
+  cv = f"cv{float(temperature_K):g}"
+  valid = np.isfinite(true["cv_J_per_K_mol_atom"]) & np.isfinite(pred["cv_J_per_K_mol_atom"])
+  c = _error_stats(true["cv_J_per_K_mol_atom"], pred["cv_J_per_K_mol_atom"], valid)
+  w = _error_stats(true["mean_freq_cm"], pred["mean_freq_cm"], valid)
+  summary = {
+      "kind": "phonon", "count": int(valid.sum()), "n_excluded": int((~valid).sum()),
+      "temperature_K": float(temperature_K),
+      f"{cv}_mae_J_per_K_mol_atom": c["mae"], f"{cv}_mse_J2_per_K2_mol2_atom": c["mse"],
+      f"{cv}_mean_rel_error": c["mean_rel_error"],
+      f"{cv}_true_mean_J_per_K_mol_atom": c["true_mean"],
+      "mean_freq_mae_cm": w["mae"], "mean_freq_mse_cm2": w["mse"],
+      "mean_freq_mean_rel_error": w["mean_rel_error"], "mean_freq_true_mean_cm": w["true_mean"],
+  }
+  per_crystal = {
+      f"{cv}_true_J_per_K_mol_atom": true["cv_J_per_K_mol_atom"],
+      f"{cv}_pred_J_per_K_mol_atom": pred["cv_J_per_K_mol_atom"],
+      "mean_freq_true_cm": true["mean_freq_cm"], "mean_freq_pred_cm": pred["mean_freq_cm"],
+  }
+  return summary, per_crystal
+
+
+def band_gap_errors(energies_ev: Any, dos_true: Any, dos_pred: Any
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Error of the band gap estimated (`band_gap`, default relative threshold, so the DoS
+  scale does not matter) from a predicted vs the true electronic DoS, float[n, l] each.
+
+  Both gaps are estimates from the DoS (the labels carry no gap), so this measures how
+  well the prediction reproduces the label DoS's gap window, not the DFT gap.
+
+  Returns:
+    (summary {kind="electronic", count, band_gap_mae_eV, band_gap_true_mean_eV},
+     per_crystal {band_gap_true_eV, band_gap_pred_eV: float64[n]}).
+  """
+  true = band_gap(energies_ev, dos_true)
+  pred = band_gap(energies_ev, dos_pred)
+  n = int(true.shape[0]) if true.ndim else 1
+  return ({"kind": "electronic", "count": n,
+           "band_gap_mae_eV": float(np.mean(np.abs(pred - true))) if n else None,
+           "band_gap_true_mean_eV": float(np.mean(true)) if n else None},
+          {"band_gap_true_eV": true, "band_gap_pred_eV": pred})
+
+
+def derived_property_errors(kind: str, grid: Any, dos_true: Any, dos_pred: Any,
+                            n_atoms: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """`phonon_errors` at `CV_TEMPERATURE_K` for kind "phonon", `band_gap_errors` for
+  "electronic": (JSON-ready summary, per-crystal float64[n] arrays)."""
+  if kind == "phonon":
+    return phonon_errors(grid, dos_true, dos_pred, n_atoms, CV_TEMPERATURE_K)
+  if kind == "electronic":
+    return band_gap_errors(grid, dos_true, dos_pred)
+  raise InputError("config.data.kind", f"unknown kind {kind!r}; expected phonon or electronic")
+
+
+def _fmt(v: Any, spec: str) -> str:
+  return "n/a" if v is None else format(v, spec)
+
+
+def _pct(v: Any) -> str:
+  return "n/a" if v is None else f"{100 * v:.1f} %"
+
+
+def physics_table(physics_dict: Optional[dict[str, Any]]) -> str:
+  """One or two printable lines for a summary from `derived_property_errors` (as stored
+  under eval_<split>.json[split]["physics"]); "" for None or an empty dict."""
+  p = physics_dict or {}
+  if not p:
+    return ""
+  if p.get("kind") == "electronic":
+    return (f"band gap (estimated from the DoS): MAE {_fmt(p.get('band_gap_mae_eV'), '.3f')} eV"
+            f" (true mean {_fmt(p.get('band_gap_true_mean_eV'), '.3f')} eV; "
+            f"{p.get('count', 0)} crystals)")
+  t = float(p.get("temperature_K", CV_TEMPERATURE_K))
+  cv = f"cv{t:g}"
+  excluded = f", {p['n_excluded']} without weight left out" if p.get("n_excluded") else ""
+  rows = [
+      (f"C_v({t:g} K)", f"{_fmt(p.get(f'{cv}_mae_J_per_K_mol_atom'), '.3f')} J/K/mol-atom",
+       _fmt(p.get(f"{cv}_mse_J2_per_K2_mol2_atom"), ".4g"), _pct(p.get(f"{cv}_mean_rel_error")),
+       f"true mean {_fmt(p.get(f'{cv}_true_mean_J_per_K_mol_atom'), '.2f')} J/K/mol-atom; "
+       f"{p.get('count', 0)} crystals{excluded}"),
+      ("mean frequency", f"{_fmt(p.get('mean_freq_mae_cm'), '.2f')} cm^-1",
+       _fmt(p.get("mean_freq_mse_cm2"), ".4g"), _pct(p.get("mean_freq_mean_rel_error")),
+       f"true mean {_fmt(p.get('mean_freq_true_mean_cm'), '.1f')} cm^-1; "
+       "both DoS rescaled to 3N modes"),
+  ]
+  return "\n".join(f"{name:<16}MAE {mae:<22}MSE {mse:<10}mean rel. error {rel:<8}({note})"
+                    for name, mae, mse, rel, note in rows)
