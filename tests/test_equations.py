@@ -16,7 +16,7 @@ same equations on the fixture batches.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Callable
 
 import chex
 import jax
