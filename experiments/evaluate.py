@@ -2,7 +2,8 @@ r"""Evaluate a trained run: `python -m experiments.evaluate --workdir=runs/phdos
 
 Restores the best checkpoint (the latest, with a warning, if checkpoints/best holds
 none), prints the paper-style metrics table for the test split (R^2, MAE, MSE, WD on
-the normalised and the original scale) and which checkpoint it used, and writes
+the normalised and the original scale), for phonons the errors of C_v(300 K) and of the
+mean frequency (both DoS rescaled to 3N modes), and which checkpoint it used, and writes
 eval_<split>.json, predictions_<split>.npz and eval_<split>.png into the workdir.
 """
 from absl import flags
@@ -22,6 +23,9 @@ def main(argv):
   with common.user_errors():
     out = inference.evaluate_run(FLAGS.workdir, FLAGS.split)
   print(train.format_table({FLAGS.split: out[FLAGS.split]}))
+  physics = inference.physics_table(out[FLAGS.split].get("physics"))
+  if physics:
+    print(physics)
   print(f"checkpoint: {common.checkpoint_used(out)}")
   print(f"wrote {FLAGS.workdir}/eval_{FLAGS.split}.json, predictions_{FLAGS.split}.npz, "
         f"eval_{FLAGS.split}.png")

@@ -94,8 +94,9 @@ def evaluate_run(workdir: str, split: str = "test") -> dict[str, Any]:
   config, scaler, part = loaded.config, rd.scaler, rd.splits[split]
   bin_width = float(rd.grid[1] - rd.grid[0])
   result = loaded.trainer.evaluate(loaded.params, part, rd.budget, bin_width)
-  y_pred = np.asarray(scaler.inverse(loaded.trainer.predict(loaded.params, part, rd.budget),
-                                     part.y_scale))
+  _, y_pred = scaler.metric_predictions(loaded.trainer.predict(loaded.params, part, rd.budget),
+                                        part.y_scale)
+  y_pred = np.asarray(y_pred)
   y_true = rd.labels[split]
   ids = np.asarray(part.graphs.ids)
   n_atoms = part.graphs.n_node.astype(np.int64)
