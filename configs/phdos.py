@@ -38,7 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = model = ml_collections.ConfigDict()
   model.encoder = "unimp"         # unimp | gat
-  model.decoder = "transformer"   # transformer | rnn | rnn_attn | chunk_rnn_attn | mlp
+  model.decoder = "transformer"   # transformer | rnn | rnn_attn | chunk_rnn | chunk_rnn_attn |
+                                  # mlp | dostransformer
   model.d_model = 128
   model.num_heads = 4
   model.encoder_layers = 3
@@ -49,7 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.causal = True             # False reproduces the public PyTorch code's unmasked decoder
   model.source_attention = True   # False: decoder without attention to the atoms (ablation)
   model.position_embedding = "onehot"  # onehot | learned
-  model.chunk_size = 8            # chunk_rnn_attn only
+  model.chunk_size = 8            # chunk_rnn / chunk_rnn_attn only
+  model.composition_activation = "none"  # none | leaky_relu (slope 0.2, as the public code)
   model.dtype = "float32"         # float32 | bfloat16 | bf16_matmul (params stay float32)
 
   config.train = train = ml_collections.ConfigDict()

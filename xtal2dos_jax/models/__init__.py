@@ -89,7 +89,7 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   decoder_factory = _lookup(DECODERS, config.model.decoder, "decoder")
   _check_heads(config)
   composition_activation = check_composition_activation(
-      config.model.get("composition_activation", "none"))
+      config.model.composition_activation)
   return Xtal2DoS(encoder=encoder_factory(config), decoder=decoder_factory(config),
                   output_activation=output_activation_for(config.data.scaling),
                   composition_activation=composition_activation, **precision_kwargs(config))
