@@ -22,7 +22,7 @@ def main(argv):
   from xtal2dos_jax import train  # after the runtime (devices, distributed) is set up
   config = FLAGS.config
   workdir = FLAGS.workdir or common.default_workdir(flags.FLAGS["config"].config_filename)
-  with common.user_errors():
+  with common.user_errors(), common.lost_processes(workdir):
     try:
       results = train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
     except train.Preempted as e:

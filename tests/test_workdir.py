@@ -139,3 +139,17 @@ def test_restore_best_of_an_empty_directory_is_one_line_error(tmp_path):
     ckpt.restore_best(_state(0.0))
   assert ckpt.restored is None
   ckpt.close()
+
+
+def test_last_checkpoint_reads_committed_step_names(tmp_path):
+  """Where a rerun resumes, from the step directory names alone (safe on any thread);
+  Orbax's temporary directories of unfinished saves do not count."""
+  checkpoints = tmp_path / "checkpoints"
+  assert workdir_lib.last_checkpoint(str(checkpoints)) is None
+  latest = checkpoints / "latest"
+  os.makedirs(latest / "2000000")
+  os.makedirs(latest / "3000007.orbax-checkpoint-tmp-12")
+  assert workdir_lib.last_checkpoint(str(checkpoints)) == (2, 0)
+  os.makedirs(latest / "2000005")
+  os.makedirs(latest / "1000000")
+  assert workdir_lib.last_checkpoint(str(checkpoints)) == (2, 5)

@@ -45,6 +45,8 @@ _ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0,
                "train.adam_b2": 0.999, "train.adam_eps": 1e-8, "train.schedule": "cosine",
                "train.warmup_steps": 300, "train.noam_decay_epochs": 0,
                "train.noam_decay_rate": 4.0, "model.composition_activation": "none"}
+# Checkpoint step ids are epoch * _STEPS_PER_EPOCH_ID + step in epoch (`_checkpoint_step`).
+_STEPS_PER_EPOCH_ID = 1_000_000
 # Subdirectories of `<workdir>/checkpoints` holding the two Orbax managers' steps.
 _CHECKPOINT_KINDS = ("latest", "best")
 _PACKAGES = ("xtal2dos_jax", "jax", "jaxlib", "flax", "optax", "jraph", "orbax-checkpoint", "ase",
@@ -406,10 +408,25 @@ def _check_same_shapes(restored, expected, where: str) -> None:
                        f"{tuple(want.shape)} (a different model size or architecture?)")
 
 
+def last_checkpoint(checkpoint_dir: str) -> tuple[int, int] | None:
+  """(epoch, step in epoch) of the newest committed checkpoint in
+  `<checkpoint_dir>/latest`, from the step directory names alone (no Orbax, so it is
+  safe from any thread); None if there is none. Orbax commits a step by renaming its
+  temporary directory to the bare step number, so only all-digit names count."""
+  try:
+    names = os.listdir(os.path.join(checkpoint_dir, _CHECKPOINT_KINDS[0]))
+  except OSError:
+    return None
+  steps = [int(n) for n in names if n.isdigit()]
+  if not steps:
+    return None
+  return divmod(max(steps), _STEPS_PER_EPOCH_ID)
+
+
 def _checkpoint_step(progress: Progress) -> int:
   # Unique, increasing id for (epoch, step in epoch): a mid-epoch preemption save
   # never collides with an end-of-epoch one.
-  return progress.epoch * 1_000_000 + progress.step_in_epoch
+  return progress.epoch * _STEPS_PER_EPOCH_ID + progress.step_in_epoch
 
 
 def _state_tree(state) -> dict:
