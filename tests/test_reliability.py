@@ -216,30 +216,105 @@ def test_evaluate_and_predict_refuse_multi_process_launches(tmp_path, binary, ar
   assert last.startswith(f"error: {name}: ") and "runs as one process" in last
 
 
-@pytest.mark.slow
-def test_sigkill_at_any_moment_resumes_and_finishes(tmp_path):
-  """A real SIGKILL during training (possibly mid-save); the rerun completes the run,
-  and metrics.jsonl holds each epoch exactly once."""
+# Runs experiments.train with a hold point: the process writes the file $MARKER and
+# sleeps at the chosen point, where the test kills it with SIGKILL.
+#   HOLD=step: in the 2nd training step after the epoch-1 checkpoint (mid-epoch 2);
+#   HOLD=save: when Orbax commits (renames) the epoch-2 checkpoint of checkpoints/latest,
+#              i.e. with the checkpoint's files written but not yet committed.
+_HELD_TRAIN = """
+import os, runpy, sys, time
+
+marker, hold = os.environ["MARKER"], os.environ["HOLD"]
+
+
+def held():
+  open(marker, "w").close()
+  time.sleep(3600)
+
+
+if hold == "step":
+  from xtal2dos_jax import train
+  init = train.Trainer.__init__
+
+  def trainer_init(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    step, after_checkpoint = self.p_train_step, []
+    epoch1 = os.path.join(os.environ["WORKDIR"], "checkpoints", "latest", "1000000")
+
+    def held_step(*a, **k):
+      if os.path.isdir(epoch1):
+        after_checkpoint.append(1)
+        if len(after_checkpoint) == 2:
+          held()
+      return step(*a, **k)
+
+    self.p_train_step = held_step
+
+  train.Trainer.__init__ = trainer_init
+elif hold == "save":
+  rename = os.rename
+
+  def held_rename(src, dst, *a, **k):
+    if ("orbax-checkpoint-tmp" in str(src) and os.path.basename(str(dst)) == "2000000"
+        and os.path.basename(os.path.dirname(str(dst))) == "latest"):
+      held()
+    return rename(src, dst, *a, **k)
+
+  os.rename = held_rename
+sys.argv = ["experiments.train"] + sys.argv[1:]
+runpy.run_module("experiments.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def _kill_at(tmp_path, hold: str, cmd_args, workdir):
+  """Runs training until it reaches `hold` (see _HELD_TRAIN), then SIGKILLs it."""
   import time
-  workdir = tmp_path / "killed"
-  cmd = [sys.executable, "-m", "experiments.train", "--config=configs/smoke.py",
-         "--config.data.limit=40", "--config.train.num_epochs=6", f"--workdir={workdir}"]
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  latest = workdir / "checkpoints" / "latest"
+  script = tmp_path / "held_train.py"
+  script.write_text(_HELD_TRAIN)
+  marker = tmp_path / f"held_{hold}"
+  env = dict(os.environ, MARKER=str(marker), HOLD=hold, WORKDIR=str(workdir), PYTHONPATH=REPO)
+  proc = subprocess.Popen([sys.executable, str(script), *cmd_args], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if latest.exists() and any(p.name.isdigit() for p in latest.iterdir()):
-      break
+  while time.time() < deadline and proc.poll() is None and not marker.exists():
     time.sleep(0.05)
-  time.sleep(0.3)  # somewhere in the following epochs' steps, evaluations or saves
+  if not marker.exists():
+    proc.kill()
+    raise AssertionError(f"training never reached the hold point {hold!r}: "
+                         f"{proc.communicate()[1][-3000:]}")
   proc.kill()
   proc.wait()
-  assert not (workdir / "results.json").exists(), "the run finished before the kill"
-  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc.stderr.close()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_and_mid_save_resumes_to_the_same_result(tmp_path):
+  """SIGKILL in the middle of epoch 2, and then (in the resumed run) while the epoch-2
+  checkpoint is being committed; the run resumed after both ends exactly as a run that
+  was never killed: the same metrics.jsonl (each epoch once) and the same results."""
+  args = ["--config=configs/smoke.py", "--config.data.limit=40", "--config.train.num_epochs=3"]
+  reference = tmp_path / "reference"
+  done = subprocess.run([sys.executable, "-m", "experiments.train", *args,
+                         f"--workdir={reference}"], cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
-  epochs = [json.loads(l)["epoch"] for l in open(workdir / "metrics.jsonl")]
-  assert epochs == [1, 2, 3, 4, 5, 6]
-  assert (workdir / "results.json").exists()
+
+  killed = tmp_path / "killed"
+  cmd_args = [*args, f"--workdir={killed}"]
+  latest = killed / "checkpoints" / "latest"
+  _kill_at(tmp_path, "step", cmd_args, killed)
+  assert sorted(p.name for p in latest.iterdir()) == ["1000000"]       # mid-epoch 2
+  _kill_at(tmp_path, "save", cmd_args, killed)
+  names = sorted(p.name for p in latest.iterdir())
+  assert names[0] == "1000000" and len(names) == 2 and names[1].startswith(
+      "2000000.orbax-checkpoint-tmp"), names                             # written, uncommitted
+  done = subprocess.run([sys.executable, "-m", "experiments.train", *cmd_args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert [r["epoch"] for r in _epoch_records(str(killed))] == [1, 2, 3]
+  assert _epoch_records(str(killed)) == _epoch_records(str(reference))
+  assert (json.load(open(killed / "results.json"))["metrics"]
+          == json.load(open(reference / "results.json"))["metrics"])
 
 
 def test_metrics_past_the_checkpoint_are_dropped_on_resume(tmp_path):
