@@ -5,6 +5,12 @@ Every binary starts with `common.run(main)` instead of `app.run(main)`, so that 
 command line (an unknown flag, a config override naming no config key, a value of the
 wrong type) ends as one line `error: --flag: reason` with exit status 2, the same as
 any other user error, instead of absl's usage text or ml_collections' traceback.
+
+In a multi-process run, `setup_runtime` connects the processes' collectives while they
+are in step (`connect_collectives`) and starts a watch on the peers (`_PeerWatch`);
+training runs inside `lost_processes`, so that a lost peer ends the others with one
+line saying which process was lost and that rerunning the same command on every host
+resumes (exit status LOST_PROCESS_EXIT).
 """
 import contextlib
 import logging as logging_std
