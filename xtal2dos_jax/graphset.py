@@ -80,7 +80,8 @@ class GraphSet:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+    from xtal2dos_jax.workdir import mkstemp_like_open  # workdir imports this module
+    fd, tmp = mkstemp_like_open(directory, suffix=".npz.tmp")
     skipped = list(skipped)
     with os.fdopen(fd, "wb") as f:
       np.savez(f, ids=np.asarray(self.ids, dtype=str), atomic_numbers=self.atomic_numbers,

@@ -118,7 +118,8 @@ def rewrite(logdir: str, records: Iterable[dict[str, Any]]) -> None:
   start = records[0].get("wall_time", time.time()) if records else time.time()
   data = tfrecord(encode_event(start, file_version=_FILE_VERSION))
   data += b"".join(_epoch_event(r) for r in records)
-  fd, tmp = tempfile.mkstemp(dir=logdir, suffix=".tmp")
+  from xtal2dos_jax.workdir import mkstemp_like_open  # workdir imports this module
+  fd, tmp = mkstemp_like_open(logdir, suffix=".tmp")
   with os.fdopen(fd, "wb") as f:
     f.write(data)
   os.replace(tmp, os.path.join(logdir, EVENTS_FILE))
