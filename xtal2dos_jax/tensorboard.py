@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import time
 from typing import Any, Iterable, Iterator
 
