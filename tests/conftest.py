@@ -23,8 +23,8 @@ import pytest
 from configs import phdos
 from xtal2dos_jax import losses
 from xtal2dos_jax.featurize import featurize_crystal
-from xtal2dos_jax.graphset import GraphSet
-from xtal2dos_jax.input_pipeline import Batch, Budget, LabelledGraphs, assemble
+from xtal2dos_jax.graph_cache import GraphSet
+from xtal2dos_jax.batching import Batch, Budget, LabelledGraphs, assemble
 from xtal2dos_jax.models import create_model
 from xtal2dos_jax.runtime import enable_compilation_cache
 

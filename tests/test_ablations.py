@@ -18,9 +18,9 @@ import pytest
 
 from xtal2dos_jax import losses
 from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.models import DECODERS, ENCODERS, Atoms, create_model
+from xtal2dos_jax.models import DECODERS, ENCODERS, AtomStates, create_model
 from xtal2dos_jax.models.dostransformer import DOSTransformerDecoder
-from xtal2dos_jax.models.gat_encoder import GATEncoder
+from xtal2dos_jax.models.gat import GATEncoder
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
 from xtal2dos_jax.models.rnn_decoders import (ChunkRNNAttentionDecoder, ChunkRNNDecoder,
                                               RNNAttentionDecoder, RNNDecoder)
@@ -65,8 +65,8 @@ def decoder_inputs(tiny_config):
 
 def _init_apply(decoder, context, atoms, atom_mask):
   variables = jax.jit(functools.partial(decoder.init, train=False))(
-      jax.random.key(0), context, Atoms.from_dense(atoms, atom_mask), None)
-  apply = jax.jit(lambda c, a, m, y: decoder.apply(variables, c, Atoms.from_dense(a, m), y,
+      jax.random.key(0), context, AtomStates.from_dense(atoms, atom_mask), None)
+  apply = jax.jit(lambda c, a, m, y: decoder.apply(variables, c, AtomStates.from_dense(a, m), y,
                                                    train=False))
   return variables, apply
 
@@ -77,7 +77,7 @@ def _init_apply(decoder, context, atoms, atom_mask):
 
 def _decoder_loss(decoder, context, atoms, atom_mask, y, params, key):
   """KL(y || softmax(raw)) summed over the real crystals (0 and 1), training mode."""
-  raw = decoder.apply({"params": params}, context, Atoms.from_dense(atoms, atom_mask), y,
+  raw = decoder.apply({"params": params}, context, AtomStates.from_dense(atoms, atom_mask), y,
                       train=True, rngs={"dropout": key})
   return jnp.sum(losses.kl_divergence(y, jax.nn.softmax(raw, axis=-1))[:2])
 
@@ -131,7 +131,7 @@ def test_rnn_dropout_only_in_training(tiny_config, decoder_inputs):
   decoder = DECODERS["chunk_rnn_attn"](_config(tiny_config, decoder_dropout=0.3))
   context, atoms, atom_mask, y = decoder_inputs
   variables, apply = _init_apply(decoder, context, atoms, atom_mask)
-  atom_states = Atoms.from_dense(atoms, atom_mask)
+  atom_states = AtomStates.from_dense(atoms, atom_mask)
   train = jax.jit(lambda key: decoder.apply(variables, context, atom_states, y, train=True,
                                             rngs={"dropout": key}))
   a, b = np.asarray(train(jax.random.key(1))), np.asarray(train(jax.random.key(2)))
@@ -144,7 +144,7 @@ def test_rnn_dropout_only_in_training(tiny_config, decoder_inputs):
 def _teacher_jacobian(decoder, decoder_inputs):
   context, atoms, atom_mask, y = decoder_inputs
   variables, _ = _init_apply(decoder, context, atoms, atom_mask)
-  f = lambda teacher: decoder.apply(variables, context, Atoms.from_dense(atoms, atom_mask),
+  f = lambda teacher: decoder.apply(variables, context, AtomStates.from_dense(atoms, atom_mask),
                                     teacher, train=False)
   return np.asarray(jax.jit(jax.jacfwd(f))(y))            # [G, l_y, G, l_y]
 
@@ -201,7 +201,7 @@ def test_chunk_rnn_without_attention(tiny_config, decoder_inputs):
   shared = {**params, "step": {**params["step"],
                                "attention": attn_variables["params"]["step"]["attention"]}}
   attn_apply = jax.jit(lambda a, teacher: attn.apply({"params": shared}, context,
-                                                     Atoms.from_dense(a, atom_mask), teacher,
+                                                     AtomStates.from_dense(a, atom_mask), teacher,
                                                      train=False))
   other_atoms = jnp.asarray(np.random.default_rng(7).normal(size=atoms.shape), jnp.float32)
   for teacher in (None, y):
@@ -243,7 +243,7 @@ def test_softmax_rnn_starts_near_uniform(tiny_config, decoder_inputs):
   variables, apply = _init_apply(decoder, context, atoms, atom_mask)
   zero_head = jax.tree_util.tree_map_with_path(
       lambda p, x: jnp.zeros_like(x) if "head" in jax.tree_util.keystr(p) else x, variables)
-  raw = decoder.apply(zero_head, context, Atoms.from_dense(atoms, atom_mask), None, train=False)
+  raw = decoder.apply(zero_head, context, AtomStates.from_dense(atoms, atom_mask), None, train=False)
   np.testing.assert_allclose(np.exp(raw), 1.0 / l_y, rtol=1e-5)
 
 
@@ -254,7 +254,7 @@ def test_chunk_size_validation(tiny_config):
   for size in (1, 12, 13):      # one value per step, one chunk, one padded chunk
     config.model.chunk_size = size
     decoder = create_model(config).decoder
-    args = (jnp.ones((2, 32)), Atoms.from_dense(jnp.ones((2, 3, 16)), jnp.ones((2, 3), bool)))
+    args = (jnp.ones((2, 32)), AtomStates.from_dense(jnp.ones((2, 3, 16)), jnp.ones((2, 3), bool)))
     for teacher in (None, jnp.ones((2, 12))):
       out, _ = jax.eval_shape(functools.partial(decoder.init_with_output, train=False),
                               jax.random.key(0), *args, teacher)
@@ -265,7 +265,7 @@ def test_chunk_size_validation(tiny_config):
 def test_mlp_decoder_matches_reference(tiny_config, decoder_inputs, energy_embedding):
   """Without energy embeddings: out[g] = MLP(context_g) (the last layer has l_y outputs).
   With them: one MLP shared over positions, out[g, t] = MLP([e_t; context_g])[0], e_t the
-  learned embedding of position t. Atoms and teacher values are ignored."""
+  learned embedding of position t. AtomStates and teacher values are ignored."""
   context, atoms, atom_mask, y = decoder_inputs
   l_y, hidden, num_layers = tiny_config.data.l_y, 8, 2
   decoder = MLPDecoder(l_y=l_y, hidden=hidden, num_layers=num_layers,
@@ -273,7 +273,7 @@ def test_mlp_decoder_matches_reference(tiny_config, decoder_inputs, energy_embed
   variables, _ = _init_apply(decoder, context, atoms, atom_mask)
   params = perturb(variables["params"])
   apply = jax.jit(lambda a, teacher: decoder.apply({"params": params}, context,
-                                                   Atoms.from_dense(a, atom_mask), teacher,
+                                                   AtomStates.from_dense(a, atom_mask), teacher,
                                                    train=False))
   out = apply(atoms, None)
   chex.assert_shape(out, (3, l_y))
@@ -298,7 +298,7 @@ def test_dostransformer_uses_crystal_system_prompt(tiny_config, decoder_inputs):
   context, atoms, atom_mask, _ = decoder_inputs
   variables, apply_without = _init_apply(decoder, context, atoms, atom_mask)
   assert variables["params"]["crystal_system_prompt"]["embedding"].shape == (7, 16)
-  apply = jax.jit(lambda cs: decoder.apply(variables, context, Atoms.from_dense(atoms, atom_mask),
+  apply = jax.jit(lambda cs: decoder.apply(variables, context, AtomStates.from_dense(atoms, atom_mask),
                                            None, train=False, crystal_system=cs))
   base = apply(jnp.array([0, 0, 0]))
   np.testing.assert_allclose(apply_without(context, atoms, atom_mask, None), base,
@@ -317,7 +317,7 @@ def test_dostransformer_stage_order_matches_reference(tiny_config, decoder_input
   config = _config(tiny_config, decoder_layers=num_layers)
   decoder = DECODERS["dostransformer"](config)
   context, atoms, atom_mask, _ = decoder_inputs
-  atom_states = Atoms.from_dense(atoms, atom_mask)
+  atom_states = AtomStates.from_dense(atoms, atom_mask)
   systems = jnp.array([6, 2, 0])
   variables = decoder.init(jax.random.key(0), context, atom_states, None, train=False,
                            crystal_system=systems)

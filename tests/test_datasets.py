@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax import datasets, graphset
+from xtal2dos_jax import datasets, graph_cache
 from xtal2dos_jax.errors import InputError
 
 L_Y = 8
@@ -395,7 +395,7 @@ def test_load_raw_dataset_skips_and_warns(tmp_path, caplog):
   assert len(warnings) == 1
   assert "skipped 2 of 5 crystals" in warnings[0]
   assert "mp-2 (" in warnings[0]
-  _, featurisation_skipped = graphset.featurize_structures(ds.ids, ds.structures, 8.0, 12)
+  _, featurisation_skipped = graph_cache.featurize_structures(ds.ids, ds.structures, 8.0, 12)
   assert [i for i, _ in featurisation_skipped] == ["mp-5"]
   assert "overlap" in featurisation_skipped[0][1]
 

@@ -6,7 +6,7 @@ import chex
 import numpy as np
 
 from configs import phdos, phdos_chgnet
-from xtal2dos_jax import data as data_lib
+from xtal2dos_jax import run_data
 from xtal2dos_jax import datasets
 
 
@@ -45,7 +45,7 @@ def test_dfpt_reader_on_the_shipped_file():
 def test_default_split_has_the_paper_sizes(tmp_path):
   config = phdos.get_config()
   config.data.cache_dir = str(tmp_path)
-  rd = data_lib.prepare_run_data(config)
+  rd = run_data.prepare_run_data(config)
   sizes = {name: len(s.graphs) for name, s in rd.splits.items()}
   assert sizes == {"train": 1217, "validation": 152, "test": 152}
   assert not rd.skipped
@@ -65,7 +65,7 @@ def test_five_folds_test_every_crystal_once(tmp_path):
   tested = []
   for fold in range(5):
     config.data.fold = fold
-    rd = data_lib.prepare_run_data(config)
+    rd = run_data.prepare_run_data(config)
     ids = {name: set(s.graphs.ids) for name, s in rd.splits.items()}
     assert not (ids["train"] & ids["validation"] or ids["train"] & ids["test"]
                 or ids["validation"] & ids["test"])

@@ -6,7 +6,7 @@ out of the Flax parameter tree. The tests perturb the initial parameters (so bia
 LayerNorm scales are not 0 / 1) and compare the modules, jitted and op by op, with the
 references on tiny hand-built inputs that include padding.
 
-Graph convention (`input_pipeline`): edge e carries a message from senders[e] = j (the
+Graph convention (`batching`): edge e carries a message from senders[e] = j (the
 neighbour) to receivers[e] = i (the centre atom); attention at i normalises over the
 incoming edges of i.
 
@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 
 from xtal2dos_jax.featurize import atom_feature_table
-from xtal2dos_jax.models import encoders
-from xtal2dos_jax.models.decoders import Atoms, CausalTransformerDecoder, TransformerDecoderLayer
-from xtal2dos_jax.models.encoders import UniMPEncoder, UniMPLayer
-from xtal2dos_jax.models.gat_encoder import GATEncoder, GATLayer
+from xtal2dos_jax.models import graph_layers
+from xtal2dos_jax.models.transformer_decoder import AtomStates, CausalTransformerDecoder, TransformerDecoderLayer
+from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
+from xtal2dos_jax.models.gat import GATEncoder, GATLayer
 from xtal2dos_jax.models.xtal2dos import CrystalContext
 
 # float32 module vs float64 reference.
@@ -125,7 +125,7 @@ def unimp_layer_reference(p, h, g, senders, receivers, edge_mask, num_heads, las
 
 
 def gat_layer_reference(p, h, g, senders, receivers, edge_mask, num_heads, last, slope=0.2):
-  """GAT layer with edge features (`gat_encoder` docstring), node by node, head by head.
+  """GAT layer with edge features (`models/gat.py` docstring), node by node, head by head.
 
   z_i = W_n h_i + b_n + W_e g_ij, z_j = W_n h_j + b_n + W_e g_ij;
   alpha_ij = softmax over the incoming edges of i of leaky_relu_0.2(a_c . z_i + a_n . z_j);
@@ -447,7 +447,7 @@ def test_encoder_shares_one_edge_embedding_and_matches_reference(encoder_cls, la
 
 def test_edge_mask_matches_reference():
   graph = hand_graph()
-  np.testing.assert_array_equal(encoders.edge_mask(graph),
+  np.testing.assert_array_equal(graph_layers.edge_mask(graph),
                                 real_edges_reference(NODES, SENDERS, RECEIVERS, N_NODE, N_EDGE))
 
 
@@ -483,7 +483,7 @@ def _decoder_inputs(seed=3, num_graphs=3, max_atoms=3, context_width=10):
   states[6] = 1e3
   index = np.array([[0, 1, 2], [3, 4, 6], [6, 6, 6]], np.int32)
   mask = np.array([[True, True, True], [True, True, False], [False] * 3])
-  return context, Atoms(jnp.asarray(states), jnp.asarray(index), jnp.asarray(mask))
+  return context, AtomStates(jnp.asarray(states), jnp.asarray(index), jnp.asarray(mask))
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -14,11 +14,11 @@ import pytest
 
 from xtal2dos_jax import losses
 from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.input_pipeline import Budget
-from xtal2dos_jax.models import (DECODERS, ENCODERS, Atoms, CausalTransformerDecoder,
+from xtal2dos_jax.batching import Budget
+from xtal2dos_jax.models import (DECODERS, ENCODERS, AtomStates, CausalTransformerDecoder,
                                  CrystalContext, UniMPEncoder, UniMPLayer, Xtal2DoS, count_params,
                                  create_model, output_activation_for)
-from xtal2dos_jax.models import encoders
+from xtal2dos_jax.models import graph_layers
 from xtal2dos_jax.models.attention import MultiHeadAttention, masked_softmax, segment_softmax
 from xtal2dos_jax.models.precision import bf16_dot_general
 
@@ -147,12 +147,12 @@ def test_decoder_on_node_states_equals_padded_atoms(tiny_model, tiny_batch, tiny
   node_states = tiny_model.encoder.apply({"params": params["encoder"]}, tiny_batch.graph,
                                          train=False)
   context = CrystalContext().apply({"params": params["context"]}, node_states, tiny_batch.graph)
-  atoms = Atoms(node_states, jnp.asarray(tiny_batch.atom_index), jnp.asarray(tiny_batch.atom_mask))
+  atoms = AtomStates(node_states, jnp.asarray(tiny_batch.atom_index), jnp.asarray(tiny_batch.atom_mask))
   assert atoms.mask.sum() < atoms.mask.size            # there are padded atom slots
 
   def raw(decoder_params, node_states, dense):
     flat = atoms._replace(states=node_states)
-    atom_states = Atoms.from_dense(flat.dense(), flat.mask) if dense else flat
+    atom_states = AtomStates.from_dense(flat.dense(), flat.mask) if dense else flat
     return tiny_model.decoder.apply({"params": decoder_params}, context, atom_states, None,
                                     train=False)
 
@@ -169,13 +169,13 @@ def test_decoder_on_node_states_equals_padded_atoms(tiny_model, tiny_batch, tiny
 
 def test_graph_masks_and_mean_pool(tiny_batch):
   g = tiny_batch.graph
-  nm, em = encoders.node_mask(g), encoders.edge_mask(g)
+  nm, em = graph_layers.node_mask(g), graph_layers.edge_mask(g)
   n_real = int(np.asarray(g.n_node)[np.asarray(tiny_batch.graph_mask)].sum())
   e_real = int(np.asarray(g.n_edge)[np.asarray(tiny_batch.graph_mask)].sum())
   assert int(nm.sum()) == n_real and bool(nm[:n_real].all())
   assert int(em.sum()) == e_real and bool(em[:e_real].all())
   states = jnp.where(nm[:, None], 1.0, 1e6) * jnp.ones((g.nodes.shape[0], 3))
-  pooled = encoders.mean_pool(states, g)
+  pooled = graph_layers.mean_pool(states, g)
   chex.assert_shape(pooled, (g.n_node.shape[0], 3))
   np.testing.assert_allclose(pooled, np.asarray(tiny_batch.graph_mask)[:, None] * np.ones(3))
 
@@ -190,7 +190,7 @@ def test_unimp_layer_on_the_batch_matches_reference(tiny_config, tiny_batch, las
   rng = np.random.default_rng(3)
   h = rng.normal(size=(n, 8)).astype(np.float32)
   edge_states = rng.normal(size=(e, d)).astype(np.float32)
-  mask = encoders.edge_mask(g)
+  mask = graph_layers.edge_mask(g)
   args = (h, edge_states, g.senders, g.receivers, mask)
   layer = UniMPLayer(d_model=d, num_heads=num_heads, last=last)
   params = perturb(layer.init(jax.random.key(0), *args, train=False)["params"])
@@ -209,7 +209,7 @@ def _pieces(model, params, batch):
   """(node states [N, d], context [G, 2d], raw decoder outputs [G, l_y]) of `model`."""
   node_states = model.encoder.apply({"params": params["encoder"]}, batch.graph, train=False)
   context = CrystalContext().apply({"params": params["context"]}, node_states, batch.graph)
-  atoms = Atoms(node_states, batch.atom_index, batch.atom_mask)
+  atoms = AtomStates(node_states, batch.atom_index, batch.atom_mask)
   raw = model.decoder.apply({"params": params["decoder"]}, context, atoms, None, train=False)
   return node_states, context, raw
 
@@ -244,7 +244,7 @@ def test_encoder_context_decoder_model_match_reference(tiny_config, tiny_batch, 
   chex.assert_tree_all_finite([node_states, context, raw])
 
   ref_states, ref_context, ref_raw = _reference_pieces(tiny_config, params, tiny_batch)
-  real_nodes = np.asarray(encoders.node_mask(g))
+  real_nodes = np.asarray(graph_layers.node_mask(g))
   chex.assert_trees_all_close(np.asarray(node_states)[real_nodes], ref_states[real_nodes],
                               **REF_TOL)
   chex.assert_trees_all_close(_real(tiny_batch, context), _real(tiny_batch, ref_context),
@@ -263,7 +263,7 @@ def test_learned_position_embedding(tiny_config, tiny_batch):
   num_graphs, max_atoms = tiny_batch.atom_mask.shape
   d = tiny_config.model.d_model
   args = (jnp.ones((num_graphs, 2 * d)),
-          Atoms.from_dense(jnp.ones((num_graphs, max_atoms, d)), tiny_batch.atom_mask), None)
+          AtomStates.from_dense(jnp.ones((num_graphs, max_atoms, d)), tiny_batch.atom_mask), None)
   variables = dec.init(jax.random.key(0), *args, train=False)
   chex.assert_shape(variables["params"]["position_table"]["embedding"],
                     (tiny_config.data.l_y, d))
@@ -323,7 +323,7 @@ def test_decoder_causality(tiny_config, causal):
   rng = np.random.default_rng(4)
   context = jnp.asarray(rng.normal(size=(2, 2 * d)), jnp.float32)
   atom_mask = jnp.array([[True, True, False], [False, False, False]])  # 2nd: padding crystal
-  atoms = Atoms.from_dense(jnp.asarray(rng.normal(size=(2, 3, d)), jnp.float32), atom_mask)
+  atoms = AtomStates.from_dense(jnp.asarray(rng.normal(size=(2, 3, d)), jnp.float32), atom_mask)
   variables = dec.init(jax.random.key(0), context, atoms, None, train=False)
   z = dec.apply(variables, context, train=False, method="embed_inputs")
   chex.assert_shape(z, (2, l_y, d))
@@ -353,7 +353,7 @@ def test_decoder_without_source_attention_ignores_the_atoms(tiny_config, source_
   rng = np.random.default_rng(5)
   context = jnp.asarray(rng.normal(size=(2, 2 * d)), jnp.float32)
   mask = jnp.array([[True, True, False], [True, False, False]])
-  atoms = [Atoms.from_dense(jnp.asarray(rng.normal(size=(2, 3, d)), jnp.float32), mask)
+  atoms = [AtomStates.from_dense(jnp.asarray(rng.normal(size=(2, 3, d)), jnp.float32), mask)
            for _ in range(2)]
   variables = dec.init(jax.random.key(0), context, atoms[0], None, train=False)
   has_source = ["source_attention" in jax.tree_util.keystr(path)

@@ -16,7 +16,7 @@ import numpy as np
 import jax
 from ase.build import bulk
 from configs import smoke
-from xtal2dos_jax import graphset, input_pipeline, labels, train
+from xtal2dos_jax import graph_cache, batching, labels, train
 
 assert jax.local_device_count() == 4, jax.devices()
 config = smoke.get_config()
@@ -31,26 +31,26 @@ crystals = [bulk("NaCl", "rocksalt", a=5.6), bulk("Si"), bulk("Cu"), bulk("MgO",
             bulk("Fe"), bulk("GaAs", "zincblende", a=5.65), bulk("Al"), bulk("LiF", "rocksalt", a=4.0)]
 crystals[1] = crystals[1].repeat((2, 1, 1))
 ids = [str(i) for i in range(len(crystals))]
-graphs, skipped = graphset.featurize_structures(ids, crystals, 8.0, 12)
+graphs, skipped = graph_cache.featurize_structures(ids, crystals, 8.0, 12)
 assert not skipped
 rng = np.random.default_rng(0)
 y = rng.random((len(ids), 51)).astype(np.float32)
 scaler = labels.LabelScaler.fit("normalized_sum", y)
 ys, scale = scaler.transform(y)
-data = input_pipeline.LabelledGraphs(graphs, np.asarray(ys, np.float32), np.asarray(scale, np.float32))
+data = batching.LabelledGraphs(graphs, np.asarray(ys, np.float32), np.asarray(scale, np.float32))
 order = [np.arange(8), np.array([3, 1, 7, 0, 5, 2, 6, 4]), np.arange(8)[::-1]]
 
 def run(num_devices):
   devices = jax.local_devices()[:num_devices]
   per_device = 8 // num_devices
-  budget = input_pipeline.make_budget(graphs.n_node, graphs.n_edge, per_device)
+  budget = batching.make_budget(graphs.n_node, graphs.n_edge, per_device)
   trainer = train.Trainer(config, scaler, devices=devices)
-  state = trainer.init_state(input_pipeline.assemble(data, np.arange(1), budget), steps_per_epoch=3)
+  state = trainer.init_state(batching.assemble(data, np.arange(1), budget), steps_per_epoch=3)
   state = trainer.replicate(state)
   losses = []
   for step in order:
     groups = np.split(step, num_devices)
-    batch = input_pipeline.stack([input_pipeline.assemble(data, g, budget) for g in groups])
+    batch = batching.stack([batching.assemble(data, g, budget) for g in groups])
     state, out = trainer.p_train_step(state, batch)
     losses.append(float(out["loss_sum"][0] / out["count"][0]))
   params = jax.tree.map(lambda x: np.asarray(x[0]).tolist(), state.params)

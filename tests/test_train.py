@@ -12,7 +12,7 @@ import pytest
 from ase.build import bulk
 
 from configs import smoke
-from xtal2dos_jax import data as data_lib, inference, train, workdir as workdir_lib
+from xtal2dos_jax import run_data, inference, train, workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
 
 
@@ -99,10 +99,10 @@ def test_workdir_from_before_train_fraction_still_resumes(trained, tmp_path):
 
 
 def test_train_fraction_shrinks_only_the_train_split():
-  full = data_lib.prepare_run_data(_config())
+  full = run_data.prepare_run_data(_config())
   config = _config()
   config.data.train_fraction = 0.5
-  half = data_lib.prepare_run_data(config)
+  half = run_data.prepare_run_data(config)
   n_train = len(full.splits["train"].graphs)
   assert len(half.splits["train"].graphs) == round(n_train / 2)
   assert set(half.splits["train"].graphs.ids) < set(full.splits["train"].graphs.ids)

@@ -98,7 +98,7 @@ def _saved_run(directory):
   """Checkpoints with epochs 1 (best, w = 1) and 2 (latest only, w = 2)."""
   ckpt = workdir_lib.Checkpoints(str(directory))
   for epoch, score in ((1, 0.5), (2, 0.9)):
-    progress = workdir_lib.Progress(epoch=epoch, best_epoch=1)
+    progress = workdir_lib.ResumeState(epoch=epoch, best_epoch=1)
     ckpt.save(_state(float(epoch)), progress)
     if epoch == 1:
       ckpt.save_best(_state(1.0), progress, score)

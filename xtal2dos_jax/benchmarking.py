@@ -29,8 +29,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax import data as data_lib
-from xtal2dos_jax import allocator, datasets, graphset, input_pipeline, train
+from xtal2dos_jax import run_data
+from xtal2dos_jax import allocator, datasets, graph_cache, batching, train
 
 # Fired by JAX around every XLA backend compilation (or persistent-cache load) of an
 # executable; see jax/_src/dispatch.py.
@@ -172,12 +172,12 @@ class EpochRecord:
     return self.crystals / self.seconds
 
 
-def whole_set(rd: data_lib.RunData) -> Any:
+def whole_set(rd: run_data.RunData) -> Any:
   """All splits of a RunData as one LabelledGraphs (train, validation, test order)."""
   parts = [rd.splits[name] for name in ("train", "validation", "test")]
   ids = [i for p in parts for i in p.graphs.ids]
   graphs = [p.graphs.graph(i) for p in parts for i in range(len(p.graphs))]
-  return input_pipeline.LabelledGraphs(graphset.GraphSet.from_graphs(ids, graphs),
+  return batching.LabelledGraphs(graph_cache.GraphSet.from_graphs(ids, graphs),
                                        np.concatenate([p.y for p in parts]),
                                        np.concatenate([p.y_scale for p in parts]))
 
@@ -192,7 +192,7 @@ class TrainingRun:
   """A `Trainer` whose steps are counted, set up as `train_and_evaluate` does
   (init_state on a one-crystal sample, `Trainer.replicate`, shuffled epoch plans)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, rd: data_lib.RunData,
+  def __init__(self, config: ml_collections.ConfigDict, rd: run_data.RunData,
                devices=None):
     self.config, self.rd = config, rd
     self.trainer = train.Trainer(config, rd.scaler, devices=devices)
@@ -204,7 +204,7 @@ class TrainingRun:
     self.trainer.p_predict_step = self.predict_step
     self.train_data = rd.splits["train"]
     self.steps_per_epoch = len(self.trainer.plan(self.train_data, rd.budget))
-    sample = input_pipeline.assemble(self.train_data, np.arange(1), rd.budget)
+    sample = batching.assemble(self.train_data, np.arange(1), rd.budget)
     self.state = self.trainer.replicate(self.trainer.init_state(sample, self.steps_per_epoch))
     self.epoch = 0
     grid = rd.grid
@@ -257,7 +257,7 @@ class TrainingRun:
 
 
 def count_step_compiles(config: ml_collections.ConfigDict, num_epochs: int = 2,
-                        rd: "data_lib.RunData | None" = None) -> dict[str, Any]:
+                        rd: "run_data.RunData | None" = None) -> dict[str, Any]:
   """Compilations of the train and eval steps over `num_epochs` epochs of training.
 
   Follows `train.train_and_evaluate`: replicated state, shuffled epochs, validation after
@@ -266,7 +266,7 @@ def count_step_compiles(config: ml_collections.ConfigDict, num_epochs: int = 2,
   totals, and the number of padding buckets (distinct batch shapes) each step saw.
   """
   if rd is None:
-    rd = data_lib.prepare_run_data(config, jax.device_count())
+    rd = run_data.prepare_run_data(config, jax.device_count())
   run = TrainingRun(config, rd)
   records = [run.train_epoch() for _ in range(num_epochs)]
   before = run.eval_step.compiles
@@ -351,12 +351,12 @@ def supercell_set(atoms_per_cell: int, count: int, config: ml_collections.Config
     atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
     structures.append(atoms)
   ids = [f"nacl{atoms_per_cell}_{k}" for k in range(count)]
-  graphs, skipped = graphset.featurize_structures(ids, structures, config.data.radius,
+  graphs, skipped = graph_cache.featurize_structures(ids, structures, config.data.radius,
                                                   config.data.max_num_nbr)
   if skipped:
     raise RuntimeError(f"supercell featurisation failed: {skipped[0]}")
   y = rng.dirichlet(np.ones(config.data.l_y), count).astype(np.float32)
-  return input_pipeline.LabelledGraphs(graphs, y, np.ones(count, np.float32))
+  return batching.LabelledGraphs(graphs, y, np.ones(count, np.float32))
 
 
 def with_overrides(config: ml_collections.ConfigDict, **sections: dict[str, Any]
@@ -410,16 +410,16 @@ def _data_rows(config, repeats: int, log) -> tuple[list[Row], float]:
   rows = [Row("dataset read (load_raw_dataset)", read_s[0], "s",
               f"config.data source incl. validation; best; median {read_s[1]:.3g} s; "
               f"{n} crystals used")]
-  feat = best_of(lambda: _timed(lambda: graphset.featurize_structures(raw.ids, raw.structures,
+  feat = best_of(lambda: _timed(lambda: graph_cache.featurize_structures(raw.ids, raw.structures,
                                                                       r, k)), repeats)
   rows.append(rate_row("featurisation, cold (no cache)", n, feat, "crystals/s",
                        f"featurize_structures, radius {r} A, {k} neighbours"))
   warm_dir = os.path.join(config.data.cache_dir, "warm")
-  graphset.load_or_featurize(raw.ids, raw.structures, r, k, cache_dir=warm_dir)
+  graph_cache.load_or_featurize(raw.ids, raw.structures, r, k, cache_dir=warm_dir)
 
   def cache_load():
     t0 = time.perf_counter()
-    *_, hit = graphset.load_or_featurize(raw.ids, raw.structures, r, k, cache_dir=warm_dir)
+    *_, hit = graph_cache.load_or_featurize(raw.ids, raw.structures, r, k, cache_dir=warm_dir)
     if not hit:
       raise RuntimeError("the warm featurisation cache was not used")
     return time.perf_counter() - t0
@@ -494,7 +494,7 @@ def _training_rows(run: TrainingRun, config, repeats: int, log) -> list[Row]:
   def host_pipeline():
     t0 = time.perf_counter()
     for step in plan:
-      input_pipeline.stack([input_pipeline.assemble(train_data, idx, rd.budget)
+      batching.stack([batching.assemble(train_data, idx, rd.budget)
                             for idx in step])
     return time.perf_counter() - t0
   host_s = best_of(host_pipeline, repeats)
@@ -502,7 +502,7 @@ def _training_rows(run: TrainingRun, config, repeats: int, log) -> list[Row]:
                   "ms/step", f"{100 * host_s[0] / len(plan) / step_ms:.1f}% of the device "
                   "step; overlapped by the prefetch thread"))
   sharding = _device_sharding(run.trainer.devices)
-  host = [input_pipeline.stack([input_pipeline.assemble(train_data, idx, rd.budget)
+  host = [batching.stack([batching.assemble(train_data, idx, rd.budget)
                                 for idx in step]) for step in plan]
   put_s = best_of(lambda: _timed(lambda: jax.block_until_ready(
       [jax.device_put(x, sharding) for x in host])), repeats)
@@ -515,7 +515,7 @@ def _warm_cache_row(run: TrainingRun, config) -> Row:
   """First train step of a second, identical Trainer: served by the persistent cache."""
   trainer = train.Trainer(config, run.rd.scaler)
   step = CountedStep(trainer.p_train_step)
-  batch = input_pipeline.stack([input_pipeline.assemble(run.train_data, np.arange(8),
+  batch = batching.stack([batching.assemble(run.train_data, np.arange(8),
                                                         run.rd.budget)] * trainer.num_local_devices)
   t0 = time.perf_counter()
   run.state, out = step(run.state, batch)
@@ -531,7 +531,7 @@ def inference_rows(config: ml_collections.ConfigDict, log: Callable[[str], None]
   (throughput does not depend on their values): what `experiments/benchmark.py
   --inference_only` runs in a child process set up as the predict binary is."""
   _install_listener()
-  rd = data_lib.prepare_run_data(config, jax.device_count())
+  rd = run_data.prepare_run_data(config, jax.device_count())
   return _inference_rows(TrainingRun(config, rd), whole_set(rd), int(config.bench.repeats),
                          log)
 
@@ -635,8 +635,8 @@ def _scaling_rows(run: TrainingRun, config, everything, main_rate: float, log) -
     atoms = int(atoms)
     log(f"scaling: {atoms} atoms per cell")
     data = supercell_set(atoms, batch * max(steps, 1), config)
-    budget = input_pipeline.make_budget(data.graphs.n_node, data.graphs.n_edge,
-                                        data_lib.per_device_batch_size(batch, n_dev))
+    budget = batching.make_budget(data.graphs.n_node, data.graphs.n_edge,
+                                        run_data.per_device_batch_size(batch, n_dev))
     res = network_rate(run, data, budget, steps)
     rows.append(Row(f"scaling: {atoms} atoms/cell, train", res["rate"], "crystals/s",
                     f"{atoms * res['rate']:.0f} atoms/s; rattled NaCl supercells, "
@@ -650,8 +650,8 @@ def _scaling_rows(run: TrainingRun, config, everything, main_rate: float, log) -
                       "the 'train network only' row"))
       continue
     log(f"scaling: batch size {bs}")
-    budget = input_pipeline.make_budget(everything.graphs.n_node, everything.graphs.n_edge,
-                                        data_lib.per_device_batch_size(bs, n_dev))
+    budget = batching.make_budget(everything.graphs.n_node, everything.graphs.n_edge,
+                                        run_data.per_device_batch_size(bs, n_dev))
     res = network_rate(run, run.train_data, budget, steps)
     rows.append(Row(f"scaling: batch {bs}, train", res["rate"], "crystals/s",
                     f"embedded set, network only; {res['steps']} step(s) of "
@@ -680,7 +680,7 @@ def time_to_accuracy_rows(config: ml_collections.ConfigDict, thresholds: Sequenc
       f"{config.train.num_epochs} epochs")
   workdir = tempfile.mkdtemp(prefix="xtal2dos_bench_tta_")
   try:
-    data_lib.prepare_run_data(config, jax.device_count())   # featurise once, untimed
+    run_data.prepare_run_data(config, jax.device_count())   # featurise once, untimed
     start = time.time()
     summary = train.train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -735,7 +735,7 @@ def _run_all(config: ml_collections.ConfigDict, log: Callable[[str], None],
 
   data_rows, feat_rate = _data_rows(config, repeats, log)
   rows += data_rows
-  rd = data_lib.prepare_run_data(config, jax.device_count())
+  rd = run_data.prepare_run_data(config, jax.device_count())
   everything = whole_set(rd)
   t0 = time.perf_counter()
   run = TrainingRun(config, rd)

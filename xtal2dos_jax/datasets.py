@@ -327,7 +327,7 @@ def _check_unique(ids: Sequence[str], name: str) -> None:
 
 
 def _to_atoms(obj: Any, name: str) -> ase.Atoms:
-  """A pickled structure (Atoms, pymatgen/ASE dict, object with as_dict)."""
+  """A pickled structure (ase.Atoms, pymatgen/ASE dict, object with as_dict)."""
   if isinstance(obj, ase.Atoms):
     return obj.copy()
   if not isinstance(obj, Mapping) and callable(getattr(obj, "as_dict", None)):

@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xtal2dos_jax import data as data_lib
-from xtal2dos_jax import datasets, graphset, input_pipeline, physics, plotting
+from xtal2dos_jax import run_data
+from xtal2dos_jax import datasets, graph_cache, batching, physics, plotting
 from xtal2dos_jax import train as train_lib
 from xtal2dos_jax import workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
@@ -30,7 +30,7 @@ class LoadedRun:
   best_epoch: int
 
 
-def restore_run(workdir: str, sample: input_pipeline.Batch, scaler) -> LoadedRun:
+def restore_run(workdir: str, sample: batching.Batch, scaler) -> LoadedRun:
   """Builds the run's model and restores its best checkpoint."""
   config = workdir_lib.load_config(workdir)
   trainer = train_lib.Trainer(config, scaler)
@@ -44,7 +44,7 @@ def restore_run(workdir: str, sample: input_pipeline.Batch, scaler) -> LoadedRun
   return LoadedRun(config, trainer, trainer.replicate(best.state.eval_params), best.epoch)
 
 
-def restore_run_and_data(workdir: str) -> tuple[LoadedRun, data_lib.RunData]:
+def restore_run_and_data(workdir: str) -> tuple[LoadedRun, run_data.RunData]:
   """A run's best checkpoint and its data, with the split and label scaling it was
   trained with (what evaluation and inference timing need)."""
   run = workdir_lib.Workdir(workdir)
@@ -52,8 +52,8 @@ def restore_run_and_data(workdir: str) -> tuple[LoadedRun, data_lib.RunData]:
   split_ids, scaler = run.load_splits(), run.load_scaler()
   if split_ids is None or scaler is None:
     raise InputError(workdir, "has no saved splits/label statistics; the run never started")
-  rd = data_lib.prepare_run_data(config, jax.device_count(), split_ids=split_ids, scaler=scaler)
-  sample = input_pipeline.assemble(rd.splits["train"], np.arange(1), rd.budget)
+  rd = run_data.prepare_run_data(config, jax.device_count(), split_ids=split_ids, scaler=scaler)
+  sample = batching.assemble(rd.splits["train"], np.arange(1), rd.budget)
   return restore_run(workdir, sample, scaler), rd
 
 
@@ -149,7 +149,7 @@ def predict_structures(workdir: str, structures: str, outdir: str | None = None
     raise InputError(workdir, "has no saved label statistics; the run never started")
   raw = datasets.read_structure_folder(structures)
   skipped = list(raw.skipped)
-  graphs, bad = graphset.featurize_structures(raw.ids, raw.structures, config.data.radius,
+  graphs, bad = graph_cache.featurize_structures(raw.ids, raw.structures, config.data.radius,
                                               config.data.max_num_nbr)
   skipped += bad
   if skipped:
@@ -160,15 +160,15 @@ def predict_structures(workdir: str, structures: str, outdir: str | None = None
                      f"({len(skipped)} skipped)")
   l_y = config.data.l_y
   by_id = dict(zip(raw.ids, raw.structures))
-  systems = data_lib.crystal_systems_if_needed(config, [by_id[i] for i in graphs.ids])
-  part = input_pipeline.LabelledGraphs(graphs, np.zeros((len(graphs), l_y), np.float32),
+  systems = run_data.crystal_systems_if_needed(config, [by_id[i] for i in graphs.ids])
+  part = batching.LabelledGraphs(graphs, np.zeros((len(graphs), l_y), np.float32),
                                        np.ones(len(graphs), np.float32), systems)
-  budget = input_pipeline.make_budget(
+  budget = batching.make_budget(
       graphs.n_node, graphs.n_edge,
-      data_lib.per_device_batch_size(config.train.batch_size, jax.device_count()))
-  loaded = restore_run(workdir, input_pipeline.assemble(part, np.arange(1), budget), scaler)
+      run_data.per_device_batch_size(config.train.batch_size, jax.device_count()))
+  loaded = restore_run(workdir, batching.assemble(part, np.arange(1), budget), scaler)
   y_scaled = loaded.trainer.predict(loaded.params, part, budget)
-  grid = data_lib.grid_of(config.data)
+  grid = run_data.grid_of(config.data)
   n_atoms = graphs.n_node.astype(np.float64)
   y_phys = original_scale_for_prediction(config, scaler, y_scaled, n_atoms, grid)
 

@@ -1,7 +1,7 @@
 """Training, evaluation and checkpointing (DESIGN 6), data parallel with `jax.pmap`.
 
 The global batch is split into one padded device batch per device (see
-`input_pipeline.epoch_plan`); the per-device loss is the sum of its crystals' losses
+`batching.epoch_plan`); the per-device loss is the sum of its crystals' losses
 divided by the global crystal count, and gradients are `psum`-ed, so any split of a
 global batch over 1..N devices gives the same update. Metrics are additive sums,
 `psum`-ed across devices and added across batches on the host.
@@ -23,8 +23,8 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from xtal2dos_jax import data as data_lib
-from xtal2dos_jax import input_pipeline, losses, metrics, models, workdir as workdir_lib
+from xtal2dos_jax import run_data
+from xtal2dos_jax import batching, losses, metrics, models, workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.progress import ProgressBar
 
@@ -105,7 +105,7 @@ def create_optimizer(train_config: ml_collections.ConfigDict,
   return optax.flatten(optax.chain(optax.clip_by_global_norm(train_config.grad_clip), opt))
 
 
-def create_train_state(config: ml_collections.ConfigDict, model, sample: input_pipeline.Batch,
+def create_train_state(config: ml_collections.ConfigDict, model, sample: batching.Batch,
                        tx: optax.GradientTransformation) -> TrainState:
   """Initialises parameters from one (unstacked) device batch."""
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -123,7 +123,7 @@ def update_ema(ema_params, params, step: jax.Array, decay: float):
   return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema_params, params)
 
 
-def train_step(state: TrainState, batch: input_pipeline.Batch, *, loss_fn: Callable,
+def train_step(state: TrainState, batch: batching.Batch, *, loss_fn: Callable,
                ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One data-parallel step (inside pmap over AXIS).
 
@@ -154,7 +154,7 @@ def train_step(state: TrainState, batch: input_pipeline.Batch, *, loss_fn: Calla
   return state, {"loss_sum": loss_sum, "count": count, "finite": finite}
 
 
-def eval_step(params, batch: input_pipeline.Batch, shift_normalized, shift_original, *,
+def eval_step(params, batch: batching.Batch, shift_normalized, shift_original, *,
               apply_fn, loss_fn, scaler, output_activation: str) -> dict[str, Any]:
   """Additive loss and metric sums of one step, on both label scales (inside pmap).
 
@@ -174,7 +174,7 @@ def eval_step(params, batch: input_pipeline.Batch, shift_normalized, shift_origi
   return jax.lax.psum(out, AXIS)
 
 
-def predict_step(params, batch: input_pipeline.Batch, *, apply_fn) -> jax.Array:
+def predict_step(params, batch: batching.Batch, *, apply_fn) -> jax.Array:
   """Model output on the scaled label scale, float[G, l_y] per device."""
   return apply_fn({"params": params}, batch, train=False)
 
@@ -216,7 +216,7 @@ class Trainer:
         lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding),
         tree)
 
-  def init_state(self, sample: input_pipeline.Batch, steps_per_epoch: int) -> TrainState:
+  def init_state(self, sample: batching.Batch, steps_per_epoch: int) -> TrainState:
     self.learning_rate_fn = create_learning_rate_fn(self.config, steps_per_epoch)
     tx = create_optimizer(self.config.train, self.learning_rate_fn)
     return create_train_state(self.config, self.model, sample, tx)
@@ -225,17 +225,17 @@ class Trainer:
     p = jax.process_index()
     return slice(p * self.num_local_devices, (p + 1) * self.num_local_devices)
 
-  def batches(self, data: input_pipeline.LabelledGraphs, budget, plan) -> Iterable:
-    return input_pipeline.step_batches(data, budget, plan, devices=self._device_slice())
+  def batches(self, data: batching.LabelledGraphs, budget, plan) -> Iterable:
+    return batching.step_batches(data, budget, plan, devices=self._device_slice())
 
   def plan(self, data, budget, *, epoch: int = 0, shuffle: bool = False):
     """Steps of one group per participating device: every device of every process, or
     the `devices` subset given to a single-process Trainer."""
     num_devices = self.num_local_devices * jax.process_count()
-    return input_pipeline.epoch_plan(data, budget, num_devices, seed=self.config.seed,
+    return batching.epoch_plan(data, budget, num_devices, seed=self.config.seed,
                                      epoch=epoch, shuffle=shuffle)
 
-  def evaluate(self, params_repl, data: input_pipeline.LabelledGraphs, budget,
+  def evaluate(self, params_repl, data: batching.LabelledGraphs, budget,
                bin_width: float) -> dict[str, Any]:
     """Loss and metrics (both scales) over a whole split."""
     shift_n = jnp.asarray(data.y.mean(0))
@@ -253,7 +253,7 @@ class Trainer:
                                      bin_width),
     }
 
-  def predict(self, params_repl, data: input_pipeline.LabelledGraphs, budget) -> np.ndarray:
+  def predict(self, params_repl, data: batching.LabelledGraphs, budget) -> np.ndarray:
     """Scaled predictions float32[n, l_y] in the order of data.graphs.
 
     In a multi-process run each process fills only the rows its own devices predicted
@@ -386,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   saved_splits = run.load_splits()
   saved_scaler = run.load_scaler()
-  rd = data_lib.prepare_run_data(config, jax.device_count(), split_ids=saved_splits,
+  rd = run_data.prepare_run_data(config, jax.device_count(), split_ids=saved_splits,
                                  scaler=saved_scaler)
   if _is_lead():
     run.save_data_description(rd)
@@ -394,12 +394,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   trainer = Trainer(config, rd.scaler)
   train_data, val_data = rd.splits["train"], rd.splits["validation"]
   steps_per_epoch = len(trainer.plan(train_data, rd.budget))
-  sample = input_pipeline.assemble(train_data, np.arange(1), rd.budget)
+  sample = batching.assemble(train_data, np.arange(1), rd.budget)
   state = trainer.init_state(sample, steps_per_epoch)
   ckpt = workdir_lib.Checkpoints(run.checkpoint_dir, keep=config.train.keep_checkpoints)
   progress = ckpt.restore_latest(state)
   if progress is None:
-    progress = workdir_lib.Progress()
+    progress = workdir_lib.ResumeState()
   else:
     state = progress.state
     logging.info("resuming from epoch %d step %d (global step %d)", progress.epoch,

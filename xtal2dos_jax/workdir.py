@@ -164,7 +164,7 @@ def package_versions() -> dict[str, str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Progress:
+class ResumeState:
   """Where a run stands; saved beside every checkpoint."""
   epoch: int = 0                 # completed epochs
   step_in_epoch: int = 0         # steps done in the current epoch (after a preemption)
@@ -175,7 +175,7 @@ class Progress:
   epoch_count: float = 0.0       # the current epoch before a preemption
   state: Any = None              # the restored TrainState (not serialised)
 
-  def replace(self, **kw) -> "Progress":
+  def replace(self, **kw) -> "ResumeState":
     return dataclasses.replace(self, **kw)
 
   def to_json(self) -> dict:
@@ -185,7 +185,7 @@ class Progress:
     return d
 
   @classmethod
-  def from_json(cls, d: dict, state) -> "Progress":
+  def from_json(cls, d: dict, state) -> "ResumeState":
     d = dict(d)
     d["best_score"] = math.inf if d["best_score"] is None else d["best_score"]
     return cls(state=state, **d)
@@ -333,18 +333,18 @@ class Checkpoints:
                                              best_mode="min", **opts))
 
   @staticmethod
-  def _args(state, progress: Progress):
+  def _args(state, progress: ResumeState):
     return ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)),
                               progress=ocp.args.JsonSave(progress.to_json()))
 
-  def save(self, state, progress: Progress) -> None:
+  def save(self, state, progress: ResumeState) -> None:
     step = _checkpoint_step(progress)
     if step in self.latest.all_steps():
       return
     self.latest.save(step, args=self._args(state, progress))
     self.latest.wait_until_finished()
 
-  def save_best(self, state, progress: Progress, score: float) -> None:
+  def save_best(self, state, progress: ResumeState, score: float) -> None:
     """Keeps `state` as the best checkpoint; `score` is the validation score (lower
     is better, see train.VALIDATION_SCORES)."""
     if _checkpoint_step(progress) in self.best.all_steps():
@@ -353,7 +353,7 @@ class Checkpoints:
                    metrics={"score": float(score)})
     self.best.wait_until_finished()
 
-  def _restore(self, manager, step, template) -> Progress:
+  def _restore(self, manager, step, template) -> ResumeState:
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(_state_tree(template)),
@@ -365,13 +365,13 @@ class Checkpoints:
     where = os.path.join(manager.directory, str(step))
     _check_same_shapes(restored.state, _state_tree(template), where)
     state = template.replace(**restored.state)
-    return Progress.from_json(restored.progress, state)
+    return ResumeState.from_json(restored.progress, state)
 
-  def restore_latest(self, template) -> Progress | None:
+  def restore_latest(self, template) -> ResumeState | None:
     step = self.latest.latest_step()
     return None if step is None else self._restore(self.latest, step, template)
 
-  def restore_best(self, template) -> Progress:
+  def restore_best(self, template) -> ResumeState:
     """The best checkpoint; if `checkpoints/best` holds none (deleted, or a run killed
     before its first validation), the latest one, with a warning naming its epoch.
     `self.restored` records which one was used, for evaluation outputs."""
@@ -423,7 +423,7 @@ def last_checkpoint(checkpoint_dir: str) -> tuple[int, int] | None:
   return divmod(max(steps), _STEPS_PER_EPOCH_ID)
 
 
-def _checkpoint_step(progress: Progress) -> int:
+def _checkpoint_step(progress: ResumeState) -> int:
   # Unique, increasing id for (epoch, step in epoch): a mid-epoch preemption save
   # never collides with an end-of-epoch one.
   return progress.epoch * _STEPS_PER_EPOCH_ID + progress.step_in_epoch

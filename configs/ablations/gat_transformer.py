@@ -1,5 +1,5 @@
 """Encoder ablation: a plain GAT encoder (additive graph attention with edge features,
-`models/gat_encoder.py`) + the Xtal2DoS transformer decoder."""
+`models/gat.py`) + the Xtal2DoS transformer decoder."""
 from configs import phdos
 
 

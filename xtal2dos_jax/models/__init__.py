@@ -3,7 +3,7 @@
 `create_model(config)` builds `Xtal2DoS(ENCODERS[config.model.encoder](config),
 DECODERS[config.model.decoder](config), output_activation_for(config.data.scaling))`.
 Adding an encoder or decoder is one registry line: a function ConfigDict -> nn.Module
-with the interface documented in `encoders.py` / `decoders.py`.
+with the interface documented in `unimp.py` / `decoders.py`.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import ml_collections
 import numpy as np
 
 from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.models import dostransformer, gat_encoder, mlp_decoder, rnn_decoders
-from xtal2dos_jax.models.decoders import Atoms, CausalTransformerDecoder, check_position_embedding
-from xtal2dos_jax.models.encoders import UniMPEncoder, UniMPLayer
+from xtal2dos_jax.models import dostransformer, gat, mlp_decoder, rnn_decoders
+from xtal2dos_jax.models.transformer_decoder import AtomStates, CausalTransformerDecoder, check_position_embedding
+from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
 from xtal2dos_jax.models.precision import PRECISIONS, bf16_dot_general, precision_kwargs
 from xtal2dos_jax.models.xtal2dos import (COMPOSITION_ACTIVATIONS, CrystalContext, Xtal2DoS,
                                           apply_output_activation,
@@ -54,11 +54,11 @@ def _transformer(config: ml_collections.ConfigDict) -> nn.Module:
 # name (config.model.encoder) -> factory: config -> module(graph, train=) -> float[N, d].
 ENCODERS: Dict[str, ModelFactory] = {
     "unimp": _unimp,
-    "gat": gat_encoder.gat_encoder,
+    "gat": gat.gat_encoder,
 }
 
 # name (config.model.decoder) -> factory: config ->
-# module(context, atoms: Atoms, y_teacher, train=) -> float[G, l_y] raw outputs.
+# module(context, atoms: AtomStates, y_teacher, train=) -> float[G, l_y] raw outputs.
 DECODERS: Dict[str, ModelFactory] = {
     "transformer": _transformer,
     "rnn": rnn_decoders.rnn_decoder,
@@ -101,7 +101,7 @@ def count_params(params: Any) -> int:
 
 
 __all__ = [
-    "COMPOSITION_ACTIVATIONS", "DECODERS", "ENCODERS", "PRECISIONS", "Atoms",
+    "COMPOSITION_ACTIVATIONS", "DECODERS", "ENCODERS", "PRECISIONS", "AtomStates",
     "CausalTransformerDecoder", "CrystalContext", "UniMPEncoder", "UniMPLayer", "Xtal2DoS",
     "apply_output_activation", "bf16_dot_general", "count_params", "create_model",
     "output_activation_for", "precision_kwargs",

@@ -19,7 +19,7 @@ Differences from the public PyTorch code, which concatenates a (d/2)-wide prompt
 every energy token before a linear layer and also trains a prompt-free output: here the
 prompt is one extra token of the self-attention (as described in the comparison
 report), and only the prompted output is produced. A missing `crystal_system`
-(None) selects prompt 0 (triclinic), the value `input_pipeline` fills in when the data
+(None) selects prompt 0 (triclinic), the value `batching` fills in when the data
 have no crystal systems.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from jax import lax
 import ml_collections
 
 from xtal2dos_jax.models.attention import MultiHeadAttention, key_padding_mask
-from xtal2dos_jax.models.decoders import Atoms, FeedForward
+from xtal2dos_jax.models.transformer_decoder import AtomStates, FeedForward
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 Dtype = Any
 
@@ -60,7 +60,7 @@ class AttentionBlock(nn.Module):
   dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
-  def __call__(self, x: jax.Array, memory: Optional[Atoms], mask: Optional[jax.Array], *,
+  def __call__(self, x: jax.Array, memory: Optional[AtomStates], mask: Optional[jax.Array], *,
                train: bool) -> jax.Array:
     """float[G, L, d_model] tokens, the atoms as memory (or None), bool[G, L, K] mask
     (True = may attend; or None) -> float[G, L, d_model]."""
@@ -101,7 +101,7 @@ class DOSTransformerDecoder(nn.Module):
   uses_crystal_system: ClassVar[bool] = True
 
   @nn.compact
-  def __call__(self, context: jax.Array, atoms: Atoms, y_teacher: Optional[jax.Array], *,
+  def __call__(self, context: jax.Array, atoms: AtomStates, y_teacher: Optional[jax.Array], *,
                train: bool, crystal_system: Optional[jax.Array] = None) -> jax.Array:
     """Decodes all energies at once.
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 import ml_collections
 
-from xtal2dos_jax.models.decoders import Atoms
+from xtal2dos_jax.models.transformer_decoder import AtomStates
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 Dtype = Any
 
@@ -72,7 +72,7 @@ class MLPDecoder(nn.Module):
   dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
-  def __call__(self, context: jax.Array, atoms: Atoms, y_teacher: Optional[jax.Array], *,
+  def __call__(self, context: jax.Array, atoms: AtomStates, y_teacher: Optional[jax.Array], *,
                train: bool) -> jax.Array:
     """float[G, c] context (atoms and y_teacher unused) -> float[G, l_y] raw outputs."""
     del atoms, y_teacher

@@ -59,7 +59,7 @@ import numpy as np
 
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.models.attention import masked_softmax
-from xtal2dos_jax.models.decoders import Atoms
+from xtal2dos_jax.models.transformer_decoder import AtomStates
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 from xtal2dos_jax.models.xtal2dos import OUTPUT_ACTIVATIONS, output_activation_for
 Dtype = Any
@@ -226,7 +226,7 @@ class ChunkRNNAttentionDecoder(nn.Module):
     return math.ceil(self.l_y / self.chunk_size)
 
   @nn.compact
-  def __call__(self, context: jax.Array, atoms: Atoms, y_teacher: Optional[jax.Array], *,
+  def __call__(self, context: jax.Array, atoms: AtomStates, y_teacher: Optional[jax.Array], *,
                train: bool) -> jax.Array:
     """Decodes the sequence.
 

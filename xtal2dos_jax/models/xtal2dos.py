@@ -1,7 +1,7 @@
 """The Xtal2DoS model: graph encoder -> crystal context -> sequence decoder (DESIGN 4).
 
   node states = encoder(batch.graph)                              float[N, d]
-  atoms       = Atoms(node states, batch.atom_index, batch.atom_mask)
+  atoms       = AtomStates(node states, batch.atom_index, batch.atom_mask)
                 (each crystal's atoms, `atoms.dense()` = float[G, A, d])
   context     = [mean of real node states; act(Dense(composition))]  float[G, c]
                 (act: `composition_activation`, identity by default)
@@ -21,9 +21,9 @@ import jraph
 
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.featurize import composition_fractions
-from xtal2dos_jax.input_pipeline import Batch
-from xtal2dos_jax.models.decoders import Atoms
-from xtal2dos_jax.models.encoders import mean_pool
+from xtal2dos_jax.batching import Batch
+from xtal2dos_jax.models.transformer_decoder import AtomStates
+from xtal2dos_jax.models.graph_layers import mean_pool
 from xtal2dos_jax.models.precision import DotGeneral, same_precision
 Dtype = Any
 
@@ -134,7 +134,7 @@ class Xtal2DoS(nn.Module):
     the softmax for `normalized_sum`), from which the losses take log-probabilities.
     """
     node_states = self.encoder(batch.graph, train=train)
-    atoms = Atoms(node_states, batch.atom_index, batch.atom_mask)
+    atoms = AtomStates(node_states, batch.atom_index, batch.atom_mask)
     context = CrystalContext(composition_activation=self.composition_activation,
                              **same_precision(self), name="context")(node_states, batch.graph)
     # Teacher forcing only in training: evaluation never sees the labels.

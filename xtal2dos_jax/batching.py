@@ -18,7 +18,7 @@ import jraph
 import numpy as np
 
 from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.graphset import GraphSet
+from xtal2dos_jax.graph_cache import GraphSet
 
 
 class Budget(NamedTuple):

@@ -5,7 +5,7 @@ Every decoder has the same interface:
   decoder(context, atoms, y_teacher, train=...) -> float[G, l_y]
 
   context: float[G, c] crystal context (mean node state + composition embedding).
-  atoms: `Atoms`, the crystals' atom states (node states + per-crystal index and mask;
+  atoms: `AtomStates`, the crystals' atom states (node states + per-crystal index and mask;
     `atoms.dense()` gives the padded float[G, A, d] array).
   y_teacher: float[G, l_y] scaled targets for teacher forcing in autoregressive
     decoders, or None at inference; non-autoregressive decoders ignore it.
@@ -29,7 +29,7 @@ Dtype = Any
 POSITION_EMBEDDINGS = ("onehot", "learned")
 
 
-class Atoms(NamedTuple):
+class AtomStates(NamedTuple):
   """The atoms of each crystal, as rows of the flat node-state array.
 
   Keeping the node states flat lets attention project each real atom once ([N, d]
@@ -49,8 +49,8 @@ class Atoms(NamedTuple):
     return self.states[self.index] * self.mask[..., None].astype(self.states.dtype)
 
   @classmethod
-  def from_dense(cls, atoms: jax.Array, mask: jax.Array) -> "Atoms":
-    """`Atoms` holding padded per-crystal states float[G, A, d] (row g * A + a)."""
+  def from_dense(cls, atoms: jax.Array, mask: jax.Array) -> "AtomStates":
+    """`AtomStates` holding padded per-crystal states float[G, A, d] (row g * A + a)."""
     num_graphs, max_atoms, width = atoms.shape
     index = jnp.arange(num_graphs * max_atoms, dtype=jnp.int32).reshape(num_graphs, max_atoms)
     return cls(atoms.reshape(num_graphs * max_atoms, width), index, mask)
@@ -103,7 +103,7 @@ class TransformerDecoderLayer(nn.Module):
   dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
-  def __call__(self, x: jax.Array, atoms: Atoms, self_mask: Optional[jax.Array],
+  def __call__(self, x: jax.Array, atoms: AtomStates, self_mask: Optional[jax.Array],
                source_mask: jax.Array, *, train: bool) -> jax.Array:
     """Updates position states.
 
@@ -195,7 +195,7 @@ class CausalTransformerDecoder(nn.Module):
     z = nn.leaky_relu(z)
     return self.input_dropout(z, deterministic=not train)
 
-  def decode_from_embeddings(self, z: jax.Array, atoms: Atoms, *, train: bool) -> jax.Array:
+  def decode_from_embeddings(self, z: jax.Array, atoms: AtomStates, *, train: bool) -> jax.Array:
     """float[G, L, d_model] position states -> float[G, L] raw outputs.
 
     With `causal=True`, output t depends on z[:, :t + 1] only.
@@ -207,7 +207,7 @@ class CausalTransformerDecoder(nn.Module):
       x = layer(x, atoms, self_mask, source_mask, train=train)
     return self.head(self.final_norm(x))[..., 0]
 
-  def __call__(self, context: jax.Array, atoms: Atoms, y_teacher: Optional[jax.Array], *,
+  def __call__(self, context: jax.Array, atoms: AtomStates, y_teacher: Optional[jax.Array], *,
                train: bool) -> jax.Array:
     """float[G, l_y] raw outputs; `y_teacher` is ignored (non-autoregressive)."""
     del y_teacher

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xtal2dos_jax import datasets, graphset, input_pipeline, labels, symmetry
+from xtal2dos_jax import datasets, graph_cache, batching, labels, symmetry
 from xtal2dos_jax.errors import InputError
 
 SPLITS = ("train", "validation", "test")
@@ -30,12 +30,12 @@ class RunData:
   budget: per-device padding budget that fits every crystal of every split.
   skipped: (id, reason) of inputs left out.
   """
-  splits: dict[str, input_pipeline.LabelledGraphs]
+  splits: dict[str, batching.LabelledGraphs]
   labels: dict[str, np.ndarray]
   extras: dict[str, dict[str, np.ndarray]]
   scaler: labels.LabelScaler
   grid: np.ndarray
-  budget: input_pipeline.Budget
+  budget: batching.Budget
   skipped: list[tuple[str, str]]
 
   @property
@@ -57,7 +57,7 @@ def grid_of(data_config: ml_collections.ConfigDict) -> np.ndarray:
 
 def featurize_raw(raw: datasets.RawDataset, data_config: ml_collections.ConfigDict):
   """(GraphSet, row index of each graph in `raw`, skipped) with the on-disk cache."""
-  graphs, skipped, from_cache = graphset.load_or_featurize(
+  graphs, skipped, from_cache = graph_cache.load_or_featurize(
       raw.ids, raw.structures, data_config.radius, data_config.max_num_nbr,
       cache_dir=data_config.cache_dir)
   logging.info("%s %d crystals%s", "loaded" if from_cache else "featurised", len(graphs),
@@ -118,12 +118,12 @@ def prepare_run_data(config: ml_collections.ConfigDict, num_devices: int = 1,
     if len(idx) == 0:
       raise InputError(f"split '{name}'", f"has no crystals ({len(graphs)} usable in total)")
     y_scaled, y_scale = scaler.transform(y_all[idx])
-    splits[name] = input_pipeline.LabelledGraphs(
+    splits[name] = batching.LabelledGraphs(
         graphs.subset(idx), np.asarray(y_scaled, np.float32), np.asarray(y_scale, np.float32),
         None if systems is None else systems[idx])
     original[name] = y_all[idx]
     extras[name] = {k: np.asarray(v)[rows][idx] for k, v in raw.extras.items()}
-  budget = input_pipeline.make_budget(
+  budget = batching.make_budget(
       graphs.n_node, graphs.n_edge, per_device_batch_size(config.train.batch_size, num_devices))
   grid = raw.grid if raw.grid is not None else grid_of(config.data)
   return RunData(splits, original, extras, scaler, np.asarray(grid, np.float32), budget,

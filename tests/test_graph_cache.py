@@ -1,4 +1,4 @@
-"""Tests for xtal2dos_jax.graphset: flat storage, save/load and the featurisation cache."""
+"""Tests for xtal2dos_jax.graph_cache: flat storage, save/load and the featurisation cache."""
 import logging
 import os
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax import featurize, graphset
+from xtal2dos_jax import featurize, graph_cache
 from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.graphset import GraphSet
+from xtal2dos_jax.graph_cache import GraphSet
 
 RADIUS = 6.0
 MAX_NBR = 8
@@ -115,7 +115,7 @@ def test_save_load_round_trip(tmp_path, structures, graphs):
 def _forbid_featurisation(monkeypatch):
   def boom(*args, **kwargs):
     raise AssertionError("featurize_crystal called although the cache should be used")
-  monkeypatch.setattr(graphset, "featurize_crystal", boom)
+  monkeypatch.setattr(graph_cache, "featurize_crystal", boom)
   monkeypatch.setattr(featurize, "featurize_crystal", boom)
 
 
@@ -126,30 +126,30 @@ def _count_featurisation(monkeypatch):
   def counting(*args, **kwargs):
     calls.append(kwargs.get("name"))
     return real(*args, **kwargs)
-  monkeypatch.setattr(graphset, "featurize_crystal", counting)
+  monkeypatch.setattr(graph_cache, "featurize_crystal", counting)
   return calls
 
 
 def test_cache_hit_does_not_featurise(tmp_path, monkeypatch, structures, graphs):
   ids, atoms = structures
   cache = str(tmp_path)
-  first, skipped, from_cache = graphset.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
+  first, skipped, from_cache = graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
   assert not from_cache and skipped == []
   assert len([f for f in os.listdir(cache) if f.endswith(".npz")]) == 1
   for i, g in enumerate(graphs):
     _assert_graph_equal(first.graph(i), g)
   with monkeypatch.context() as m:
     _forbid_featurisation(m)
-    second, skipped2, from_cache2 = graphset.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
+    second, skipped2, from_cache2 = graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
   assert from_cache2 and skipped2 == []
   _assert_sets_equal(second, first)
 
 
 def test_use_cache_false_always_featurises(tmp_path, monkeypatch, structures):
   ids, atoms = structures
-  graphset.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, str(tmp_path))
+  graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, str(tmp_path))
   calls = _count_featurisation(monkeypatch)
-  _, _, from_cache = graphset.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, str(tmp_path),
+  _, _, from_cache = graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, str(tmp_path),
                                                 use_cache=False)
   assert not from_cache and len(calls) == len(ids)
 
@@ -157,10 +157,10 @@ def test_use_cache_false_always_featurises(tmp_path, monkeypatch, structures):
 def test_default_cache_dir_respects_xdg(tmp_path, monkeypatch, structures):
   ids, atoms = structures
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-  _, _, from_cache = graphset.load_or_featurize(ids[:2], atoms[:2], RADIUS, MAX_NBR)
+  _, _, from_cache = graph_cache.load_or_featurize(ids[:2], atoms[:2], RADIUS, MAX_NBR)
   assert not from_cache
   assert os.listdir(tmp_path / "xtal2dos_jax")
-  _, _, from_cache = graphset.load_or_featurize(ids[:2], atoms[:2], RADIUS, MAX_NBR)
+  _, _, from_cache = graph_cache.load_or_featurize(ids[:2], atoms[:2], RADIUS, MAX_NBR)
   assert from_cache
 
 
@@ -174,7 +174,7 @@ def _moved_one_atom(atoms):
 def test_cache_invalidated_by_any_change(tmp_path, monkeypatch, structures, change):
   ids, atoms = structures
   cache = str(tmp_path)
-  graphset.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
+  graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
   radius, k, new_ids, new_atoms = RADIUS, MAX_NBR, list(ids), [a.copy() for a in atoms]
   if change == "radius":
     radius = RADIUS + 0.5
@@ -189,7 +189,7 @@ def test_cache_invalidated_by_any_change(tmp_path, monkeypatch, structures, chan
   elif change == "cell":
     new_atoms[2].set_cell(new_atoms[2].cell.array * 1.01, scale_atoms=True)
   calls = _count_featurisation(monkeypatch)
-  got, _, from_cache = graphset.load_or_featurize(new_ids, new_atoms, radius, k, cache)
+  got, _, from_cache = graph_cache.load_or_featurize(new_ids, new_atoms, radius, k, cache)
   assert not from_cache
   assert len(calls) == len(ids)
   # The result is the featurisation of the *new* inputs, not stale data.
@@ -197,18 +197,18 @@ def test_cache_invalidated_by_any_change(tmp_path, monkeypatch, structures, chan
     _assert_graph_equal(got.graph(i), featurize.featurize_crystal(a, radius, k))
   assert got.ids == new_ids
   # The original entry is still valid.
-  _, _, from_cache = graphset.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
+  _, _, from_cache = graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
   assert from_cache
 
 
 def test_cache_key_includes_featurizer_version(tmp_path, monkeypatch, structures):
   ids, atoms = structures
-  p1 = graphset.cache_path(str(tmp_path), ids, atoms, RADIUS, MAX_NBR)
+  p1 = graph_cache.cache_path(str(tmp_path), ids, atoms, RADIUS, MAX_NBR)
   # Deterministic: equal content (fresh copies) gives the same key.
-  assert p1 == graphset.cache_path(str(tmp_path), list(ids), [a.copy() for a in atoms], RADIUS,
+  assert p1 == graph_cache.cache_path(str(tmp_path), list(ids), [a.copy() for a in atoms], RADIUS,
                                    MAX_NBR)
-  monkeypatch.setattr(graphset, "FEATURIZER_VERSION", featurize.FEATURIZER_VERSION + 1)
-  p2 = graphset.cache_path(str(tmp_path), ids, atoms, RADIUS, MAX_NBR)
+  monkeypatch.setattr(graph_cache, "FEATURIZER_VERSION", featurize.FEATURIZER_VERSION + 1)
+  p2 = graph_cache.cache_path(str(tmp_path), ids, atoms, RADIUS, MAX_NBR)
   assert p1 != p2
 
 
@@ -227,20 +227,20 @@ CORRUPTIONS = [
 def test_corrupt_cache_is_rebuilt_with_warning(tmp_path, caplog, structures, graphs, corrupt):
   ids, atoms = structures
   cache = str(tmp_path)
-  graphset.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
-  path = graphset.cache_path(cache, ids, atoms, RADIUS, MAX_NBR)
+  graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
+  path = graph_cache.cache_path(cache, ids, atoms, RADIUS, MAX_NBR)
   with open(path, "rb") as f:
     raw = f.read()
   with open(path, "wb") as f:
     f.write(corrupt(raw))
   with caplog.at_level(logging.WARNING):
-    got, skipped, from_cache = graphset.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
+    got, skipped, from_cache = graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
   assert not from_cache and skipped == []
   for i, g in enumerate(graphs):
     _assert_graph_equal(got.graph(i), g)
   assert any(r.levelno == logging.WARNING and path in r.getMessage() for r in caplog.records)
   # The rebuilt cache is good again.
-  _, _, from_cache = graphset.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
+  _, _, from_cache = graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
   assert from_cache
 
 
@@ -248,10 +248,10 @@ def test_cache_missing_array_is_rebuilt(tmp_path, structures, graphs):
   """A readable npz without the expected arrays (e.g. from another tool) is not trusted."""
   ids, atoms = structures
   cache = str(tmp_path)
-  path = graphset.cache_path(cache, ids, atoms, RADIUS, MAX_NBR)
+  path = graph_cache.cache_path(cache, ids, atoms, RADIUS, MAX_NBR)
   with open(path, "wb") as f:
     np.savez(f, ids=np.asarray(ids))
-  got, _, from_cache = graphset.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
+  got, _, from_cache = graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
   assert not from_cache
   _assert_graph_equal(got.graph(0), graphs[0])
 
@@ -261,7 +261,7 @@ def test_failed_crystals_are_skipped_and_reported(tmp_path, monkeypatch, structu
   all_ids = [ids[0], "isolated", ids[1], "bad-z", ids[2]]
   all_atoms = [atoms[0], _isolated(), atoms[1], _bad_z(), atoms[2]]
   cache = str(tmp_path)
-  got, skipped, from_cache = graphset.load_or_featurize(all_ids, all_atoms, RADIUS, MAX_NBR, cache)
+  got, skipped, from_cache = graph_cache.load_or_featurize(all_ids, all_atoms, RADIUS, MAX_NBR, cache)
   assert not from_cache
   assert got.ids == [ids[0], ids[1], ids[2]]
   for i in range(3):
@@ -276,7 +276,7 @@ def test_failed_crystals_are_skipped_and_reported(tmp_path, monkeypatch, structu
   # Cache hit: same graphs, same skipped list, no featurisation.
   with monkeypatch.context() as m:
     _forbid_featurisation(m)
-    got2, skipped2, from_cache2 = graphset.load_or_featurize(all_ids, all_atoms, RADIUS, MAX_NBR,
+    got2, skipped2, from_cache2 = graph_cache.load_or_featurize(all_ids, all_atoms, RADIUS, MAX_NBR,
                                                              cache)
   assert from_cache2
   assert skipped2 == skipped
@@ -284,9 +284,9 @@ def test_failed_crystals_are_skipped_and_reported(tmp_path, monkeypatch, structu
 
 
 def test_all_crystals_fail(tmp_path):
-  got, skipped, _ = graphset.load_or_featurize(["a"], [_isolated()], RADIUS, MAX_NBR,
+  got, skipped, _ = graph_cache.load_or_featurize(["a"], [_isolated()], RADIUS, MAX_NBR,
                                                str(tmp_path))
   assert len(got) == 0 and [s[0] for s in skipped] == ["a"]
-  got2, skipped2, from_cache = graphset.load_or_featurize(["a"], [_isolated()], RADIUS, MAX_NBR,
+  got2, skipped2, from_cache = graph_cache.load_or_featurize(["a"], [_isolated()], RADIUS, MAX_NBR,
                                                           str(tmp_path))
   assert from_cache and len(got2) == 0 and skipped2 == skipped

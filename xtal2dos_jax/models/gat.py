@@ -16,7 +16,7 @@ product), in the residual (plain sum instead of the gate beta) and in the activa
 softplus transforms of the node features or of the attention logits, no batch norm
 inside the attention, and no composition-attention pooling; the crystal context is the
 same mean pool + composition embedding as for UniMP. Same interface and padding
-guarantees as `encoders.UniMPEncoder`:
+guarantees as `unimp.UniMPEncoder`:
 
   encoder(graph, train=...) -> float[N, d_model]
 """
@@ -31,7 +31,7 @@ from jax import lax
 import ml_collections
 
 from xtal2dos_jax.models.attention import segment_softmax
-from xtal2dos_jax.models.encoders import StackedGraphEncoder
+from xtal2dos_jax.models.graph_layers import StackedGraphEncoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 Dtype = Any
 
@@ -46,7 +46,7 @@ class GATLayer(nn.Module):
     last: skip LayerNorm and activation (the encoder's final layer).
     negative_slope: LeakyReLU slope of the attention logits (0.2 as in GAT).
     activation: the non-linearity after LayerNorm (softplus by default).
-    sorted_receivers: `receivers` is non-decreasing (true for `input_pipeline` batches).
+    sorted_receivers: `receivers` is non-decreasing (true for `batching` batches).
     dtype: compute dtype (parameters stay float32).
     dot_general: the matmul of the layers (see `precision.py`).
   """

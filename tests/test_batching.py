@@ -1,4 +1,4 @@
-"""Tests for xtal2dos_jax.input_pipeline: padded budgets, masks, epoch plans, prefetching."""
+"""Tests for xtal2dos_jax.batching: padded budgets, masks, epoch plans, prefetching."""
 import itertools
 import threading
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax import featurize, input_pipeline as ip
+from xtal2dos_jax import featurize, batching as ip
 from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.graphset import GraphSet
+from xtal2dos_jax.graph_cache import GraphSet
 
 RADIUS = 3.0   # small: edge counts differ between crystals (4, 6 or 12 per atom)
 MAX_NBR = 12
