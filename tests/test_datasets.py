@@ -1,15 +1,15 @@
-"""Tests for xtal2dos_jax.datasets: readers, validation, loading, splits."""
+"""Tests for xtal2dos_jax.datasets: the container, label validation, the ASE-db and Mat2Spec
+readers, and load_raw_dataset (the phononDoS CSV, structure-folder and split tests have
+files of their own)."""
 
 import csv
 import json
 import logging
-import os
 import pickle
 import time
 
 import ase
 import ase.db
-import ase.io
 import chex
 import ml_collections
 import numpy as np
@@ -17,6 +17,7 @@ import pytest
 from ase.build import bulk
 
 from xtal2dos_jax import datasets, graph_cache
+from xtal2dos_jax.datasets import validation
 from xtal2dos_jax.errors import InputError
 
 L_Y = 8
@@ -58,7 +59,7 @@ def _data_config(**overrides):
 
 
 # ---------------------------------------------------------------------------
-# RawDataset, validate_labels.
+# RawDataset, label validation.
 
 
 def test_raw_dataset_len_and_subset():
@@ -94,6 +95,16 @@ def test_validate_labels():
     datasets.validate_labels(ids, labels, 51, "src")
   with pytest.raises(InputError, match="src: .*2-D"):
     datasets.validate_labels(ids, labels[0], L_Y, "src")
+
+
+def test_summarise_skipped_groups_by_reason_and_caps_the_list():
+  skipped = [(f"mp-{i}", "label is all zero") for i in range(5)] + [("mp-9", "no label")]
+  line = validation.summarise_skipped(skipped, 20, "src.db")
+  assert line == ("src.db: skipped 6 of 20 crystals: mp-0, mp-1, mp-2 and 2 more "
+                  "(label is all zero); mp-9 (no label)")
+  many = [(f"id{i}", f"reason {i}") for i in range(12)]
+  line = validation.summarise_skipped(many, 12, "src")
+  assert line.endswith("id9 (reason 9); ... and 2 more reasons") and "\n" not in line
 
 
 # ---------------------------------------------------------------------------
@@ -282,89 +293,6 @@ def test_read_mat2spec_pickle_problems(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# phononDoS CSV.
-
-
-def test_read_phonondos_csv(tmp_path):
-  si = bulk("Si", "diamond", a=5.43)
-  path = tmp_path / "phdos.csv"
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["mp_id", "structure", "phfreq", "phdos"])
-    w.writerow(["mp-149", repr(si.todict()), "[0.0, 50.0, 100.0]",
-                "[0.0, 1.0, 0.0]"])
-    w.writerow(["", "Atoms(symbols='Cu', pbc=True, cell=[2.5, 2.5, 2.5], "
-                "positions=[[0.0, 0.0, 0.0]])", "[10. 30. 50.]", "[2. 4. 6.]"])
-    w.writerow(["mp-bad", "{}", "[0, 1]", "[0, 1]"])
-    w.writerow(["mp-len", repr(si.todict()), "[0, 1, 2]", "[0, 1]"])
-  grid = np.array([0.0, 25.0, 50.0, 75.0, 100.0, 125.0])
-  ds = datasets.read_phonondos_csv(str(path), grid)
-  assert ds.ids == ["mp-149", "1"]  # empty id -> row index
-  expected = np.array([
-      [0.0, 0.5, 1.0, 0.5, 0.0, 0.0],  # tent 0..100
-      [0.0, 3.5, 6.0, 0.0, 0.0, 0.0],  # zero outside [10, 50]
-  ], np.float32)
-  chex.assert_trees_all_close(ds.labels, expected, atol=1e-6)
-  chex.assert_trees_all_close(ds.grid, grid.astype(np.float32))
-  np.testing.assert_allclose(ds.structures[0].positions, si.positions)
-  assert ds.structures[1].get_chemical_symbols() == ["Cu"]
-  reasons = dict(ds.skipped)
-  assert set(reasons) == {"mp-bad", "mp-len"}
-  assert "empty structure" in reasons["mp-bad"]
-  assert "3 values" in reasons["mp-len"]
-
-
-def test_read_phonondos_csv_missing_columns(tmp_path):
-  path = tmp_path / "cols.csv"
-  path.write_text("structure,phdos\n{},[1]\n")
-  with pytest.raises(InputError, match="cols.csv: missing column.*phfreq"):
-    datasets.read_phonondos_csv(str(path), np.arange(3.0))
-
-
-# ---------------------------------------------------------------------------
-# Structure folders.
-
-
-def _write_folder(folder):
-  folder.mkdir()
-  nacl = bulk("NaCl", "rocksalt", a=5.64)
-  ase.io.write(folder / "nacl.cif", nacl)
-  ase.io.write(folder / "POSCAR", bulk("Si", "diamond", a=5.43), format="vasp")
-  ase.io.write(folder / "cu.extxyz", bulk("Cu"))
-  (folder / "garbage.dat").write_bytes(os.urandom(64) + bytes(range(256)))
-  text = (folder / "nacl.cif").read_text()
-  (folder / "truncated.cif").write_text(text[: len(text) // 2])
-
-
-def test_read_structure_folder(tmp_path):
-  folder = tmp_path / "structs"
-  _write_folder(folder)
-  ds = datasets.read_structure_folder(str(folder))
-  assert sorted(os.path.basename(i) for i in ds.ids) == [
-      "POSCAR", "cu.extxyz", "nacl.cif"]
-  assert ds.labels is None and len(ds.structures) == 3
-  skipped = dict(ds.skipped)
-  assert set(skipped) == {str(folder / "garbage.dat"),
-                          str(folder / "truncated.cif")}
-  assert all("\n" not in r and r for r in skipped.values())
-  # Glob pattern: only the cif files.
-  ds = datasets.read_structure_folder(str(folder / "*.cif"))
-  assert ds.ids == [str(folder / "nacl.cif")]
-  assert [p for p, _ in ds.skipped] == [str(folder / "truncated.cif")]
-
-
-def test_read_structure_folder_nothing_usable(tmp_path):
-  folder = tmp_path / "bad"
-  folder.mkdir()
-  (folder / "a.cif").write_text("data_x\n_cell_length_a")
-  pattern = str(folder / "*.cif")
-  with pytest.raises(InputError, match=r"\*\.cif: none of the 1 file"):
-    datasets.read_structure_folder(pattern)
-  with pytest.raises(InputError, match=r"\*\.xyz: no files match"):
-    datasets.read_structure_folder(str(folder / "*.xyz"))
-
-
-# ---------------------------------------------------------------------------
 # load_raw_dataset.
 
 
@@ -477,56 +405,3 @@ def test_load_embedded_defaults():
   edos = datasets.load_raw_dataset(_data_config(
       format="mat2spec", l_y=128, grid_start=-3.96875, grid_stop=3.96875))
   assert len(edos) == 164 and edos.labels.shape == (164, 128)
-
-
-# ---------------------------------------------------------------------------
-# Splits.
-
-
-@pytest.mark.parametrize("n", [3, 10, 101, 1077])
-def test_split_indices_partition(n):
-  split = datasets.split_indices(n, seed=3)
-  assert set(split) == {"train", "validation", "test"}
-  everything = np.concatenate(list(split.values()))
-  np.testing.assert_array_equal(np.sort(everything), np.arange(n))
-  assert all(len(v) > 0 for v in split.values())
-  if n == 10:
-    assert [len(split[k]) for k in ("train", "validation", "test")] == [8, 1, 1]
-  if n == 1077:
-    assert abs(len(split["train"]) - 0.8 * n) <= 1
-
-
-def test_split_indices_seeded():
-  a = datasets.split_indices(200, seed=0)
-  b = datasets.split_indices(200, seed=0)
-  c = datasets.split_indices(200, seed=1)
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k])
-  assert not np.array_equal(a["test"], c["test"])
-
-
-def test_train_subset_for_learning_curves():
-  train = datasets.split_indices(200, seed=0)["train"]
-  assert datasets.train_subset(train, 1.0) is train
-  half = datasets.train_subset(train, 0.5, seed=0)
-  quarter = datasets.train_subset(train, 0.25, seed=0)
-  chex.assert_shape(half, (80,))
-  chex.assert_shape(quarter, (40,))
-  assert set(quarter) < set(half) < set(train)          # nested: a learning curve adds data
-  assert np.all(np.diff(half) > 0)
-  np.testing.assert_array_equal(half, datasets.train_subset(train, 0.5, seed=0))
-  assert set(datasets.train_subset(train, 0.5, seed=1)) != set(half)
-  assert len(datasets.train_subset(train, 1e-6)) == 1
-  for bad in (0.0, -0.5, 1.5, "x"):
-    with pytest.raises(InputError, match="config.data.train_fraction"):
-      datasets.train_subset(train, bad)
-
-
-def test_split_indices_zero_fraction_and_errors():
-  split = datasets.split_indices(5, fractions=(1.0, 0.0, 0.0))
-  assert len(split["train"]) == 5 and len(split["test"]) == 0
-  for bad in [(0.5, 0.5, 0.5), (1.2, -0.1, -0.1), (0.5, 0.5)]:
-    with pytest.raises(InputError, match="config.data.split"):
-      datasets.split_indices(10, fractions=bad)
-  with pytest.raises(InputError, match=r"config.data.split: .*n=2"):
-    datasets.split_indices(2)

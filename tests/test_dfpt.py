@@ -75,17 +75,6 @@ def test_five_folds_test_every_crystal_once(tmp_path):
   assert sorted(tested) == sorted(datasets.load_raw_dataset(config.data).ids)
 
 
-def test_fold_arguments_are_checked():
-  import pytest
-  from xtal2dos_jax.errors import InputError
-  with pytest.raises(InputError, match="config.data.num_folds: needs 2..10 folds"):
-    datasets.fold_indices(10, 1, 0)
-  with pytest.raises(InputError, match="config.data.fold: must be in 0..4 for 5 folds, got 5"):
-    datasets.fold_indices(10, 5, 5)
-  a, b = datasets.fold_indices(100, 5, 2, seed=1), datasets.fold_indices(100, 5, 2, seed=1)
-  assert all(np.array_equal(a[k], b[k]) for k in a)
-
-
 def test_paper_config_builds_and_trains(tmp_path):
   """The published recipe as configured, shrunk only in size and length."""
   from configs import phdos_paper

@@ -127,48 +127,6 @@ def test_ase_dict_mismatched_lengths():
 
 
 # ---------------------------------------------------------------------------
-# Strings (phononDoS CSV).
-
-
-def test_parse_atoms_repr_and_todict_repr():
-  atoms = structures.parse_atoms_string(
-      "Atoms(symbols='Si2', pbc=True, cell=[5.43, 5.43, 5.43], "
-      "positions=[[0.0, 0.0, 0.0], [1.3575, 1.3575, 1.3575]])", "row0")
-  chex.assert_trees_all_close(atoms.cell.array, np.diag([5.43] * 3))
-  chex.assert_trees_all_close(atoms.positions[1], np.full(3, 1.3575))
-  assert atoms.pbc.all()
-  si = bulk("Si", "diamond", a=5.43)
-  # numpy repr of Atoms.todict(), the phononDoS tutorial's format.
-  text = repr(si.todict())
-  assert "array(" in text
-  parsed = structures.parse_atoms_string(text, "row1")
-  chex.assert_trees_all_close(parsed.positions, si.positions)
-  chex.assert_trees_all_close(parsed.cell.array, si.cell.array)
-  as_json = json.dumps({k: np.asarray(v).tolist()
-                        for k, v in si.todict().items()})
-  chex.assert_trees_all_close(
-      structures.parse_atoms_string(as_json, "row2").positions, si.positions)
-
-
-def test_parse_atoms_string_never_runs_code(tmp_path):
-  marker = tmp_path / "pwned"
-  for text in (f"__import__('os').system('touch {marker}')",
-               f"Atoms(symbols=open('{marker}', 'w'), positions=[[0,0,0]])"):
-    with pytest.raises(InputError, match="row7"):
-      structures.parse_atoms_string(text, "row7")
-  assert not marker.exists()
-
-
-def test_parse_atoms_string_bad_inputs():
-  with pytest.raises(InputError, match="no positions"):
-    structures.parse_atoms_string(repr(bulk("Si")), "r")  # repr omits them
-  with pytest.raises(InputError, match="empty"):
-    structures.parse_atoms_string("{}", "r")
-  with pytest.raises(InputError, match="r: structure string"):
-    structures.parse_atoms_string("Atoms(symbols=", "r")
-
-
-# ---------------------------------------------------------------------------
 # Files.
 
 

@@ -10,13 +10,13 @@ have into that, and rejects structures the model cannot handle with a one-line
   needed).
 * `read_structure` / `read_structures`: any file `ase.io.read` understands
   (CIF, POSCAR, extxyz, ...) and `.json` files holding one of the dicts above.
-* `parse_atoms_string`: the `structure` column of the phononDoS tutorial CSV
-  (an `Atoms(...)` repr or a dict repr) parsed without `eval`.
 * `validate_atoms`: empty, unknown elements, non-periodic / zero-volume cell,
   non-finite coordinates, overlapping atoms.
+
+The structure strings of the phononDoS CSV are parsed by its reader,
+`datasets.phonondos_csv`.
 """
 
-import ast
 import json
 import os
 import warnings
@@ -201,123 +201,6 @@ def atoms_from_dict(d: Any, name: str = "structure") -> ase.Atoms:
   keys = ", ".join(sorted(map(str, d))[:8])
   raise InputError(name, f"unrecognised structure dict (keys: {keys}); "
                    "expected a pymatgen Structure dict or an ASE Atoms dict")
-
-
-# --------------------------------------------------------------------------
-# Safe parsing of Atoms(...) / dict reprs.
-
-_ARRAY_CALLS = {"array", "np.array", "numpy.array", "asarray", "np.asarray"}
-_PASS_CALLS = {"Cell", "ase.cell.Cell"}
-_ATOMS_CALLS = {"Atoms", "ase.Atoms", "ase.atoms.Atoms"}
-_NAMES = {"True": True, "False": False, "None": None, "nan": float("nan"),
-          "inf": float("inf")}
-
-
-class _Unsupported:
-  """Value of a call we do not evaluate (e.g. a calculator); never used."""
-
-  def __init__(self, what: str):
-    self.what = what
-
-
-def _dotted(node: ast.AST) -> str:
-  if isinstance(node, ast.Name):
-    return node.id
-  if isinstance(node, ast.Attribute):
-    return f"{_dotted(node.value)}.{node.attr}"
-  return "?"
-
-
-def _safe_eval(node: ast.AST) -> Any:
-  """Evaluates literals, containers and a few whitelisted constructors."""
-  if isinstance(node, ast.Expression):
-    return _safe_eval(node.body)
-  if isinstance(node, ast.Constant):
-    return node.value
-  if isinstance(node, (ast.List, ast.Tuple)):
-    return [_safe_eval(e) for e in node.elts]
-  if isinstance(node, ast.Dict):
-    if any(k is None for k in node.keys):
-      raise ValueError("'**' in a dict is not supported")
-    return {_safe_eval(k): _safe_eval(v) for k, v in zip(node.keys,
-                                                          node.values)}
-  if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub,
-                                                            ast.UAdd)):
-    value = _safe_eval(node.operand)
-    if not isinstance(value, (int, float)):
-      raise ValueError("unary sign on a non-number")
-    return -value if isinstance(node.op, ast.USub) else value
-  if isinstance(node, ast.Name) and node.id in _NAMES:
-    return _NAMES[node.id]
-  if isinstance(node, ast.Call):
-    fn = _dotted(node.func)
-    if fn in _ARRAY_CALLS or fn in _PASS_CALLS:
-      if not node.args:
-        raise ValueError(f"{fn}() without arguments")
-      return _safe_eval(node.args[0])  # dtype=... etc. are ignored
-    if fn in _ATOMS_CALLS:
-      if node.args:
-        if len(node.args) > 1:
-          raise ValueError("Atoms(...) with several positional arguments")
-        kwargs = {"symbols": _safe_eval(node.args[0])}
-      else:
-        kwargs = {}
-      for kw in node.keywords:
-        if kw.arg is None:
-          raise ValueError("'**' in Atoms(...) is not supported")
-        kwargs[kw.arg] = _safe_eval(kw.value)
-      return kwargs
-    return _Unsupported(fn)
-  raise ValueError(f"unsupported expression {type(node).__name__}")
-
-
-def parse_atoms_string(text: str, name: str = "structure") -> ase.Atoms:
-  """Parses a structure held in a string, without `eval`.
-
-  Accepts JSON (a pymatgen / ASE dict, including ASE's own JSON encoding) and
-  Python reprs: `Atoms(symbols='Si2', pbc=True, cell=[...], positions=[...])`
-  or a dict like `{'numbers': array([14, 14]), 'positions': array(...), ...}`.
-  The repr is parsed with `ast.parse` and only literals, lists/dicts and the
-  constructors `array`/`Atoms`/`Cell` are evaluated, so no code runs. Used
-  keys: symbols/numbers, positions/scaled_positions, cell, pbc.
-
-  Raises:
-    InputError: naming `name`, when the string is not such a structure (note
-      that ASE's default `repr(atoms)` omits positions, which is rejected).
-  """
-  text = str(text).strip()
-  if not text:
-    raise InputError(name, "empty structure string")
-  if text[0] in "{[":
-    try:
-      value = ase.io.jsonio.decode(text)
-    except (ValueError, TypeError, KeyError):
-      value = None
-    else:
-      if isinstance(value, ase.Atoms):
-        return value
-      return atoms_from_dict(value, name)
-  try:
-    tree = ast.parse(text, mode="eval")
-    value = _safe_eval(tree)
-  except (SyntaxError, ValueError, TypeError, RecursionError) as e:
-    raise InputError(name, "structure string is neither JSON nor an "
-                     f"Atoms(...)/dict repr: {error_text(e)}") from None
-  if isinstance(value, _Unsupported):
-    raise InputError(name, f"structure string calls {value.what}(...); only "
-                     "Atoms(...) and dict reprs are supported")
-  if not isinstance(value, dict):
-    raise InputError(name, "structure string does not hold a structure "
-                     f"(parsed to {type(value).__name__})")
-  if "sites" not in value and "symbols" in value and not (
-      "positions" in value or "scaled_positions" in value):
-    raise InputError(name, "Atoms repr has no positions (repr(atoms) omits "
-                     "them; store atoms.todict() or a file instead)")
-  for key in ("numbers", "symbols", "positions", "scaled_positions", "cell",
-              "pbc"):
-    if isinstance(value.get(key), _Unsupported):
-      raise InputError(name, f"cannot evaluate {key}={value[key].what}(...)")
-  return atoms_from_dict(value, name)
 
 
 # --------------------------------------------------------------------------
