@@ -1,8 +1,9 @@
-"""Reader for ASE databases, the package's native format (the embedded phonon-DoS set).
+"""Reader for ASE databases, the package's native format.
 
 One row per crystal: the structure, the DoS in `row.data[label_key]` and scalar
 key-value pairs (e.g. `cv300`) that become `RawDataset.extras`; the label grid,
-if any, is in `db.metadata`.
+if any, is in `db.metadata`. The embedded universal-potential phonon-DoS set is
+stored this way.
 """
 
 import collections
