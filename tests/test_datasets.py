@@ -6,7 +6,6 @@ import csv
 import json
 import logging
 import pickle
-import time
 
 import ase
 import ase.db
@@ -172,9 +171,7 @@ def test_read_ase_db_errors(tmp_path):
 
 
 def test_embedded_phdos_db():
-  start = time.perf_counter()
   ds = datasets.read_ase_db(datasets.embedded_phdos_path())
-  elapsed = time.perf_counter() - start
   assert len(ds) == 1024 and not ds.skipped
   assert len(set(ds.ids)) == 1024  # version 1.1: one row per material id
   chex.assert_shape(ds.labels, (1024, 51))
@@ -184,7 +181,6 @@ def test_embedded_phdos_db():
   chex.assert_shape(ds.extras["cv300"], (1024,))
   assert np.all(ds.extras["cv300"] > 0)
   assert ds.ids[0].startswith("mp-")
-  assert elapsed < 2.0, f"reading the embedded db took {elapsed:.2f} s"
 
 
 def test_embedded_edos_mat2spec():
