@@ -1,4 +1,4 @@
-"""Crystal -> graph featurisation (CGCNN / Xtal2DoS convention, DESIGN 3.1).
+"""Crystal -> graph featurisation (the CGCNN convention Xtal2DoS uses).
 
 A crystal becomes a directed graph: nodes are the atoms of the unit cell, and each
 atom i receives an edge from each of its `max_num_nbr` nearest periodic neighbours j
@@ -6,6 +6,10 @@ within `radius` (message direction neighbour -> centre: sender j, receiver i). T
 host stores one int per node (atomic number) and one float per edge (distance, Å);
 the 92-d element vectors and the Gaussian distance expansion are computed on device
 (`atom_feature_table`, `gaussian_expansion`), so batches stay small.
+
+Structures are checked by `structures.validate_atoms` (the one definition of what the
+model accepts); neighbours come from ASE's neighbour list, sorted here into the
+graph's edge order.
 """
 from __future__ import annotations
 
@@ -15,16 +19,20 @@ import os
 from typing import NamedTuple
 
 import ase
+import ase.neighborlist
 import jax.numpy as jnp
 import numpy as np
 
 from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.structures import MIN_DISTANCE
+from xtal2dos_jax.structures import MIN_DISTANCE, validate_atoms
 
 # Bump whenever the featurisation changes: it is part of the cache key.
 FEATURIZER_VERSION = 1
 NUM_COMPOSITION_ELEMENTS = 103
 MAX_Z = 100
+# Å added to the neighbour-search cutoff so that no pair at d <= radius is lost to
+# rounding in the library's own distance.
+_CUTOFF_MARGIN = 1e-6
 
 _DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 
@@ -81,64 +89,51 @@ def composition_fractions(atomic_numbers: jnp.ndarray, n_node: jnp.ndarray) -> j
   return counts / jnp.maximum(counts.sum(-1, keepdims=True), 1.0)
 
 
-def _image_offsets(cell: np.ndarray, radius: float) -> np.ndarray:
-  """All integer lattice translations that can hold a neighbour within `radius`."""
-  volume = abs(np.linalg.det(cell))
-  # Distance between opposite faces of the cell along each reciprocal direction.
-  heights = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-  # +1: positions are wrapped into the cell, so an atom can sit up to one cell away.
-  reps = np.ceil(radius / heights).astype(int) + 1
-  ranges = [np.arange(-r, r + 1) for r in reps]
-  return np.stack(np.meshgrid(*ranges, indexing="ij"), -1).reshape(-1, 3)
-
-
 def featurize_crystal(atoms: ase.Atoms, radius: float = 8.0, max_num_nbr: int = 12,
                       name: str = "crystal") -> CrystalGraph:
   """Graph of one periodic crystal; see the module docstring for the convention.
 
   Neighbours of atom i are the `max_num_nbr` closest atoms (any periodic image,
-  including i's own images) with 0 < d <= radius, ordered by distance (stable in
-  neighbour index on ties). Raises InputError if some atom has no neighbour or two
-  atoms (or an atom and an image) are closer than MIN_DISTANCE.
+  including i's own images) with 0 < d <= radius, ordered by distance and, at equal
+  distances, by neighbour index j. Candidates come from ASE's cell-list neighbour
+  search on the positions wrapped into the cell; their distances are recomputed here
+  as |pos_j + offset @ cell - pos_i| (float64, rounded to float32 at the end), so the
+  cutoff and the ties are decided by this one formula, not by the library's rounding.
+
+  Raises:
+    InputError: `structures.validate_atoms` rejects the structure (no atoms, Z outside
+      1..MAX_Z, non-finite or non-periodic or zero-volume cell, atoms or an atom and its
+      image closer than MIN_DISTANCE), or some atom has no neighbour within `radius`.
   """
+  validate_atoms(atoms, name, max_z=MAX_Z, check_overlap=False)
   numbers = np.asarray(atoms.numbers, np.int32)
   n = len(numbers)
-  if n == 0:
-    raise InputError(name, "structure has no atoms")
-  bad = (numbers < 1) | (numbers > MAX_Z)
-  if bad.any():
-    raise InputError(name, f"atomic number {int(numbers[bad][0])} outside the supported 1..{MAX_Z}")
   cell = np.asarray(atoms.cell.array, np.float64)
-  if abs(np.linalg.det(cell)) < 1e-8:
-    raise InputError(name, "cell has zero volume (a periodic crystal is required)")
   frac = np.linalg.solve(cell.T, np.asarray(atoms.positions, np.float64).T).T
   frac -= np.floor(frac)
   pos = frac @ cell
-  offsets = _image_offsets(cell, radius)
-  shifts = offsets @ cell                                               # [m, 3]
-  # d[i, j, m] = |pos_j + shift_m - pos_i|
-  disp = pos[None, :, None, :] + shifts[None, None, :, :] - pos[:, None, None, :]
-  dist = np.sqrt(np.einsum("ijmk,ijmk->ijm", disp, disp))
-  home = int(np.flatnonzero(~offsets.any(1))[0])
-  dist[np.arange(n), np.arange(n), home] = np.inf                       # the atom itself
-  dist = dist.reshape(n, -1)
-  closest = dist.min()
-  if closest < MIN_DISTANCE:
-    i, jm = np.unravel_index(np.argmin(dist), dist.shape)
-    j = jm // len(offsets)
-    sym = atoms.get_chemical_symbols()
-    raise InputError(name, f"atoms {i} ({sym[i]}) and {j} ({sym[j]}) overlap: {closest:.3g} Å "
-                     f"apart (minimum {MIN_DISTANCE} Å)")
-  dist[dist > radius] = np.inf
-  k = min(max_num_nbr, dist.shape[1])
-  order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-  nbr_dist = np.take_along_axis(dist, order, axis=1)
-  valid = np.isfinite(nbr_dist)
-  counts = valid.sum(1)
+  # ASE keeps pairs with its own distance < cutoff; the margin makes sure every pair
+  # with d <= radius (and every overlap) is among the candidates.
+  cutoff = max(radius, MIN_DISTANCE) + _CUTOFF_MARGIN
+  centre, nbr, offset = ase.neighborlist.primitive_neighbor_list(
+      "ijS", (True, True, True), cell, pos, cutoff, self_interaction=False)
+  disp = pos[nbr] + offset @ cell - pos[centre]                          # [c, 3]
+  dist = np.sqrt(np.einsum("ck,ck->c", disp, disp))
+  if dist.size and dist.min() < MIN_DISTANCE + _CUTOFF_MARGIN:
+    # Possibly overlapping: validate_atoms decides, and names the atoms.
+    validate_atoms(atoms, name, max_z=MAX_Z, check_overlap=True)
+  keep = dist <= radius
+  centre, nbr, dist = centre[keep], nbr[keep], dist[keep]
+  # Receivers ascending; per receiver by distance, ties by neighbour index. (Images of
+  # one neighbour at one distance give identical edges, so their order does not matter.)
+  order = np.lexsort((nbr, dist, centre))
+  centre, nbr, dist = centre[order], nbr[order], dist[order]
+  counts = np.bincount(centre, minlength=n)
   if (counts == 0).any():
     i = int(np.argmin(counts))
     raise InputError(name, f"atom {i} ({atoms.get_chemical_symbols()[i]}) has no neighbour "
                      f"within {radius} Å")
-  receivers = np.repeat(np.arange(n, dtype=np.int32), k).reshape(n, k)[valid]
-  senders = (order // shifts.shape[0]).astype(np.int32)[valid]
-  return CrystalGraph(numbers, senders, receivers, nbr_dist[valid].astype(np.float32))
+  rank = np.arange(len(centre)) - np.repeat(np.cumsum(counts) - counts, counts)
+  top = rank < max_num_nbr
+  return CrystalGraph(numbers, nbr[top].astype(np.int32), centre[top].astype(np.int32),
+                      dist[top].astype(np.float32))
