@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "ml-collections==1.1.0",
     "matplotlib==3.11.2",
     "spglib==2.8.0",
+    "vesin==0.6.2",
 ]
 
 setup(

@@ -1,6 +1,6 @@
 """Neighbour search speed: `python -m experiments.neighbour_bench`.
 
-Times `featurize.featurize_crystal` (ASE's cell-list neighbour search plus a per-atom
+Times `featurize.featurize_crystal` (vesin's cell-list neighbour search plus a per-atom
 top-k) against `brute_force_graph`, an all-image distance tensor: for every lattice
 translation that can hold a neighbour within the radius it computes the distance from
 every atom to every image of every atom. The brute force is also the reference the
@@ -123,7 +123,7 @@ def neighbour_rows(radius: float = 8.0, max_num_nbr: int = 12, repeats: int = 5,
              f"best of {repeats}")
     rows += [
         {"name": f"featurize_library_{size}atoms", "value": lib_best, "unit": "ms",
-         "notes": f"ASE cell list + top-k, incl. validate_atoms; {where}; median "
+         "notes": f"vesin cell list + top-k, incl. validate_atoms; {where}; median "
                   f"{lib_med:.3g} ms"},
         {"name": f"featurize_brute_force_{size}atoms", "value": ref_best, "unit": "ms",
          "notes": f"all-image distance tensor; {where}; median {ref_med:.3g} ms"},

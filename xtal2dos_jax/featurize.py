@@ -8,8 +8,8 @@ the 92-d element vectors and the Gaussian distance expansion are computed on dev
 (`atom_feature_table`, `gaussian_expansion`), so batches stay small.
 
 Structures are checked by `structures.validate_atoms` (the one definition of what the
-model accepts); neighbours come from ASE's neighbour list, sorted here into the
-graph's edge order.
+model accepts); neighbours come from vesin's cell-list neighbour search (C++), sorted
+here into the graph's edge order.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import os
 from typing import NamedTuple
 
 import ase
-import ase.neighborlist
 import jax.numpy as jnp
 import numpy as np
+import vesin
 
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.structures import MIN_DISTANCE, validate_atoms
@@ -95,7 +95,7 @@ def featurize_crystal(atoms: ase.Atoms, radius: float = 8.0, max_num_nbr: int = 
 
   Neighbours of atom i are the `max_num_nbr` closest atoms (any periodic image,
   including i's own images) with 0 < d <= radius, ordered by distance and, at equal
-  distances, by neighbour index j. Candidates come from ASE's cell-list neighbour
+  distances, by neighbour index j. Candidates come from vesin's cell-list neighbour
   search on the positions wrapped into the cell; their distances are recomputed here
   as |pos_j + offset @ cell - pos_i| (float64, rounded to float32 at the end), so the
   cutoff and the ties are decided by this one formula, not by the library's rounding.
@@ -112,11 +112,12 @@ def featurize_crystal(atoms: ase.Atoms, radius: float = 8.0, max_num_nbr: int = 
   frac = np.linalg.solve(cell.T, np.asarray(atoms.positions, np.float64).T).T
   frac -= np.floor(frac)
   pos = frac @ cell
-  # ASE keeps pairs with its own distance < cutoff; the margin makes sure every pair
-  # with d <= radius (and every overlap) is among the candidates.
+  # The library keeps pairs with its own distance < cutoff; the margin makes sure every
+  # pair with d <= radius (and every overlap) is among the candidates.
   cutoff = max(radius, MIN_DISTANCE) + _CUTOFF_MARGIN
-  centre, nbr, offset = ase.neighborlist.primitive_neighbor_list(
-      "ijS", (True, True, True), cell, pos, cutoff, self_interaction=False)
+  centre, nbr, offset = vesin.NeighborList(cutoff=cutoff, full_list=True).compute(
+      points=pos, box=cell, periodic=True, quantities="ijS")
+  centre, nbr = centre.astype(np.int64), nbr.astype(np.int64)
   disp = pos[nbr] + offset @ cell - pos[centre]                          # [c, 3]
   dist = np.sqrt(np.einsum("ck,ck->c", disp, disp))
   if dist.size and dist.min() < MIN_DISTANCE + _CUTOFF_MARGIN:
