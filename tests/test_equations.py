@@ -1,4 +1,4 @@
-"""The model's equations against independent numpy references (DESIGN 4, paper Eq. 2-9).
+"""The model's equations against independent numpy references (paper Eq. 2-9).
 
 Every reference below is written from the equations, not from the Flax code: plain
 float64 numpy, one node / crystal / position / head at a time, with the weights pulled
@@ -283,7 +283,7 @@ def attention_block_reference(p, x, memory, memory_mask, num_heads):
 
 
 def dostransformer_reference(p, context, atom_states, atom_index, atom_mask, crystal_system,
-                             num_layers, num_heads, num_systems=7):
+                             num_layers, num_heads):
   """DOSTransformer decoder in its documented stage order, crystal by crystal:
   energy embeddings -> (energy x atoms cross-attention) x num_layers -> leaky_relu(Dense(
   [x; context])) -> prepend the crystal-system prompt -> self-attention x num_layers ->
@@ -298,8 +298,7 @@ def dostransformer_reference(p, context, atom_states, atom_index, atom_mask, cry
                          np.concatenate([x, np.broadcast_to(context[gi], (len(x),
                                                                           len(context[gi])))],
                                         axis=-1)))
-    system = int(np.clip(crystal_system[gi], 0, num_systems - 1))
-    x = np.concatenate([p["crystal_system_prompt"]["embedding"][system][None], x])
+    x = np.concatenate([p["crystal_system_prompt"]["embedding"][crystal_system[gi]][None], x])
     for i in range(num_layers):
       x = attention_block_reference(p[f"self_{i}"], x, None, None, num_heads)
     x = x[1:]
