@@ -428,6 +428,15 @@ class _CrystalSystemProbe(SequenceDecoder):
                             (context.shape[0], self.l_y))
 
 
+def test_every_decoder_is_a_sequence_decoder(tiny_config):
+  """All registered decoders share the base class; only the DOSTransformer takes the
+  crystal systems."""
+  for name, factory in DECODERS.items():
+    decoder = factory(_config(tiny_config))
+    assert isinstance(decoder, SequenceDecoder), name
+    assert decoder.uses_crystal_system == (name == "dostransformer"), name
+
+
 def test_xtal2dos_passes_crystal_system_to_decoders_that_use_it(tiny_batch):
   model = Xtal2DoS(_ZeroEncoder(), _CrystalSystemProbe(), output_activation="identity")
   systems = np.arange(len(tiny_batch.crystal_system), dtype=np.int32) % 7
