@@ -18,9 +18,8 @@ Blocks are pre-norm residual (x + attn(LN(x)); x + FF(LN(x))) like the Xtal2DoS 
 Differences from the public PyTorch code, which concatenates a (d/2)-wide prompt to
 every energy token before a linear layer and also trains a prompt-free output: here the
 prompt is one extra token of the self-attention, and only the prompted output is
-produced. A missing `crystal_system`
-(None) selects prompt 0 (triclinic), the value `batching` fills in when the data
-have no crystal systems.
+produced. A missing `crystal_system` (None) selects prompt 0 (triclinic), the value
+`batching` fills in when the data have no crystal systems.
 """
 from __future__ import annotations
 
@@ -33,9 +32,9 @@ from jax import lax
 import ml_collections
 
 from xtal2dos_jax.models.attention import MultiHeadAttention, key_padding_mask
-from xtal2dos_jax.symmetry import NUM_CRYSTAL_SYSTEMS
 from xtal2dos_jax.models.transformer_decoder import AtomStates, FeedForward, SequenceDecoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
+from xtal2dos_jax.symmetry import NUM_CRYSTAL_SYSTEMS
 Dtype = Any
 
 
