@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.source_attention = True   # False: decoder without attention to the atoms (ablation)
   model.position_embedding = "onehot"  # onehot | learned
   model.chunk_size = 8            # chunk_rnn / chunk_rnn_attn only
+  model.mlp_energy_embedding = False  # mlp only: one MLP over [energy embedding; context]
   model.composition_activation = "none"  # none | leaky_relu (slope 0.2, as the public code)
   model.dtype = "float32"         # float32 | bfloat16 | bf16_matmul (params stay float32)
 

@@ -1,4 +1,4 @@
-"""The model's equations against independent numpy references (DESIGN 4, paper Eq. 2-9).
+"""The model's equations against independent numpy references (paper Eq. 2-9).
 
 Every reference below is written from the equations, not from the Flax code: plain
 float64 numpy, one node / crystal / position / head at a time, with the weights pulled
@@ -94,6 +94,26 @@ def incoming_edges(i, receivers, edge_mask):
   return [e for e in range(len(receivers)) if receivers[e] == i and edge_mask[e]]
 
 
+def attend_over_incoming_edges(num_nodes, width, num_heads, receivers, edge_mask, score):
+  """float[num_nodes, width] messages m: for each node i and head h (columns s of width
+  d_h = width / num_heads), the softmax over the real incoming edges of i of their logits,
+  times their values, summed; m_i = 0 for a node without real incoming edges.
+
+  score(i, edges, head, s) -> (logits float[len(edges)], values float[len(edges), d_h]).
+  """
+  dh = width // num_heads
+  m = np.zeros((num_nodes, width))
+  for i in range(num_nodes):
+    edges = incoming_edges(i, receivers, edge_mask)
+    if not edges:
+      continue
+    for head in range(num_heads):
+      s = slice(head * dh, (head + 1) * dh)
+      logits, values = score(i, edges, head, s)
+      m[i, s] = softmax(np.asarray(logits)) @ np.asarray(values)
+  return m
+
+
 # --------------------------------------------------------------------------------------------
 # Encoder references
 
@@ -109,16 +129,12 @@ def unimp_layer_reference(p, h, g, senders, receivers, edge_mask, num_heads, las
   q, k, v, r = (dense(p[name], h) for name in ("query", "key", "value", "skip"))
   num_nodes, d = q.shape
   dh = d // num_heads
-  m = np.zeros((num_nodes, d))
-  for i in range(num_nodes):
-    edges = incoming_edges(i, receivers, edge_mask)
-    if not edges:
-      continue
-    for head in range(num_heads):
-      s = slice(head * dh, (head + 1) * dh)
-      scores = np.array([q[i, s] @ (k[senders[e], s] + g[e, s]) for e in edges]) / np.sqrt(dh)
-      for a, e in zip(softmax(scores), edges):
-        m[i, s] += a * (v[senders[e], s] + g[e, s])
+
+  def score(i, edges, head, s):
+    logits = [q[i, s] @ (k[senders[e], s] + g[e, s]) / np.sqrt(dh) for e in edges]
+    return logits, [v[senders[e], s] + g[e, s] for e in edges]
+
+  m = attend_over_incoming_edges(num_nodes, d, num_heads, receivers, edge_mask, score)
   beta = sigmoid(np.concatenate([m, r, m - r], axis=-1) @ p["gate"]["kernel"])   # [N, 1]
   out = (1.0 - beta) * m + beta * r
   return out if last else leaky_relu(layer_norm(p["LayerNorm_0"], out))
@@ -133,21 +149,16 @@ def gat_layer_reference(p, h, g, senders, receivers, edge_mask, num_heads, last,
   """
   node, edge = dense(p["node"], h), dense(p["edge"], g)
   num_nodes, d = node.shape
-  dh = d // num_heads
   a_centre, a_neighbour = p["attention_centre"], p["attention_neighbour"]      # [H, d_h]
-  m = np.zeros((num_nodes, d))
-  for i in range(num_nodes):
-    edges = incoming_edges(i, receivers, edge_mask)
-    if not edges:
-      continue
-    for head in range(num_heads):
-      s = slice(head * dh, (head + 1) * dh)
-      z_centre = [node[i, s] + edge[e, s] for e in edges]
-      z_neighbour = [node[senders[e], s] + edge[e, s] for e in edges]
-      logits = np.array([a_centre[head] @ zc + a_neighbour[head] @ zn
-                         for zc, zn in zip(z_centre, z_neighbour)])
-      for a, zn in zip(softmax(leaky_relu(logits, slope)), z_neighbour):
-        m[i, s] += a * zn
+
+  def score(i, edges, head, s):
+    z_centre = [node[i, s] + edge[e, s] for e in edges]
+    z_neighbour = [node[senders[e], s] + edge[e, s] for e in edges]
+    logits = np.array([a_centre[head] @ zc + a_neighbour[head] @ zn
+                       for zc, zn in zip(z_centre, z_neighbour)])
+    return leaky_relu(logits, slope), z_neighbour
+
+  m = attend_over_incoming_edges(num_nodes, d, num_heads, receivers, edge_mask, score)
   out = m + dense(p["skip"], h)
   return out if last else softplus(layer_norm(p["LayerNorm_0"], out))
 
@@ -283,7 +294,7 @@ def attention_block_reference(p, x, memory, memory_mask, num_heads):
 
 
 def dostransformer_reference(p, context, atom_states, atom_index, atom_mask, crystal_system,
-                             num_layers, num_heads, num_systems=7):
+                             num_layers, num_heads):
   """DOSTransformer decoder in its documented stage order, crystal by crystal:
   energy embeddings -> (energy x atoms cross-attention) x num_layers -> leaky_relu(Dense(
   [x; context])) -> prepend the crystal-system prompt -> self-attention x num_layers ->
@@ -298,8 +309,7 @@ def dostransformer_reference(p, context, atom_states, atom_index, atom_mask, cry
                          np.concatenate([x, np.broadcast_to(context[gi], (len(x),
                                                                           len(context[gi])))],
                                         axis=-1)))
-    system = int(np.clip(crystal_system[gi], 0, num_systems - 1))
-    x = np.concatenate([p["crystal_system_prompt"]["embedding"][system][None], x])
+    x = np.concatenate([p["crystal_system_prompt"]["embedding"][crystal_system[gi]][None], x])
     for i in range(num_layers):
       x = attention_block_reference(p[f"self_{i}"], x, None, None, num_heads)
     x = x[1:]

@@ -16,8 +16,8 @@ from xtal2dos_jax import losses
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.batching import Budget
 from xtal2dos_jax.models import (DECODERS, ENCODERS, AtomStates, CausalTransformerDecoder,
-                                 CrystalContext, UniMPEncoder, UniMPLayer, Xtal2DoS, count_params,
-                                 create_model, output_activation_for)
+                                 CrystalContext, SequenceDecoder, UniMPEncoder, UniMPLayer,
+                                 Xtal2DoS, count_params, create_model, output_activation_for)
 from xtal2dos_jax.models import graph_layers
 from xtal2dos_jax.models.attention import MultiHeadAttention, masked_softmax, segment_softmax
 from xtal2dos_jax.models.precision import bf16_dot_general
@@ -215,7 +215,7 @@ def _pieces(model, params, batch):
 
 
 def _reference_pieces(config, params, batch):
-  """numpy reference of `_pieces` (encoder -> context -> decoder, DESIGN 4)."""
+  """numpy reference of `_pieces` (encoder -> context -> decoder)."""
   m, d, g = config.model, config.data, batch.graph
   p = as_numpy(params)
   node_states = encoder_reference(p["encoder"], g, m.num_heads, m.encoder_layers, d.radius,
@@ -550,7 +550,7 @@ def test_create_model_uses_config_and_registries(tiny_config, monkeypatch):
   assert model.decoder.l_y == tiny_config.data.l_y
   assert "unimp" in ENCODERS and "transformer" in DECODERS
 
-  class ZeroDecoder(nn.Module):
+  class ZeroDecoder(SequenceDecoder):
     l_y: int
 
     def __call__(self, context, atoms, y_teacher, *, train):

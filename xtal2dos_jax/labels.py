@@ -1,6 +1,7 @@
-"""Label scalings for DoS targets (DESIGN 3.4).
+"""Label scalings for DoS targets, as in the public Xtal2DoS code.
 
-The scaling is chosen by `config.data.scaling`:
+The scaling is chosen by `config.data.scaling`; each pairs with the output activation of
+the model's head (`activations.py`):
 
 - `normalized_sum` (default; pairs with the KL or WD loss): y / sum(y). The model ends in
   a softmax over positions; "original scale" predictions multiply by the true per-crystal
@@ -23,15 +24,11 @@ from typing import Any, Dict, Optional, Tuple
 import jax.numpy as jnp
 import numpy as np
 
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax import activations
+from xtal2dos_jax.errors import InputError, check_choice
 
-SCALINGS = ("normalized_sum", "normalized_max", "standardized")
-
-_OUTPUT_ACTIVATION = {
-    "normalized_sum": "softmax",
-    "normalized_max": "softplus",
-    "standardized": "identity",
-}
+# The keys of the scaling -> output activation table, so every scaling has its activation.
+SCALINGS = tuple(activations.SCALING_ACTIVATIONS)
 
 # Positions whose training-split std is below this are treated as constant and get
 # std = 1 (the scikit-learn StandardScaler convention): they are only centred, so a
@@ -42,13 +39,6 @@ STD_FLOOR = 1e-8
 def _xp(x: Any):
   """numpy for numpy inputs (and Python scalars/lists), jax.numpy otherwise."""
   return np if isinstance(x, (np.ndarray, np.generic, list, tuple, float, int)) else jnp
-
-
-def _check_name(name: Any) -> str:
-  if name not in SCALINGS:
-    raise InputError("config.data.scaling",
-                     f"unknown scaling {name!r}; expected one of {', '.join(SCALINGS)}")
-  return name
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -66,7 +56,7 @@ class LabelScaler:
   std: Optional[np.ndarray] = None
 
   def __post_init__(self):
-    _check_name(self.name)
+    check_choice(self.name, SCALINGS, "config.data.scaling")
     if self.name == "standardized":
       if self.mean is None or self.std is None:
         raise InputError("label_stats", "standardized scaling needs mean and std")
@@ -84,7 +74,7 @@ class LabelScaler:
   @classmethod
   def fit(cls, name: str, train_labels: Any) -> "LabelScaler":
     """Fit a scaling on the training-split labels float[N, l_y] (unscaled)."""
-    _check_name(name)
+    check_choice(name, SCALINGS, "config.data.scaling")
     if name != "standardized":
       return cls(name)
     y = np.asarray(train_labels, np.float64)
@@ -100,7 +90,7 @@ class LabelScaler:
   @property
   def output_activation(self) -> str:
     """Activation the model's head should end in: 'softmax', 'softplus' or 'identity'."""
-    return _OUTPUT_ACTIVATION[self.name]
+    return activations.output_activation_for(self.name)
 
   @property
   def num_positions(self) -> Optional[int]:
@@ -198,7 +188,7 @@ class LabelScaler:
     """Inverse of `to_dict` (e.g. after `json.load`)."""
     if not isinstance(d, dict) or "name" not in d:
       raise InputError("label_stats", "expected a dict with key 'name'")
-    name = _check_name(d["name"])
+    name = check_choice(d["name"], SCALINGS, "config.data.scaling")
     if name != "standardized":
       return cls(name)
     if "mean" not in d or "std" not in d:

@@ -1,4 +1,4 @@
-"""Training losses on a DoS sequence (DESIGN 5).
+"""Training losses on a DoS sequence: KL, WD (L1 between the cumulative sums), MAE, MSE.
 
 Every loss maps a target `y` and a prediction `y_hat`, both float[..., l_y] (in a batch:
 [G, l_y], G crystals of a padded batch), to one value per crystal, float[...]. Reduction
@@ -14,7 +14,8 @@ from typing import Callable, Dict
 import jax
 import jax.numpy as jnp
 
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.activations import apply_output_activation
+from xtal2dos_jax.errors import InputError, check_choice
 
 LossFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
@@ -117,12 +118,7 @@ def check_loss_scaling(loss: str, scaling: str) -> None:
 def get_loss(name: str) -> LossFn:
   """Per-crystal loss between two DoS by config name (`config.train.loss`): kl, wd, mae or
   mse; both arguments on the scaled-label scale (predictions after the activation)."""
-  try:
-    return LOSSES[name]
-  except (KeyError, TypeError):
-    raise InputError(
-        "config.train.loss",
-        f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}") from None
+  return LOSSES[check_choice(name, LOSSES, "config.train.loss")]
 
 
 def loss_on_raw_outputs(name: str, output_activation: str) -> LossFn:
@@ -139,7 +135,6 @@ def loss_on_raw_outputs(name: str, output_activation: str) -> LossFn:
   Returns:
     fn(y float[..., l_y] scaled labels, raw float[..., l_y]) -> float[...].
   """
-  from xtal2dos_jax.models.xtal2dos import apply_output_activation
   loss = get_loss(name)
   if name == "kl" and output_activation == "softmax":
     return lambda y, raw: kl_from_log_probs(y, jax.nn.log_softmax(raw, axis=-1))

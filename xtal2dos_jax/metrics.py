@@ -1,4 +1,4 @@
-"""Evaluation metrics over a whole split: R^2, MAE, MSE, WD (DESIGN 5, paper 4.1).
+"""Evaluation metrics over a whole split: R^2, MAE, MSE, WD (paper Sec. 4.1).
 
 A split is evaluated in padded batches (and across devices), so the metrics are built
 from additive sufficient statistics:
@@ -35,7 +35,7 @@ from typing import Any, Dict, Iterable, Optional
 import jax.numpy as jnp
 import numpy as np
 
-# Paper reporting convention for WD (DESIGN 5).
+# The paper reports the bin-index WD times this factor (see the module docstring).
 WD_REPORT_FACTOR = 0.0625
 
 STAT_KEYS = ("count", "sum_abs_err", "sum_sq_err", "sum_wd", "sum_y", "sum_y2", "sse")

@@ -1,4 +1,4 @@
-"""Physics derived from a (predicted) DoS (DESIGN 7). Host-side numpy post-processing.
+"""Physics derived from a (predicted) DoS. Host-side numpy post-processing.
 
 - phonon DoS -> harmonic heat capacity C_v(T) and mean phonon frequency;
 - electronic DoS -> band-gap estimate (width of the low-DoS window at 0 eV);
@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.errors import InputError, check_choice
 
 # CODATA 2018 exact SI values.
 _H = 6.62607015e-34        # J s
@@ -200,6 +200,8 @@ def band_gap(energies_ev: Any,
 
 # Temperature of the heat capacity reported by evaluation (as Mat2Spec's Table 1: C_v(300 K)).
 CV_TEMPERATURE_K = 300.0
+# config.data.kind: the DoS kinds with derived properties.
+KINDS = ("phonon", "electronic")
 
 
 def rescale_to_modes(freq_cm: Any, dos: Any, n_atoms: Any) -> np.ndarray:
@@ -349,11 +351,9 @@ def derived_property_errors(kind: str, grid: Any, dos_true: Any, dos_pred: Any,
                             n_atoms: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """`phonon_errors` at `CV_TEMPERATURE_K` for kind "phonon", `band_gap_errors` for
   "electronic": (JSON-ready summary, per-crystal float64[n] arrays)."""
-  if kind == "phonon":
+  if check_choice(kind, KINDS, "config.data.kind") == "phonon":
     return phonon_errors(grid, dos_true, dos_pred, n_atoms, CV_TEMPERATURE_K)
-  if kind == "electronic":
-    return band_gap_errors(grid, dos_true, dos_pred)
-  raise InputError("config.data.kind", f"unknown kind {kind!r}; expected phonon or electronic")
+  return band_gap_errors(grid, dos_true, dos_pred)
 
 
 def _fmt(v: Any, spec: str) -> str:

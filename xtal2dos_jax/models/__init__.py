@@ -1,9 +1,14 @@
-"""Model factory: any registered encoder / decoder pairing from a config (DESIGN 4).
+"""Model factory: any registered encoder / decoder pairing from a config.
 
 `create_model(config)` builds `Xtal2DoS(ENCODERS[config.model.encoder](config),
 DECODERS[config.model.decoder](config), output_activation_for(config.data.scaling))`.
 Adding an encoder or decoder is one registry line: a function ConfigDict -> nn.Module
-with the interface documented in `unimp.py` / `decoders.py`.
+with the interface documented in `graph_layers.py` (encoders) / `transformer_decoder.py`
+(decoders, subclasses of `SequenceDecoder`).
+
+Also the package's API for the trainer and the tests: the output activations
+(`output_activation_for`, `apply_output_activation`, from `xtal2dos_jax.activations`),
+the precision modes and `count_params`.
 """
 from __future__ import annotations
 
@@ -14,14 +19,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.activations import apply_output_activation, output_activation_for
+from xtal2dos_jax.errors import InputError, check_choice
 from xtal2dos_jax.models import dostransformer, gat, mlp_decoder, rnn_decoders
-from xtal2dos_jax.models.transformer_decoder import AtomStates, CausalTransformerDecoder, check_position_embedding
+from xtal2dos_jax.models.transformer_decoder import (POSITION_EMBEDDINGS, AtomStates,
+                                                     CausalTransformerDecoder, SequenceDecoder)
 from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
 from xtal2dos_jax.models.precision import PRECISIONS, bf16_dot_general, precision_kwargs
-from xtal2dos_jax.models.xtal2dos import (COMPOSITION_ACTIVATIONS, CrystalContext, Xtal2DoS,
-                                          apply_output_activation,
-                                          check_composition_activation, output_activation_for)
+from xtal2dos_jax.models.xtal2dos import COMPOSITION_ACTIVATIONS, CrystalContext, Xtal2DoS
 
 ModelFactory = Callable[[ml_collections.ConfigDict], nn.Module]
 
@@ -45,9 +50,10 @@ def _transformer(config: ml_collections.ConfigDict) -> nn.Module:
   return CausalTransformerDecoder(l_y=config.data.l_y, d_model=m.d_model, num_heads=m.num_heads,
                                   num_layers=m.decoder_layers, ff_dim=m.ff_dim,
                                   dropout=m.decoder_dropout, causal=m.causal,
-                                  source_attention=m.get("source_attention", True),
-                                  position_embedding=check_position_embedding(
-                                      m.position_embedding),
+                                  source_attention=m.source_attention,
+                                  position_embedding=check_choice(
+                                      m.position_embedding, POSITION_EMBEDDINGS,
+                                      "config.model.position_embedding"),
                                   **precision_kwargs(config))
 
 
@@ -57,8 +63,8 @@ ENCODERS: Dict[str, ModelFactory] = {
     "gat": gat.gat_encoder,
 }
 
-# name (config.model.decoder) -> factory: config ->
-# module(context, atoms: AtomStates, y_teacher, train=) -> float[G, l_y] raw outputs.
+# name (config.model.decoder) -> factory: config -> SequenceDecoder
+# (context, atoms: AtomStates, y_teacher, train=) -> float[G, l_y] raw outputs.
 DECODERS: Dict[str, ModelFactory] = {
     "transformer": _transformer,
     "rnn": rnn_decoders.rnn_decoder,
@@ -70,14 +76,6 @@ DECODERS: Dict[str, ModelFactory] = {
 }
 
 
-def _lookup(registry: Dict[str, ModelFactory], key: str, kind: str) -> ModelFactory:
-  try:
-    return registry[key]
-  except (KeyError, TypeError):
-    raise InputError(f"config.model.{kind}",
-                     f"unknown {kind} {key!r}; expected one of {', '.join(registry)}") from None
-
-
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   """The model named by config.model.{encoder, decoder}, sized by config.model / config.data.
 
@@ -85,11 +83,12 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   scaling, position embedding or composition activation, or heads that do not divide
   d_model.
   """
-  encoder_factory = _lookup(ENCODERS, config.model.encoder, "encoder")
-  decoder_factory = _lookup(DECODERS, config.model.decoder, "decoder")
+  m = config.model
+  encoder_factory = ENCODERS[check_choice(m.encoder, ENCODERS, "config.model.encoder")]
+  decoder_factory = DECODERS[check_choice(m.decoder, DECODERS, "config.model.decoder")]
   _check_heads(config)
-  composition_activation = check_composition_activation(
-      config.model.composition_activation)
+  composition_activation = check_choice(m.composition_activation, COMPOSITION_ACTIVATIONS,
+                                        "config.model.composition_activation")
   return Xtal2DoS(encoder=encoder_factory(config), decoder=decoder_factory(config),
                   output_activation=output_activation_for(config.data.scaling),
                   composition_activation=composition_activation, **precision_kwargs(config))
@@ -102,7 +101,8 @@ def count_params(params: Any) -> int:
 
 __all__ = [
     "COMPOSITION_ACTIVATIONS", "DECODERS", "ENCODERS", "PRECISIONS", "AtomStates",
-    "CausalTransformerDecoder", "CrystalContext", "UniMPEncoder", "UniMPLayer", "Xtal2DoS",
+    "CausalTransformerDecoder", "CrystalContext", "SequenceDecoder", "UniMPEncoder",
+    "UniMPLayer", "Xtal2DoS",
     "apply_output_activation", "bf16_dot_general", "count_params", "create_model",
     "output_activation_for", "precision_kwargs",
 ]

@@ -1,4 +1,4 @@
-"""Attention math shared by the encoders and decoders (DESIGN 4).
+"""Attention math shared by the encoders and decoders.
 
 Two kinds of softmax attention appear in the model:
 

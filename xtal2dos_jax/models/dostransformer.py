@@ -1,4 +1,4 @@
-"""DOSTransformer-style decoder (Lee et al., NeurIPS 2023; the second seed's baseline).
+"""DOSTransformer-style decoder (Lee et al., NeurIPS 2023), a baseline.
 
 Energies, not positions of an autoregressive sequence, are the tokens: each of the l_y
 DoS points has a learned energy embedding e_t, shared by all crystals. Then
@@ -17,10 +17,9 @@ Blocks are pre-norm residual (x + attn(LN(x)); x + FF(LN(x))) like the Xtal2DoS 
 
 Differences from the public PyTorch code, which concatenates a (d/2)-wide prompt to
 every energy token before a linear layer and also trains a prompt-free output: here the
-prompt is one extra token of the self-attention (as described in the comparison
-report), and only the prompted output is produced. A missing `crystal_system`
-(None) selects prompt 0 (triclinic), the value `batching` fills in when the data
-have no crystal systems.
+prompt is one extra token of the self-attention, and only the prompted output is
+produced. A missing `crystal_system` (None) selects prompt 0 (triclinic), the value
+`batching` fills in when the data have no crystal systems.
 """
 from __future__ import annotations
 
@@ -33,11 +32,10 @@ from jax import lax
 import ml_collections
 
 from xtal2dos_jax.models.attention import MultiHeadAttention, key_padding_mask
-from xtal2dos_jax.models.transformer_decoder import AtomStates, FeedForward
+from xtal2dos_jax.models.transformer_decoder import AtomStates, FeedForward, SequenceDecoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
+from xtal2dos_jax.symmetry import NUM_CRYSTAL_SYSTEMS
 Dtype = Any
-
-NUM_CRYSTAL_SYSTEMS = 7
 
 
 class AttentionBlock(nn.Module):
@@ -77,7 +75,7 @@ class AttentionBlock(nn.Module):
                                 name="feed_forward")(y, train=train))
 
 
-class DOSTransformerDecoder(nn.Module):
+class DOSTransformerDecoder(SequenceDecoder):
   """Energy embeddings x atoms cross-attention with crystal-system prompts.
 
   Attributes:
@@ -97,8 +95,7 @@ class DOSTransformerDecoder(nn.Module):
   dtype: Dtype = jnp.float32
   dot_general: DotGeneral = lax.dot_general
 
-  # Tells `Xtal2DoS` to pass `crystal_system=batch.crystal_system`.
-  uses_crystal_system: ClassVar[bool] = True
+  uses_crystal_system: ClassVar[bool] = True   # `Xtal2DoS` passes batch.crystal_system
 
   @nn.compact
   def __call__(self, context: jax.Array, atoms: AtomStates, y_teacher: Optional[jax.Array], *,
@@ -110,7 +107,10 @@ class DOSTransformerDecoder(nn.Module):
       atoms: the crystals' atom states (memory of the cross-attention blocks).
       y_teacher: ignored (non-autoregressive).
       train: enables dropout.
-      crystal_system: int[G] in 0..6 (triclinic .. cubic; clipped), or None for 0.
+      crystal_system: int[G] in 0..6 (triclinic .. cubic, `symmetry.CRYSTAL_SYSTEMS`), or
+        None for 0. Not checked here (a jitted function cannot raise): the values come
+        from `symmetry.crystal_systems`, which returns only 0..6, and
+        `symmetry.check_crystal_systems` validates any other source.
 
     Returns:
       float[G, l_y] raw outputs.
@@ -131,7 +131,7 @@ class DOSTransformerDecoder(nn.Module):
 
     if crystal_system is None:
       crystal_system = jnp.zeros((num_graphs,), jnp.int32)
-    crystal_system = jnp.clip(jnp.asarray(crystal_system, jnp.int32), 0, NUM_CRYSTAL_SYSTEMS - 1)
+    crystal_system = jnp.asarray(crystal_system, jnp.int32)
     prompt = nn.Embed(NUM_CRYSTAL_SYSTEMS, self.d_model, name="crystal_system_prompt")(
         crystal_system)[:, None].astype(x.dtype)                              # [G, 1, d]
     x = jnp.concatenate([prompt, x], axis=1)

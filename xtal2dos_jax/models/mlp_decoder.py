@@ -1,4 +1,4 @@
-"""MLP decoder: the GATGNN / Mat2Spec "expand the last layer" baseline (DESIGN 4).
+"""MLP decoder: the GATGNN / Mat2Spec "expand the last layer" baseline (paper Tables 3-4).
 
 The crystal context goes through an MLP whose last layer has l_y outputs, one per DoS
 position; the atoms and the teacher targets are ignored. With `energy_embedding`, the
@@ -6,7 +6,7 @@ MLP is instead shared across positions and reads [learned energy embedding e_t;
 context] for each position t (the "MLP with energy embeddings" baseline of the
 DOSTransformer comparison).
 
-Same interface as every decoder (see `decoders.py`).
+Same interface as every decoder (see `transformer_decoder.py`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 import ml_collections
 
-from xtal2dos_jax.models.transformer_decoder import AtomStates
+from xtal2dos_jax.models.transformer_decoder import AtomStates, SequenceDecoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 Dtype = Any
 
@@ -50,7 +50,7 @@ class MLP(nn.Module):
     return nn.Dense(self.out_features, **same_precision(self), name="out")(x)
 
 
-class MLPDecoder(nn.Module):
+class MLPDecoder(SequenceDecoder):
   """Crystal context -> MLP -> l_y raw outputs (non-autoregressive; ignores atoms).
 
   Attributes:
@@ -92,9 +92,9 @@ class MLPDecoder(nn.Module):
 
 def mlp_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   """`MLPDecoder`: config.model.decoder_layers hidden layers of width config.model.ff_dim;
-  config.model.mlp_energy_embedding (optional, default False) adds energy embeddings."""
+  config.model.mlp_energy_embedding adds energy embeddings."""
   m = config.model
   return MLPDecoder(l_y=config.data.l_y, hidden=m.ff_dim, num_layers=m.decoder_layers,
                     dropout=m.decoder_dropout,
-                    energy_embedding=bool(m.get("mlp_energy_embedding", False)),
+                    energy_embedding=bool(m.mlp_energy_embedding),
                     **precision_kwargs(config))

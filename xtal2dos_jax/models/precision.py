@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.errors import check_choice
 
 Dtype = Any
 DotGeneral = Callable[..., jax.Array]
@@ -140,10 +140,6 @@ def precision_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
   Raises InputError naming config.model.dtype for an unknown mode.
   """
-  name = config.model.get("dtype", "float32")
-  try:
-    dtype, dot_general = PRECISIONS[name]
-  except (KeyError, TypeError):
-    raise InputError("config.model.dtype",
-                     f"unknown dtype {name!r}; expected one of {', '.join(PRECISIONS)}") from None
+  dtype, dot_general = PRECISIONS[check_choice(config.model.dtype, PRECISIONS,
+                                               "config.model.dtype")]
   return {"dtype": dtype, "dot_general": dot_general}

@@ -1,6 +1,6 @@
 """GRU sequence decoders: the paper's RNN ablations (Sec. 2.3, Fig. 2-3, Tables 3-5).
 
-Same interface as every decoder (see `decoders.py`):
+Same interface as every decoder (see `transformer_decoder.py`):
 
   decoder(context, atoms, y_teacher, train=...) -> float[G, l_y] raw outputs
 
@@ -57,21 +57,13 @@ from jax import lax
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.activations import OUTPUT_ACTIVATIONS, output_activation_for
+from xtal2dos_jax.errors import InputError, check_choice
 from xtal2dos_jax.models.attention import masked_softmax
-from xtal2dos_jax.models.transformer_decoder import AtomStates
+from xtal2dos_jax.models.transformer_decoder import AtomStates, SequenceDecoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
-from xtal2dos_jax.models.xtal2dos import OUTPUT_ACTIVATIONS, output_activation_for
 Dtype = Any
 Carry = Tuple[jax.Array, jax.Array, jax.Array]
-
-
-def check_output_activation(name: str) -> str:
-  """Returns `name` if it is an output activation of `Xtal2DoS`, else raises InputError."""
-  if name not in OUTPUT_ACTIVATIONS:
-    raise InputError("output_activation", f"unknown output activation {name!r}; expected one "
-                     f"of {', '.join(OUTPUT_ACTIVATIONS)}")
-  return name
 
 
 def feedback_scale(output_activation: str, l_y: int) -> float:
@@ -194,7 +186,7 @@ class GRUDecoderStep(nn.Module):
     return (h, values, log_remaining), raw
 
 
-class ChunkRNNAttentionDecoder(nn.Module):
+class ChunkRNNAttentionDecoder(SequenceDecoder):
   """GRU decoder emitting `chunk_size` values per step, optionally attending to atoms.
 
   The general RNN decoder of the paper's ablation; `RNNDecoder` and
@@ -239,7 +231,7 @@ class ChunkRNNAttentionDecoder(nn.Module):
     Returns:
       float32[G, l_y] raw outputs.
     """
-    check_output_activation(self.output_activation)
+    check_choice(self.output_activation, OUTPUT_ACTIVATIONS, "output_activation")
     if self.chunk_size < 1:
       raise InputError("config.model.chunk_size", f"must be >= 1, got {self.chunk_size}")
     num_graphs, size, steps = context.shape[0], self.chunk_size, self.num_steps

@@ -1,6 +1,7 @@
-"""Sequence decoders: crystal context + atom states -> l_y DoS values (DESIGN 4, paper Sec. 2.3).
+"""The Xtal2DoS transformer decoder (paper Sec. 2.3) and the interface of every decoder.
 
-Every decoder has the same interface:
+Every sequence decoder (crystal context + atom states -> l_y DoS values) subclasses
+`SequenceDecoder` and has the same interface:
 
   decoder(context, atoms, y_teacher, train=...) -> float[G, l_y]
 
@@ -10,18 +11,20 @@ Every decoder has the same interface:
   y_teacher: float[G, l_y] scaled targets for teacher forcing in autoregressive
     decoders, or None at inference; non-autoregressive decoders ignore it.
 
-and returns raw outputs, before the output activation applied by `Xtal2DoS`.
+and returns raw outputs, before the output activation applied by `Xtal2DoS`. A decoder
+whose class sets `uses_crystal_system = True` also gets `crystal_system=` int32[G]
+(0..6, triclinic .. cubic; see `symmetry.py`).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.errors import check_choice
 from xtal2dos_jax.models.attention import MultiHeadAttention, causal_mask, key_padding_mask
 from xtal2dos_jax.models.precision import DotGeneral, same_precision
 Dtype = Any
@@ -56,13 +59,14 @@ class AtomStates(NamedTuple):
     return cls(atoms.reshape(num_graphs * max_atoms, width), index, mask)
 
 
-def check_position_embedding(name: str) -> str:
-  """Returns `name` if it is one of POSITION_EMBEDDINGS, else raises InputError."""
-  if name not in POSITION_EMBEDDINGS:
-    raise InputError("config.model.position_embedding",
-                     f"unknown position embedding {name!r}; expected one of "
-                     f"{', '.join(POSITION_EMBEDDINGS)}")
-  return name
+class SequenceDecoder(nn.Module):
+  """Base class of the decoders (interface in the module docstring).
+
+  Attributes:
+    uses_crystal_system: class constant; True makes `Xtal2DoS` pass
+      `crystal_system=batch.crystal_system` to the decoder.
+  """
+  uses_crystal_system: ClassVar[bool] = False
 
 
 class FeedForward(nn.Module):
@@ -133,7 +137,7 @@ class TransformerDecoderLayer(nn.Module):
                                 name="feed_forward")(y, train=train))
 
 
-class CausalTransformerDecoder(nn.Module):
+class CausalTransformerDecoder(SequenceDecoder):
   """The Xtal2DoS transformer decoder over the l_y output positions.
 
   z_t = leaky_relu(Dense([s_t; context])) with s_t the position embedding (one-hot of
@@ -168,7 +172,8 @@ class CausalTransformerDecoder(nn.Module):
   dot_general: DotGeneral = lax.dot_general
 
   def setup(self):
-    if check_position_embedding(self.position_embedding) == "learned":
+    if check_choice(self.position_embedding, POSITION_EMBEDDINGS,
+                    "config.model.position_embedding") == "learned":
       self.position_table = nn.Embed(self.l_y, self.d_model)
     # Dense([s_t; context]) split into its two halves: the position half is computed
     # once for all crystals and the context half once per crystal, not l_y times.

@@ -1,4 +1,4 @@
-"""The Xtal2DoS model: graph encoder -> crystal context -> sequence decoder (DESIGN 4).
+"""The Xtal2DoS model: graph encoder -> crystal context -> sequence decoder (paper Sec. 2).
 
   node states = encoder(batch.graph)                              float[N, d]
   atoms       = AtomStates(node states, batch.atom_index, batch.atom_mask)
@@ -7,7 +7,8 @@
                 (act: `composition_activation`, identity by default)
   raw         = decoder(context, atoms, y_teacher)                float[G, l_y]
                 (y_teacher = batch.y when training, else None)
-  output      = activation(raw), chosen by the label scaling (`output_activation_for`).
+  output      = activation(raw), chosen by the label scaling
+                (`activations.output_activation_for`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 import jraph
 
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.activations import apply_output_activation
+from xtal2dos_jax.errors import check_choice
 from xtal2dos_jax.featurize import composition_fractions
 from xtal2dos_jax.batching import Batch
 from xtal2dos_jax.models.transformer_decoder import AtomStates
@@ -27,57 +29,12 @@ from xtal2dos_jax.models.graph_layers import mean_pool
 from xtal2dos_jax.models.precision import DotGeneral, same_precision
 Dtype = Any
 
-OUTPUT_ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
-    "softmax": lambda x: jax.nn.softmax(x, axis=-1),   # over the l_y positions
-    "softplus": jax.nn.softplus,
-    "identity": lambda x: x,
-}
-
-# Label scaling (config.data.scaling, see labels.py) -> output activation.
-SCALING_ACTIVATIONS: Dict[str, str] = {
-    "normalized_sum": "softmax",
-    "normalized_max": "softplus",
-    "standardized": "identity",
-}
-
-
-def output_activation_for(scaling: str) -> str:
-  """Output activation matching a label scaling: normalized_sum -> 'softmax',
-  normalized_max -> 'softplus', standardized -> 'identity'."""
-  try:
-    return SCALING_ACTIVATIONS[scaling]
-  except (KeyError, TypeError):
-    raise InputError("config.data.scaling",
-                     f"unknown scaling {scaling!r}; expected one of "
-                     f"{', '.join(SCALING_ACTIVATIONS)}") from None
-
-
-def apply_output_activation(raw: jax.Array, name: str) -> jax.Array:
-  """float[G, l_y] raw decoder outputs -> predictions on the scaled-label scale."""
-  try:
-    fn = OUTPUT_ACTIVATIONS[name]
-  except (KeyError, TypeError):
-    raise InputError("output_activation",
-                     f"unknown output activation {name!r}; expected one of "
-                     f"{', '.join(OUTPUT_ACTIVATIONS)}") from None
-  return fn(raw)
-
-
 # config.model.composition_activation -> activation of the composition embedding.
 COMPOSITION_ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
     "none": lambda x: x,
     # The public Xtal2DoS code: F.leaky_relu(embed_comp(composition), 0.2).
     "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.2),
 }
-
-
-def check_composition_activation(name: str) -> str:
-  """Returns `name` if it is a key of COMPOSITION_ACTIVATIONS, else raises InputError."""
-  if name not in COMPOSITION_ACTIVATIONS:
-    raise InputError("config.model.composition_activation",
-                     f"unknown composition activation {name!r}; expected one of "
-                     f"{', '.join(COMPOSITION_ACTIVATIONS)}")
-  return name
 
 
 class CrystalContext(nn.Module):
@@ -98,8 +55,9 @@ class CrystalContext(nn.Module):
   @nn.compact
   def __call__(self, node_states: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
     """float[N, d] node states -> float[G, d + composition_features]."""
-    activation = COMPOSITION_ACTIVATIONS[check_composition_activation(
-        self.composition_activation)]
+    activation = COMPOSITION_ACTIVATIONS[check_choice(
+        self.composition_activation, COMPOSITION_ACTIVATIONS,
+        "config.model.composition_activation")]
     pooled = mean_pool(node_states, graph)
     composition = composition_fractions(graph.nodes, graph.n_node)          # [G, 103]
     features = self.composition_features or node_states.shape[-1]
@@ -113,7 +71,8 @@ class Xtal2DoS(nn.Module):
 
   Attributes:
     encoder: module mapping (graph, train=) -> float[N, d] node states.
-    decoder: module mapping (context, atoms, y_teacher, train=) -> float[G, l_y].
+    decoder: a `SequenceDecoder`, mapping (context, atoms, y_teacher, train=) ->
+      float[G, l_y] (and given crystal_system= when its `uses_crystal_system` is True).
     output_activation: 'softmax' (over positions), 'softplus' or 'identity'.
     composition_activation: activation of the context's composition embedding (see
       `CrystalContext`).
@@ -139,7 +98,6 @@ class Xtal2DoS(nn.Module):
                              **same_precision(self), name="context")(node_states, batch.graph)
     # Teacher forcing only in training: evaluation never sees the labels.
     y_teacher = batch.y if train else None
-    extra = ({"crystal_system": batch.crystal_system}
-             if getattr(self.decoder, "uses_crystal_system", False) else {})
+    extra = {"crystal_system": batch.crystal_system} if self.decoder.uses_crystal_system else {}
     out = self.decoder(context, atoms, y_teacher, train=train, **extra).astype(jnp.float32)
     return out if raw else apply_output_activation(out, self.output_activation)
