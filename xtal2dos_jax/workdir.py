@@ -44,7 +44,8 @@ _MUTABLE_KEYS = {"train.progress"}
 _ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0,
                "train.adam_b2": 0.999, "train.adam_eps": 1e-8, "train.schedule": "cosine",
                "train.warmup_steps": 300, "train.noam_decay_epochs": 0,
-               "train.noam_decay_rate": 4.0, "model.composition_activation": "none"}
+               "train.noam_decay_rate": 4.0, "model.composition_activation": "none",
+               "model.mlp_energy_embedding": False, "model.source_attention": True}
 # Checkpoint step ids are epoch * _STEPS_PER_EPOCH_ID + step in epoch (`_checkpoint_step`).
 _STEPS_PER_EPOCH_ID = 1_000_000
 # Subdirectories of `<workdir>/checkpoints` holding the two Orbax managers' steps.
