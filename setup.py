@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "ml-collections==1.1.0",
     "matplotlib==3.11.2",
     "spglib==2.8.0",
+    "tqdm==4.70.1",
 ]
 TENSORBOARD_REQUIRES = ["tensorboardX==2.6.4"]
 # The pinned JAX version, for the CUDA extra.
