@@ -443,7 +443,7 @@ def test_xtal2dos_passes_crystal_system_to_decoders_that_use_it(tiny_batch):
                                   "gat_transformer", "dostransformer", "unmasked",
                                   "no_source_attention"])
 def test_ablation_configs_build(path):
-  config = compare.load_config_file(os.path.join(REPO, "configs", "ablations", f"{path}.py"))
+  config = common.load_config_file(os.path.join(REPO, "configs", "ablations", f"{path}.py"))
   model = create_model(config)
   assert model.decoder.l_y == config.data.l_y == 51
   expected = {"rnn": RNNDecoder, "rnn_attn": RNNAttentionDecoder, "chunk_rnn": ChunkRNNDecoder,
