@@ -17,7 +17,11 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "spglib==2.8.0",
     "vesin==0.6.2",
+    "tqdm==4.70.1",
 ]
+TENSORBOARD_REQUIRES = ["tensorboardX==2.6.4"]
+# The pinned JAX version, for the CUDA extra.
+JAX_VERSION = next(r.split("==")[1] for r in INSTALL_REQUIRES if r.startswith("jax=="))
 
 setup(
     name="xtal2dos_jax",
@@ -30,5 +34,12 @@ setup(
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.0.3", "pytest-xdist==3.8.0"]},
+    extras_require={
+        # TensorBoard event files of every run (xtal2dos_jax/tensorboard.py).
+        "tensorboard": TENSORBOARD_REQUIRES,
+        # The CUDA 12 build of the pinned JAX (jaxlib plus jax-cuda12-plugin and NVIDIA's
+        # CUDA libraries from PyPI), for NVIDIA GPU hosts.
+        "cuda": [f"jax[cuda12]=={JAX_VERSION}"],
+        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", *TENSORBOARD_REQUIRES],
+    },
 )

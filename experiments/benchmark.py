@@ -39,6 +39,7 @@ import tempfile
 from absl import flags, logging
 
 from experiments import common
+from xtal2dos_jax import allocator
 
 FLAGS = flags.FLAGS
 common.define_config_file("config", "configs/bench.py", "Benchmark config file.",
@@ -57,7 +58,6 @@ def _inference_in_child(config, xla_cache: str) -> list:
   """The evaluation/prediction rows, measured by `--inference_only` in a new process
   with the same flags, so its malloc set-up is the predict binary's, not training's
   (experiments/__init__.py); featurisation and XLA caches are this run's."""
-  from xtal2dos_jax import allocator
   from xtal2dos_jax.benchmarking import Row
   keep = [a for a in sys.argv[1:] if not a.startswith(("--output", "--xla_cache_dir"))]
   with tempfile.TemporaryDirectory(prefix="xtal2dos_bench_inference_") as tmp:
@@ -75,6 +75,8 @@ def _inference_in_child(config, xla_cache: str) -> list:
 
 def main(argv):
   del argv
+  if not FLAGS.inference_only:   # the inference child runs as the predict binary does
+    allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/allocator.py)
   if not FLAGS["no_compilation_cache"].present:
     FLAGS.no_compilation_cache = True   # cold compile rows: not the user's XLA cache
   common.setup_runtime(inference=FLAGS.inference_only)

@@ -25,8 +25,8 @@ from absl import app, flags, logging
 
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-host: host:port of process 0 (else from the environment).")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.", lower_bound=1)
+flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.", lower_bound=0)
 flags.DEFINE_bool("no_compilation_cache", False,
                   "Do not keep compiled XLA executables in ~/.cache/xtal2dos_jax.")
 flags.DEFINE_integer("cpu_devices", None,
@@ -34,7 +34,7 @@ flags.DEFINE_integer("cpu_devices", None,
                      "shard of every batch (default: one per core, at most 8, for evaluate "
                      "and predict; 1 = one device using all cores, for training). Ignored in "
                      "multi-process launches and by "
-                     "XLA_FLAGS=--xla_force_host_platform_device_count.")
+                     "XLA_FLAGS=--xla_force_host_platform_device_count.", lower_bound=1)
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -77,9 +77,8 @@ def setup_runtime(inference: bool = False) -> None:
   f = flags.FLAGS
   launch = _multi_process_launch()
   if not launch:
-    with user_errors():
-      runtime.split_cpu_into_devices(f.cpu_devices if f.cpu_devices is not None
-                                     else None if inference else 1)
+    runtime.split_cpu_into_devices(f.cpu_devices if f.cpu_devices is not None
+                                   else None if inference else 1)
   if launch and inference:
     with user_errors():
       from xtal2dos_jax.errors import InputError
@@ -100,7 +99,8 @@ def setup_runtime(inference: bool = False) -> None:
   logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s); keep_freed_memory %s",
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.default_backend(),
-               "on" if allocator.applied else "off")
+               f"on (set with {allocator.threads_when_applied} thread(s) running)"
+               if allocator.applied else "off")
 
 
 def _bad_command_line(flag: str, reason: str) -> None:
@@ -139,15 +139,15 @@ def _config_file_reason(text: str) -> str | None:
   return None
 
 
-def _unloaded_config() -> tuple[str, str] | None:
+def _unloaded_config(flag_values: flags.FlagValues = flags.FLAGS) -> tuple[str, str] | None:
   """(flag, reason) for a config flag whose file could not be read: ml_collections
   defers that error until the config is first used, which would be mid-run."""
   from ml_collections.config_flags import config_flags  # the module, not the package
   error_config = getattr(config_flags, "_ErrorConfig", None)
   if error_config is None:
     return None
-  for name in list(flags.FLAGS):
-    value = flags.FLAGS[name].value
+  for name in list(flag_values):
+    value = flag_values[name].value
     if isinstance(value, error_config):
       error = vars(value).get("_error")
       return f"--{name}", _config_file_reason(str(error)) or str(error)
@@ -211,6 +211,40 @@ def define_config_file(name: str, default: str, help_string: str, **kwargs):
     return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
   except Exception as e:  # the same errors as at parse time
     _bad_command_line(*_describe_flag_error(e, sys.argv, config_flag=name))
+
+
+def load_config_file(path: str, overrides: Sequence[str] = ()):
+  """The `ml_collections.ConfigDict` of the config file `path` with every `key=value` of
+  `overrides` applied, loaded and overridden by ml_collections exactly as
+  `--config=path --config.key=value` are on experiments.train: a value is parsed by the
+  type of the key's default (`abc` for an int is refused, `false` is a bool, `(0.6, 0.2,
+  0.2)` a tuple), a key the config lacks is refused with ml_collections' did-you-mean,
+  and the config is locked (no new keys).
+
+  Raises InputError naming `--configs` for a file that cannot be loaded and
+  `--config_overrides=key=value` for a bad override (the flags of experiments.compare).
+  """
+  from ml_collections import config_flags
+  from xtal2dos_jax.errors import InputError
+  for item in overrides:
+    if "=" not in item or not item.partition("=")[0].strip():
+      raise InputError(f"--config_overrides={item}", "expected key=value, e.g. "
+                       "train.num_epochs=5")
+  argv = ["", f"--config={path}", *(f"--config.{item.strip()}" for item in overrides)]
+  parsed = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "The variant's config file.",
+                                  flag_values=parsed, lock_config=True, sys_argv=argv)
+  try:
+    parsed(argv)
+  except Exception as e:  # absl's flags.Error, or what ml_collections raises
+    flag, reason = _describe_flag_error(e, argv, config_flag="config")
+    item = next((item for item in overrides
+                 if flag == f"--config.{item.partition('=')[0].strip()}"), None)
+    raise InputError(f"--config_overrides={item}" if item else "--configs", reason) from None
+  unloaded = _unloaded_config(parsed)
+  if unloaded:
+    raise InputError("--configs", unloaded[1])
+  return parsed.config
 
 
 def run(main: Callable[[list[str]], None]) -> None:

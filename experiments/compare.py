@@ -39,46 +39,61 @@ Then one table, one row per variant, printed as markdown and written to
                                           runs after a warm-up (<name>/inference.json)
 """
 import os
+import re
 import sys
 
 from absl import app, flags, logging
 
 from experiments import common
+from xtal2dos_jax import allocator
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", None, "Comma-separated config files, one per variant.")
 flags.DEFINE_string("workdir", "runs/compare", "Parent directory of the variants' run dirs.")
 flags.DEFINE_multi_string("config_overrides", [],
                           "key=value applied to every config, e.g. train.num_epochs=5 "
-                          "(repeat the flag for several).")
-flags.DEFINE_integer("inference_repeats", 3, "Timed Trainer.predict runs after the warm-up.")
+                          "(repeat the flag for several), parsed as --config.key=value is "
+                          "by experiments.train.")
+flags.DEFINE_integer("inference_repeats", 3, "Timed Trainer.predict runs after the warm-up.",
+                     lower_bound=1)
 flags.DEFINE_bool("overwrite", False, "Discard the variants' runs and train afresh.")
 flags.DEFINE_list("seeds", [], "Train every variant once per seed (e.g. 0,1,2) and report "
                   "mean ± std over seeds; empty: once, with each config's own seed.")
 flags.DEFINE_bool("ensemble", False, "With several --seeds: also score each variant's "
                   "seeds as one ensemble (their predictions averaged), per split or fold.")
-flags.DEFINE_string("folds", "0", "K >= 2: train every variant on each of K cross-validation "
-                    "folds and report mean ± std over folds; 0: one split.")
+flags.DEFINE_integer("folds", 0, "K >= 2: train every variant on each of K cross-validation "
+                     "folds and report mean ± std over folds; 0: one split.", lower_bound=0)
+
+
+def _integers(items: list[str]) -> bool:
+  return all(re.fullmatch(r"[+-]?\d+", item.strip()) for item in items)
+
+
+flags.register_validator("seeds", _integers, "seeds must be integers, e.g. --seeds=0,1,2")
+flags.register_validator("seeds", lambda items: not _integers(items) or
+                         len({int(i) for i in items}) == len(items), "a seed is listed twice")
+flags.register_validator("folds", lambda folds: folds != 1,
+                         "use 0 (one split) or at least 2 folds")
 
 
 def main(argv):
   del argv
+  allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/allocator.py)
   if not FLAGS.configs:
     raise app.UsageError("--configs is required (comma-separated config files)")
+  with common.user_errors():
+    configs = [common.load_config_file(p, FLAGS.config_overrides)
+               for p in FLAGS.configs]                     # all parsed before any training
   common.setup_runtime()
   from xtal2dos_jax import train  # after the runtime (devices, distributed) is set up
-  from xtal2dos_jax.comparison import (INFERENCE_JSON, apply_overrides, build_table,
-                                       load_config_file, parse_folds, parse_seeds,
-                                       published_rows, run_dirs, run_grid, run_names,
-                                       time_inference, to_markdown, write_table)
+  from xtal2dos_jax.comparison import (INFERENCE_JSON, build_table, published_rows, run_dirs,
+                                       run_grid, run_names, time_inference, to_markdown,
+                                       write_table)
   from xtal2dos_jax.workdir import write_json_atomic
   runs = {}
+  seeds, folds = [int(s) for s in FLAGS.seeds], FLAGS.folds
   with common.user_errors():
     names = run_names(FLAGS.configs)
-    seeds = parse_seeds(FLAGS.seeds)
-    folds = parse_folds(FLAGS.folds)
-    configs = [apply_overrides(load_config_file(p), FLAGS.config_overrides)
-               for p in FLAGS.configs]                     # all parsed before any training
     for name, path, config in zip(names, FLAGS.configs, configs):
       dirs = run_dirs(FLAGS.workdir, name, seeds, folds)
       own_seed = config.seed

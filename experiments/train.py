@@ -8,6 +8,7 @@ import sys
 from absl import flags, logging
 
 from experiments import common
+from xtal2dos_jax import allocator
 
 FLAGS = flags.FLAGS
 common.define_config_file("config", "configs/phdos.py", "Training config file.",
@@ -18,6 +19,7 @@ flags.DEFINE_bool("overwrite", False, "Discard a run already in --workdir and st
 
 def main(argv):
   del argv
+  allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/allocator.py)
   common.setup_runtime()
   from xtal2dos_jax import train  # after the runtime (devices, distributed) is set up
   config = FLAGS.config

@@ -47,8 +47,8 @@ print(json.dumps({"applied": applied, "faults": faults}))
 """
 
 
-def _run_child(keep: str) -> dict:
-  env = dict(os.environ, PYTHONPATH=REPO, **{allocator.ENV_VAR: keep})
+def _run_child(keep: str, platforms: str = "cpu") -> dict:
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS=platforms, **{allocator.ENV_VAR: keep})
   out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
                        text=True, timeout=120, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -67,18 +67,26 @@ def test_freed_blocks_are_reused_without_page_faults():
   assert kept["faults"] < 0.05 * default["faults"], (kept, default)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_a_gpu_process_is_left_alone():
+  got = _run_child("1", platforms="cuda")
+  assert not got["applied"] and got["faults"] >= 4 * 100, got
+
+
 def test_opt_out_is_a_no_op(monkeypatch):
   monkeypatch.setenv(allocator.ENV_VAR, "0")
   assert allocator.keep_freed_memory() is False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
-@pytest.mark.parametrize("binary,expected", [("evaluate", "off"), ("train", "on")])
+@pytest.mark.parametrize("binary,expected", [
+    ("evaluate", "off"), ("train", "on (set with 1 thread(s) running)")])
 def test_binary_set_up_training_vs_inference(
     tmp_path, binary, expected):
-  """experiments/__init__.py: evaluate/predict skip it (arena contention between their
-  per-core device threads) and run one CPU device per core, training one device; the
-  binaries log both, then fail fast here."""
+  """Training calls keep_freed_memory first thing in main(), while the process has one
+  thread; evaluate/predict skip it (arena contention between their per-core device
+  threads) and run one CPU device per core, training one device. The binaries log both,
+  then fail fast here."""
   from xtal2dos_jax import runtime
   devices = min(runtime.usable_cores(), runtime.MAX_DEFAULT_CPU_DEVICES)
   devices = devices if binary == "evaluate" else 1
@@ -86,6 +94,7 @@ def test_binary_set_up_training_vs_inference(
           "train": ["--config=configs/smoke.py", f"--workdir={tmp_path / 'run'}",
                     f"--config.data.path={tmp_path / 'missing'}"]}[binary]
   env = {k: v for k, v in os.environ.items() if k not in (allocator.ENV_VAR, "XLA_FLAGS")}
+  env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run([sys.executable, "-m", f"experiments.{binary}", *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0

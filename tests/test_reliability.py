@@ -178,6 +178,16 @@ def test_corrected_config_after_a_failed_start_trains(tmp_path):
     ("compare", ["--configz=a.py"],
      "error: --configz: unknown flag; did you mean --config_overrides or --configs?"),
     ("compare", [], "error: --configs is required (comma-separated config files)"),
+    ("compare", ["--configs=configs/smoke.py", "--seeds=0,x"],
+     "error: --seeds: seeds must be integers, e.g. --seeds=0,1,2"),
+    ("compare", ["--configs=configs/smoke.py", "--folds=1"],
+     "error: --folds: use 0 (one split) or at least 2 folds"),
+    ("compare", ["--configs=configs/smoke.py", "--config_overrides=train.num_epoch=3"],
+     "error: --config_overrides=train.num_epoch=3: no config key 'num_epoch'. "
+     'Did you mean "num_epochs" instead of "num_epoch"?'),
+    ("compare", ["--configs=configs/smoke.py,configs/missing.py"],
+     "error: --configs: cannot load the config file ([Errno 2] No such file or directory: "
+     "'configs/missing.py')"),
 ])
 def test_bad_command_line_is_one_line_exit_2(tmp_path, binary, args, line):
   """Every binary reports a bad command line (a config key typo included, with

@@ -66,4 +66,4 @@ def test_cpu_devices_flag_rejects_a_non_count_in_one_line(tmp_path):
                         timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1] == (
-      "error: --cpu_devices: 0 is not a device count (>= 1)")
+      "error: --cpu_devices: 0 is not a positive integer")

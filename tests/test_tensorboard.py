@@ -1,4 +1,12 @@
-"""TensorBoard event files written without TensorFlow: framing, encoding, workdir hooks."""
+"""TensorBoard event files of a run: what a reader sees after appends and resumed-run
+truncation.
+
+The files are read back by TensorBoard's own `EventAccumulator` where TensorBoard is
+installed (it is not a dependency), and otherwise by the small reader here: TFRecord
+framing with its CRC-32C checked independently of the writer, `Event` protos parsed with
+tensorboardX's message classes, and TensorBoard's purge rule applied (a
+`SessionLog.START` at step s drops the steps >= s read before it).
+"""
 import os
 import struct
 
@@ -6,80 +14,56 @@ import pytest
 
 from xtal2dos_jax import tensorboard, workdir as workdir_lib
 
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-  shift = value = 0
-  while True:
-    b = data[i]
-    value |= (b & 0x7F) << shift
-    i, shift = i + 1, shift + 7
-    if not b & 0x80:
-      return value, i
+tensorboardX = pytest.importorskip("tensorboardX")
+from tensorboardX.proto import event_pb2  # noqa: E402
 
 
-def _fields(data: bytes):
-  """(field number, value) pairs of a protobuf message (varint, fixed64, bytes, fixed32)."""
-  i = 0
-  while i < len(data):
-    key, i = _varint(data, i)
-    field, wire = key >> 3, key & 7
-    if wire == 0:
-      value, i = _varint(data, i)
-    elif wire == 1:
-      value, i = data[i:i + 8], i + 8
-    elif wire == 2:
-      n, i = _varint(data, i)
-      value, i = data[i:i + n], i + n
-    elif wire == 5:
-      value, i = data[i:i + 4], i + 4
-    else:
-      raise ValueError(f"wire type {wire}")
-    yield field, value
+def _crc32c(data: bytes) -> int:
+  crc = 0xFFFFFFFF
+  for b in data:
+    crc ^= b
+    for _ in range(8):
+      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+  return crc ^ 0xFFFFFFFF
 
 
-def read_events(path: str) -> list[dict]:
+def _masked_crc32c(data: bytes) -> int:
+  crc = _crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_events(path: str) -> list:
+  """The `Event` protos of one file, every record's two CRCs checked."""
   with open(path, "rb") as f:
-    return decode_events(f.read())
-
-
-def decode_events(data: bytes) -> list[dict]:
-  """Decodes TFRecord-framed events independently of the writer, checking every CRC."""
+    data = f.read()
   events, i = [], 0
   while i < len(data):
     length = data[i:i + 8]
-    assert struct.unpack("<I", data[i + 8:i + 12])[0] == tensorboard.masked_crc32c(length)
+    assert struct.unpack("<I", data[i + 8:i + 12])[0] == _masked_crc32c(length)
     n = struct.unpack("<Q", length)[0]
     payload = data[i + 12:i + 12 + n]
-    assert struct.unpack("<I", data[i + 12 + n:i + 16 + n])[0] == \
-        tensorboard.masked_crc32c(payload)
+    assert struct.unpack("<I", data[i + 12 + n:i + 16 + n])[0] == _masked_crc32c(payload)
+    events.append(event_pb2.Event.FromString(payload))
     i += 16 + n
-    event = {"scalars": {}}
-    for field, value in _fields(payload):
-      if field == 1:
-        event["wall_time"] = struct.unpack("<d", value)[0]
-      elif field == 2:
-        event["step"] = value
-      elif field == 3:
-        event["file_version"] = value.decode()
-      elif field == 5:
-        for _, v in _fields(value):
-          parts = dict(_fields(v))
-          event["scalars"][parts[1].decode()] = struct.unpack("<f", parts[2])[0]
-    events.append(event)
   return events
 
 
-def test_crc32c_matches_the_standard_check_value():
-  assert tensorboard.crc32c(b"123456789") == 0xE3069283
-  assert tensorboard.crc32c(b"") == 0
-
-
-def test_event_encodes_step_time_and_scalars():
-  payload = tensorboard.encode_event(1234.5, 300, scalars={"val/r2": 0.25, "loss": -1.5})
-  fields = list(_fields(payload))
-  assert fields[0] == (1, struct.pack("<d", 1234.5)) and fields[1] == (2, 300)
-  assert decode_events(tensorboard.tfrecord(payload))[0]["scalars"] == {"val/r2": 0.25,
-                                                                         "loss": -1.5}
+def visible(logdir: str) -> dict[int, dict]:
+  """step -> {"wall_time", "scalars"} as TensorBoard shows them: files in name order, a
+  session start at step s discarding the steps >= s read so far."""
+  steps: dict[int, dict] = {}
+  for path in tensorboard.event_files(logdir):
+    events = read_events(path)
+    assert events[0].file_version == "brain.Event:2"
+    for event in events[1:]:
+      if event.HasField("session_log"):
+        assert event.session_log.status == event_pb2.SessionLog.START
+        steps = {s: v for s, v in steps.items() if s < event.step}
+      else:
+        assert event.step not in steps
+        steps[event.step] = {"wall_time": event.wall_time, "scalars": {
+            v.tag: v.simple_value for v in event.summary.value}}
+  return steps
 
 
 def _record(epoch: int) -> dict:
@@ -88,20 +72,95 @@ def _record(epoch: int) -> dict:
           "wall_time": 1000.0 + epoch}
 
 
-def test_workdir_metrics_are_mirrored_and_truncated_on_resume(tmp_path):
+@pytest.fixture(autouse=True)
+def _close_event_file():
+  yield
+  tensorboard.close()
+
+
+def test_epochs_are_scalars_at_the_epoch_step(tmp_path):
   run = workdir_lib.Workdir(str(tmp_path))
   for epoch in (1, 2, 3):
     run.append_metrics(_record(epoch))
-  path = os.path.join(str(tmp_path), tensorboard.EVENTS_FILE)
-  events = read_events(path)
-  assert events[0]["file_version"] == "brain.Event:2"
-  assert [e["step"] for e in events[1:]] == [1, 2, 3]
-  assert events[2]["scalars"] == pytest.approx(
-      {"train_loss": 0.5, "val_loss": 0.5, "val/normalized/r2": 0.2,
-       "learning_rate": 1e-3})
-  assert events[3]["wall_time"] == 1003.0
-  # A resumed run that checkpointed after epoch 2 drops epoch 3 here too, then redoes it.
+  files = tensorboard.event_files(str(tmp_path))
+  assert len(files) == 1 and files[0].endswith(".000.xtal2dos_jax")   # one file per process
+  steps = visible(str(tmp_path))
+  assert list(steps) == [1, 2, 3]
+  assert steps[2]["scalars"] == pytest.approx(
+      {"train_loss": 0.5, "val_loss": 0.5, "val/normalized/r2": 0.2, "learning_rate": 1e-3})
+  assert steps[3]["wall_time"] == 1003.0
+
+
+def test_resume_truncation_shows_only_the_kept_epochs(tmp_path):
+  run = workdir_lib.Workdir(str(tmp_path))
+  for epoch in (1, 2, 3):
+    run.append_metrics(_record(epoch))
+  # A resumed run (a new process) that checkpointed after epoch 2 drops epoch 3, then
+  # redoes it with other values.
+  tensorboard.close()
   run.truncate_metrics(2)
-  assert [e["step"] for e in read_events(path)[1:]] == [1, 2]
+  assert list(visible(str(tmp_path))) == [1, 2]
+  redone = dict(_record(3), train_loss=7.0)
+  run.append_metrics(redone)
+  steps = visible(str(tmp_path))
+  assert list(steps) == [1, 2, 3] and steps[3]["scalars"]["train_loss"] == 7.0
+  assert len(tensorboard.event_files(str(tmp_path))) == 2
+  run.truncate_metrics(0)                                 # no checkpoint: everything redone
+  assert visible(str(tmp_path)) == {}
+
+
+def test_the_single_file_of_an_older_run_is_moved_on_truncation(tmp_path):
+  """Runs written before tensorboardX kept one file, `events.out.tfevents.xtal2dos_jax`,
+  which sorts after the time-stamped names: its kept epochs move into the new file."""
+  run = workdir_lib.Workdir(str(tmp_path))
+  for epoch in (1, 2, 3):
+    run.append_metrics(_record(epoch))
+  tensorboard.close()
+  [path] = tensorboard.event_files(str(tmp_path))
+  os.rename(path, tmp_path / "events.out.tfevents.xtal2dos_jax")
+  run.truncate_metrics(2)
+  [path] = tensorboard.event_files(str(tmp_path))
+  assert os.path.basename(path) != "events.out.tfevents.xtal2dos_jax"
   run.append_metrics(_record(3))
-  assert [e["step"] for e in read_events(path)[1:]] == [1, 2, 3]
+  assert list(visible(str(tmp_path))) == [1, 2, 3]
+
+
+def test_a_run_started_afresh_removes_the_event_files(tmp_path):
+  run = workdir_lib.Workdir(str(tmp_path))
+  run.append_metrics(_record(1))
+  tensorboard.remove(str(tmp_path))
+  assert tensorboard.event_files(str(tmp_path)) == []
+  run.append_metrics(_record(1))              # a file removed under the writer is reopened
+  assert list(visible(str(tmp_path))) == [1]
+
+
+def test_tensorboard_reads_the_files(tmp_path):
+  event_accumulator = pytest.importorskip(
+      "tensorboard.backend.event_processing.event_accumulator")
+  run = workdir_lib.Workdir(str(tmp_path))
+  for epoch in (1, 2, 3):
+    run.append_metrics(_record(epoch))
+  tensorboard.close()
+  run.truncate_metrics(2)
+  run.append_metrics(dict(_record(3), train_loss=7.0))
+  run.append_metrics(_record(4))
+  reader = event_accumulator.EventAccumulator(str(tmp_path))
+  reader.Reload()
+  assert "val/normalized/r2" in reader.Tags()["scalars"]
+  scalars = reader.Scalars("train_loss")
+  assert [s.step for s in scalars] == [1, 2, 3, 4]
+  assert [s.value for s in scalars] == pytest.approx([1.0, 0.5, 7.0, 0.25])
+  assert scalars[0].wall_time == 1001.0
+
+
+def test_without_tensorboardx_training_logs_once_and_writes_none(tmp_path, monkeypatch):
+  monkeypatch.setattr(tensorboard, "RecordWriter", None)
+  monkeypatch.setattr(tensorboard, "_warned_unavailable", False)
+  warnings = []
+  monkeypatch.setattr(tensorboard.logging, "warning", lambda *a: warnings.append(a))
+  run = workdir_lib.Workdir(str(tmp_path))
+  for epoch in (1, 2):
+    run.append_metrics(_record(epoch))
+  run.truncate_metrics(1)
+  assert tensorboard.event_files(str(tmp_path)) == [] and len(warnings) == 1
+  assert "tensorboardX is not installed" in warnings[0][0]

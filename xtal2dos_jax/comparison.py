@@ -1,9 +1,9 @@
-"""Train several model variants on one split and tabulate them (behind
-`python -m experiments.compare`; see that binary for the table's columns)."""
+"""The table of `python -m experiments.compare` (see that binary for its columns and
+flags; it trains the variants): run directories per variant, seed and cross-validation
+fold, inference timing of a finished run, one row per variant from its finished runs
+(mean ± standard deviation over seeds or folds, seed ensembles), markdown and JSON."""
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
 import math
 import os
@@ -70,59 +70,7 @@ COLUMNS = (
 
 
 # --------------------------------------------------------------------------
-# Configs.
-
-
-def load_config_file(path: str):
-  """`get_config()` of the config file at `path`."""
-  from xtal2dos_jax.errors import InputError
-  if not os.path.isfile(path):
-    raise InputError(path, "config file not found")
-  spec = importlib.util.spec_from_file_location(
-      f"_compare_config_{abs(hash(os.path.abspath(path)))}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise InputError(path, "config file has no get_config()")
-  return module.get_config()
-
-
-def _parse_value(text: str) -> Any:
-  """Python literal if `text` is one (1, 0.5, (0.8, 0.1, 0.1), 'x'), true/false, else text."""
-  if text.lower() in ("true", "false"):
-    return text.lower() == "true"
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def apply_overrides(config, overrides: Sequence[str]):
-  """Sets each 'a.b.c=value' of `overrides` in `config` (in place; returned).
-
-  Raises InputError naming the override for a malformed item, an unknown key or a value
-  of the wrong type.
-  """
-  from xtal2dos_jax.errors import InputError
-  for item in overrides:
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-      raise InputError(f"--config_overrides {item!r}", "expected key=value, e.g. "
-                       "train.num_epochs=5")
-    *path, field = key.split(".")
-    node = config
-    try:
-      for part in path:
-        node = node[part]
-      if field not in node:
-        raise KeyError(field)
-      node[field] = _parse_value(text.strip())
-    except (KeyError, AttributeError):
-      raise InputError(f"--config_overrides {item!r}", f"the config has no {key!r}") from None
-    except (TypeError, ValueError) as e:
-      raise InputError(f"--config_overrides {item!r}", f"bad value for {key} ({e})") from None
-  return config
+# Run directories.
 
 
 def run_names(paths: Sequence[str]) -> list[str]:
@@ -139,33 +87,6 @@ def run_names(paths: Sequence[str]) -> list[str]:
       candidate, k = f"{name}_{k}", k + 1
     out.append(candidate)
   return out
-
-
-def parse_seeds(items: Sequence[str]) -> list[int]:
-  """Distinct integer seeds from `--seeds` items; raises InputError naming a bad item."""
-  from xtal2dos_jax.errors import InputError
-  seeds = []
-  for item in items:
-    try:
-      seed = int(item)
-    except ValueError:
-      raise InputError(f"--seeds {item!r}", "seeds must be integers, e.g. --seeds=0,1,2") from None
-    if seed in seeds:
-      raise InputError(f"--seeds {item!r}", "seed listed twice")
-    seeds.append(seed)
-  return seeds
-
-
-def parse_folds(value: Any) -> int:
-  """`--folds`: 0 (one split by config.data.split) or a number of folds >= 2."""
-  from xtal2dos_jax.errors import InputError
-  try:
-    folds = int(value)
-  except (TypeError, ValueError):
-    raise InputError(f"--folds {value!r}", "expected an integer, e.g. --folds=5") from None
-  if folds == 1 or folds < 0:
-    raise InputError(f"--folds {value!r}", "use 0 (one split) or at least 2 folds")
-  return folds
 
 
 def run_grid(seeds: Sequence[int], folds: int = 0) -> list[tuple[int | None, int | None]]:

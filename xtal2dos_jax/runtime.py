@@ -5,8 +5,6 @@ import os
 
 import jax
 
-from xtal2dos_jax.errors import InputError
-
 
 def default_compilation_cache_dir() -> str:
   root = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
@@ -57,7 +55,7 @@ def split_cpu_into_devices(count: int | None = None) -> int | None:
   if count is None:
     count = min(usable_cores(), MAX_DEFAULT_CPU_DEVICES)
   if count < 1:
-    raise InputError("--cpu_devices", f"{count} is not a device count (>= 1)")
+    raise ValueError(f"{count} is not a device count (>= 1)")
   if count == 1:
     return None
   jax.config.update("jax_num_cpu_devices", count)

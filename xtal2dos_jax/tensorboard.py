@@ -1,85 +1,74 @@
-"""TensorBoard scalar event files, written without TensorFlow (DESIGN 6).
+"""TensorBoard scalar event files of a run, written with tensorboardX (no TensorFlow).
 
-A run's per-epoch metrics (the records of `workdir/metrics.jsonl`) also go to
-`workdir/events.out.tfevents.xtal2dos_jax`, so `tensorboard --logdir=runs/` shows every
-run under `runs/` side by side. The file is the TFRecord framing of `Event` protocol
-buffers holding `Summary.Value.simple_value` scalars; both are encoded here by hand (a few
-fields of a stable wire format), which keeps TensorFlow and protobuf out of our
-dependencies. The step of every scalar is the epoch.
+A run's per-epoch metrics records (the lines of `workdir/metrics.jsonl`) also go to event
+files in the workdir, so `tensorboard --logdir=runs/` shows every run under `runs/` side
+by side. The step of every scalar is the epoch, its wall time the record's.
+
+Each process that writes a run opens one new file,
+`events.out.tfevents.<unix time>.<host>.<n>.xtal2dos_jax` (`n` counts the run's files,
+so the names sort in the order they were written even within one second), and flushes
+it after every epoch, so a killed run loses no epoch it logged. A resumed run drops
+the epochs after its last checkpoint (`truncate`) by starting its file with the marker
+that tensorboardX's `SummaryWriter(purge_step=...)` writes, a `SessionLog.START` event
+at the first epoch it redoes: TensorBoard then discards the steps from there on that
+it read from earlier files, so it shows exactly the epochs of metrics.jsonl.
+
+The events go through tensorboardX's `RecordWriter` (TFRecord framing, CRC-32C) and
+protocol buffers rather than its `SummaryWriter`, whose file writer queues events to a
+thread that writes them to disk every `flush_secs` (its `flush()` does not wait for the
+queue), which would lose the last epochs of a killed run.
+
+tensorboardX is an optional dependency (`pip install -e ".[tensorboard]"`): without it
+no event file is written, and the first epoch logs a warning saying so.
 """
 from __future__ import annotations
 
+import dataclasses
+import glob
 import os
-import struct
+import socket
 import time
 from typing import Any, Iterable, Iterator
 
-EVENTS_FILE = "events.out.tfevents.xtal2dos_jax"
-_FILE_VERSION = b"brain.Event:2"
+from absl import logging
+
+try:
+  from tensorboardX import RecordWriter
+  from tensorboardX.proto import event_pb2, summary_pb2
+except ImportError:  # the optional extra is not installed
+  RecordWriter = None
+
+# Every event file of a run matches this (the single file of runs written before
+# tensorboardX was used, `events.out.tfevents.xtal2dos_jax`, included).
+EVENTS_GLOB = "events.out.tfevents.*xtal2dos_jax"
+# That single file: it sorts after the time-stamped names, so `truncate` moves its kept
+# epochs into the new file.
+_SINGLE_FILE = "events.out.tfevents.xtal2dos_jax"
+_FILE_VERSION = "brain.Event:2"
 _SKIPPED_KEYS = ("epoch", "step", "wall_time", "count")
 
 
-def _crc32c_table() -> list[int]:
-  table = []
-  for n in range(256):
-    c = n
-    for _ in range(8):
-      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-    table.append(c)
-  return table
+@dataclasses.dataclass
+class _OpenFile:
+  logdir: str     # absolute path of the run's directory
+  path: str       # the event file
+  writer: Any     # tensorboardX.RecordWriter
 
 
-_CRC32C_TABLE = _crc32c_table()
+# The event file this process is writing. One run at a time (a process trains its runs
+# one after another): opening another run's file closes this one.
+_open: _OpenFile | None = None
+_warned_unavailable = False
 
 
-def crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli), the checksum TFRecord framing uses."""
-  crc = 0xFFFFFFFF
-  for b in data:
-    crc = _CRC32C_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
+def available() -> bool:
+  """Whether tensorboardX is installed, i.e. event files are written."""
+  return RecordWriter is not None
 
 
-def masked_crc32c(data: bytes) -> int:
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord(data: bytes) -> bytes:
-  """One TFRecord: length, its masked CRC, payload, the payload's masked CRC."""
-  length = struct.pack("<Q", len(data))
-  return (length + struct.pack("<I", masked_crc32c(length)) + data
-          + struct.pack("<I", masked_crc32c(data)))
-
-
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  n &= (1 << 64) - 1
-  while True:
-    byte, n = n & 0x7F, n >> 7
-    out.append(byte | (0x80 if n else 0))
-    if not n:
-      return bytes(out)
-
-
-def _length_delimited(field: int, payload: bytes) -> bytes:
-  return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def encode_event(wall_time: float, step: int = 0, *, scalars: dict[str, float] | None = None,
-                 file_version: bytes | None = None) -> bytes:
-  """Serialised `tensorflow.Event`: wall_time (1), step (2), file_version (3),
-  summary (5) with one `Value{tag (1), simple_value (2)}` per scalar."""
-  out = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(int(step))
-  if file_version is not None:
-    out += _length_delimited(3, file_version)
-  if scalars:
-    values = b"".join(
-        _length_delimited(1, _length_delimited(1, tag.encode()) + b"\x15"
-                          + struct.pack("<f", value))
-        for tag, value in scalars.items())
-    out += _length_delimited(5, values)
-  return out
+def event_files(logdir: str) -> list[str]:
+  """Paths of the run's event files, in the order TensorBoard reads them (by name)."""
+  return sorted(glob.glob(os.path.join(glob.escape(logdir), EVENTS_GLOB)))
 
 
 def record_scalars(record: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
@@ -95,30 +84,88 @@ def record_scalars(record: dict[str, Any], prefix: str = "") -> Iterator[tuple[s
       yield f"{prefix}{key}", float(value)
 
 
-def _epoch_event(record: dict[str, Any]) -> bytes:
-  return tfrecord(encode_event(record.get("wall_time", time.time()), record["epoch"],
-                               scalars=dict(record_scalars(record))))
+def _epoch_event(record: dict[str, Any]):
+  values = [summary_pb2.Summary.Value(tag=tag, simple_value=value)
+            for tag, value in record_scalars(record)]
+  return event_pb2.Event(wall_time=record.get("wall_time", time.time()),
+                         step=int(record["epoch"]), summary=summary_pb2.Summary(value=values))
+
+
+def close() -> None:
+  """Closes the event file being written, if any."""
+  global _open
+  if _open is not None:
+    _open.writer.close()
+  _open = None
+
+
+def _open_new(logdir: str):
+  """Starts a new event file of the run in `logdir` (its file version event first)."""
+  global _open
+  close()
+  name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+          f"{len(event_files(logdir)):03d}.xtal2dos_jax")
+  path = os.path.join(logdir, name)
+  writer = RecordWriter(path)
+  writer.write(event_pb2.Event(wall_time=time.time(),
+                               file_version=_FILE_VERSION).SerializeToString())
+  _open = _OpenFile(os.path.abspath(logdir), path, writer)
+  return writer
+
+
+def _writer(logdir: str):
+  """The file this process writes the run in `logdir` to, opened on first use (and
+  again if the file was removed since, e.g. by an overwriting run)."""
+  if _open and _open.logdir == os.path.abspath(logdir) and os.path.exists(_open.path):
+    return _open.writer
+  return _open_new(logdir)
 
 
 def append_epoch(logdir: str, record: dict[str, Any]) -> None:
-  """Adds one epoch's metrics record to the run's event file (created on first use)."""
-  path = os.path.join(logdir, EVENTS_FILE)
-  header = b"" if os.path.exists(path) else tfrecord(
-      encode_event(record.get("wall_time", time.time()), file_version=_FILE_VERSION))
-  with open(path, "ab") as f:
-    f.write(header + _epoch_event(record))
-    f.flush()
+  """Adds one epoch's metrics record (with an `epoch`, optionally a `wall_time` in
+  seconds since the epoch) to the run's event file, on disk when this returns."""
+  global _warned_unavailable
+  if not available():
+    if not _warned_unavailable:
+      logging.warning("tensorboardX is not installed, so no TensorBoard event files are "
+                      "written (pip install -e '.[tensorboard]'); metrics.jsonl has the "
+                      "same metrics")
+      _warned_unavailable = True
+    return
+  writer = _writer(logdir)
+  writer.write(_epoch_event(record).SerializeToString())
+  writer.flush()
 
 
-def rewrite(logdir: str, records: Iterable[dict[str, Any]]) -> None:
-  """Replaces the event file with exactly `records` (after a resumed run drops the
-  epochs it redoes), atomically."""
-  records = list(records)
-  start = records[0].get("wall_time", time.time()) if records else time.time()
-  data = tfrecord(encode_event(start, file_version=_FILE_VERSION))
-  data += b"".join(_epoch_event(r) for r in records)
-  from xtal2dos_jax.workdir import mkstemp_like_open  # workdir imports this module
-  fd, tmp = mkstemp_like_open(logdir, suffix=".tmp")
-  with os.fdopen(fd, "wb") as f:
-    f.write(data)
-  os.replace(tmp, os.path.join(logdir, EVENTS_FILE))
+def truncate(logdir: str, kept: Iterable[dict[str, Any]]) -> None:
+  """Makes TensorBoard show only the epochs of `kept`, the metrics records of metrics.jsonl
+  that a resumed run keeps (the epochs after its checkpoint are redone): a new event file
+  starts with a purge marker at the epoch after the last kept one. A run with no event
+  file yet gets none here; its first epoch opens one."""
+  kept = list(kept)
+  files = event_files(logdir)
+  if not available() or not files:
+    return
+  writer = _open_new(logdir)
+  single = os.path.join(logdir, _SINGLE_FILE)
+  if single in files:
+    # The run's one older file would be read after the new one: its kept epochs move.
+    for record in kept:
+      writer.write(_epoch_event(record).SerializeToString())
+  else:
+    purge_step = kept[-1]["epoch"] + 1 if kept else 1
+    writer.write(event_pb2.Event(
+        wall_time=time.time(), step=purge_step,
+        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+    ).SerializeToString())
+  writer.flush()
+  if single in files:
+    os.remove(single)
+
+
+def remove(logdir: str) -> None:
+  """Deletes the run's event files (a run started afresh in `logdir`)."""
+  if _open and _open.logdir == os.path.abspath(logdir):
+    close()
+  for path in event_files(logdir):
+    os.remove(path)

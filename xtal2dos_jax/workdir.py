@@ -255,9 +255,10 @@ class Workdir:
 
   def _clear(self) -> None:
     for name in ("config.json", "run.json", "splits.json", "label_scaler.json", "skipped.json",
-                 "metrics.jsonl", tensorboard.EVENTS_FILE, "results.json"):
+                 "metrics.jsonl", "results.json"):
       if os.path.exists(self.file(name)):
         os.remove(self.file(name))
+    tensorboard.remove(self.path)
     shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
   def load_splits(self) -> dict[str, list[str]] | None:
@@ -301,7 +302,7 @@ class Workdir:
         except (ValueError, KeyError):
           continue  # a line torn by a kill mid-write
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-    tensorboard.rewrite(self.path, kept)
+    tensorboard.truncate(self.path, kept)
 
   def save_results(self, results: dict) -> None:
     write_json_atomic(self.file("results.json"), results)
