@@ -58,7 +58,7 @@ def _inference_in_child(config, xla_cache: str) -> list:
   with the same flags, so its malloc set-up is the predict binary's, not training's
   (experiments/__init__.py); featurisation and XLA caches are this run's."""
   from xtal2dos_jax import allocator
-  from xtal2dos_jax.benchmarking import Row
+  from experiments.benchmarking_tools import Row
   keep = [a for a in sys.argv[1:] if not a.startswith(("--output", "--xla_cache_dir"))]
   with tempfile.TemporaryDirectory(prefix="xtal2dos_bench_inference_") as tmp:
     out = os.path.join(tmp, "rows.json")
@@ -79,8 +79,8 @@ def main(argv):
     FLAGS.no_compilation_cache = True   # cold compile rows: not the user's XLA cache
   common.setup_runtime(inference=FLAGS.inference_only)
   from xtal2dos_jax import runtime
-  from xtal2dos_jax.benchmarking import (context, format_rows, inference_rows, quick_config,
-                                          run_benchmark)
+  from experiments.benchmarking import context, inference_rows, quick_config, run_benchmark
+  from experiments.benchmarking_tools import format_rows
   xla_cache = FLAGS.xla_cache_dir or tempfile.mkdtemp(prefix="xtal2dos_bench_xla_")
   runtime.enable_compilation_cache(xla_cache)
   config = quick_config(FLAGS.config) if FLAGS.quick else FLAGS.config

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from configs import smoke
+from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import inference, train, workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
 
@@ -59,7 +60,7 @@ def test_partially_written_checkpoint_is_never_loaded(run_dir, tmp_path):
   shutil.copytree(os.path.join(latest, str(steps[-1])), torn)
   with open(os.path.join(torn, "state", "_METADATA"), "w") as f:
     f.write("{trunc")
-  ckpt = workdir_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
+  ckpt = checkpoints_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
   assert ckpt.latest.latest_step() == steps[-1]
   ckpt.close()
 

@@ -12,7 +12,9 @@ import pytest
 from ase.build import bulk
 
 from configs import smoke
-from xtal2dos_jax import run_data, inference, train, workdir as workdir_lib
+from xtal2dos_jax import checkpoints as checkpoints_lib
+from xtal2dos_jax import inference, optimizers, preemption, run_data, train
+from xtal2dos_jax import workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
 
 
@@ -36,7 +38,7 @@ def trained(tmp_path_factory):
 
 def _final_params(workdir, config):
   """Parameters of the latest checkpoint of a run."""
-  ckpt = workdir_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
+  ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
   step = ckpt.latest.latest_step()
   restored = ckpt.latest.restore(step)
   ckpt.close()
@@ -207,7 +209,7 @@ def test_preempted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
 
   monkeypatch.setattr(train.Trainer, "__init__", init_with_preemption)
   # Preempted exactly once: the signal handler is only installed while training.
-  with pytest.raises(train.Preempted, match="rerun to resume"):
+  with pytest.raises(preemption.Preempted, match="rerun to resume"):
     train.train_and_evaluate(config, interrupted)
   assert not os.path.exists(os.path.join(interrupted, "results.json"))
   monkeypatch.setattr(train.Trainer, "__init__", original_init)
@@ -281,7 +283,7 @@ def test_update_ema_warms_up_then_uses_the_decay():
 def test_ema_weights_are_checkpointed_and_used_for_evaluation(tmp_path):
   workdir = str(tmp_path / "ema")
   summary = train.train_and_evaluate(_config(num_epochs=2, ema_decay=0.9), workdir)
-  ckpt = workdir_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
+  ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
   saved = ckpt.best.restore(ckpt.best.best_step())["state"]
   ckpt.close()
   diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), saved["ema_params"],
@@ -319,7 +321,7 @@ def test_diverging_run_stops_and_saves_nothing_non_finite(tmp_path):
   assert all(np.isfinite(l["train_loss"]) and np.isfinite(l["val_loss"]) for l in lines)
   best = workdir / "checkpoints" / "best"
   if best.exists() and os.listdir(best):  # a best checkpoint, if any, holds finite weights
-    ckpt = workdir_lib.Checkpoints(workdir_lib.Workdir(str(workdir)).checkpoint_dir)
+    ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(str(workdir)).checkpoint_dir)
     saved = ckpt.best.restore(ckpt.best.best_step())["state"]["params"]
     ckpt.close()
     chex.assert_tree_all_finite(saved)
@@ -353,7 +355,7 @@ def test_noam_schedule_matches_the_formula():
   config = _config(schedule="noam", learning_rate=1.0, warmup_steps=300,
                    noam_decay_epochs=10, noam_decay_rate=4.0)
   config.model.d_model = 512
-  fn = train.create_learning_rate_fn(config, steps_per_epoch=100)
+  fn = optimizers.create_learning_rate_fn(config, steps_per_epoch=100)
   steps = np.array([0, 1, 150, 300, 301, 999, 1000, 5000])
   s = np.maximum(steps, 1).astype(np.float64)
   ref = 512 ** -0.5 * np.minimum(s ** -0.5, s * 300 ** -1.5)
@@ -361,4 +363,4 @@ def test_noam_schedule_matches_the_formula():
   np.testing.assert_allclose([float(fn(k)) for k in steps], ref, rtol=1e-5)
   assert float(fn(300)) == pytest.approx(1 / np.sqrt(512 * 300), rel=1e-5)  # the peak
   with pytest.raises(InputError, match="config.train.schedule: unknown schedule 'step'"):
-    train.create_learning_rate_fn(_config(schedule="step"), 10)
+    optimizers.create_learning_rate_fn(_config(schedule="step"), 10)

@@ -1,4 +1,4 @@
-"""Padded jraph batches with fixed budgets, epoch plans and device sharding (DESIGN 3.2).
+"""Padded jraph batches with fixed budgets, epoch plans and device sharding.
 
 Every batch of a run has the same static shapes (a `Budget`), so a jitted step
 compiles once. Crystals are packed greedily in (shuffled) order until the next one

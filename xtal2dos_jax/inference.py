@@ -17,6 +17,7 @@ from absl import logging
 
 from xtal2dos_jax import run_data
 from xtal2dos_jax import datasets, graph_cache, batching, physics, plotting
+from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import train as train_lib
 from xtal2dos_jax import workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
@@ -36,7 +37,7 @@ def restore_run(workdir: str, sample: batching.Batch, scaler) -> LoadedRun:
   trainer = train_lib.Trainer(config, scaler)
   # Shapes only: restoring needs the tree structure, not a compiled init.
   template = jax.eval_shape(lambda: trainer.init_state(sample, steps_per_epoch=1))
-  ckpt = workdir_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
+  ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
   try:
     best = ckpt.restore_best(template)
   finally:
@@ -55,10 +56,6 @@ def restore_run_and_data(workdir: str) -> tuple[LoadedRun, run_data.RunData]:
   rd = run_data.prepare_run_data(config, jax.device_count(), split_ids=split_ids, scaler=scaler)
   sample = batching.assemble(rd.splits["train"], np.arange(1), rd.budget)
   return restore_run(workdir, sample, scaler), rd
-
-
-# Formats out[split]["physics"] of `evaluate_run` as printable lines (for the binaries).
-physics_table = physics.physics_table
 
 
 def _new_output_dir(base: str, prefix: str) -> str:

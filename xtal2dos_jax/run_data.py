@@ -42,12 +42,22 @@ class RunData:
   def split_ids(self) -> dict[str, list[str]]:
     return {name: list(s.graphs.ids) for name, s in self.splits.items()}
 
+  @property
+  def bin_width(self) -> float:
+    """Grid spacing (cm^-1 or eV), the unit of the physical Wasserstein distance."""
+    return bin_width_of(self.grid)
+
 
 def per_device_batch_size(global_batch_size: int, num_devices: int) -> int:
   if global_batch_size < num_devices:
     raise InputError("config.train.batch_size",
                      f"{global_batch_size} is smaller than the {num_devices} devices")
   return -(-global_batch_size // num_devices)
+
+
+def bin_width_of(grid: np.ndarray) -> float:
+  """Spacing of a uniform DoS grid; 1 for a one-point grid."""
+  return float(grid[1] - grid[0]) if len(grid) > 1 else 1.0
 
 
 def grid_of(data_config: ml_collections.ConfigDict) -> np.ndarray:

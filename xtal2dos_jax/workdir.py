@@ -8,7 +8,7 @@
     workdir/metrics.jsonl      one line per epoch
     workdir/events.out.tfevents.xtal2dos_jax   the same metrics for TensorBoard
     workdir/results.json       final metrics; its presence marks a finished run
-    workdir/checkpoints/{latest,best}/<step>   Orbax checkpoints
+    workdir/checkpoints/{latest,best}/<step>   Orbax checkpoints (`checkpoints.py`)
 
 Every JSON file is written atomically (temp file + rename), with the mode a plain
 open() would give under the umask, and Orbax commits a checkpoint only once it is
@@ -17,22 +17,18 @@ never a torn one.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import json
-import math
 import os
 import shutil
 import tempfile
 import threading
 import time
-from typing import IO, Any, Callable, NamedTuple
+from typing import IO, Any, Callable
 
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 
 from xtal2dos_jax import labels, tensorboard
 from xtal2dos_jax.errors import InputError
@@ -45,10 +41,11 @@ _ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0,
                "train.adam_b2": 0.999, "train.adam_eps": 1e-8, "train.schedule": "cosine",
                "train.warmup_steps": 300, "train.noam_decay_epochs": 0,
                "train.noam_decay_rate": 4.0, "model.composition_activation": "none"}
-# Checkpoint step ids are epoch * _STEPS_PER_EPOCH_ID + step in epoch (`_checkpoint_step`).
-_STEPS_PER_EPOCH_ID = 1_000_000
+# Checkpoint step ids are epoch * STEPS_PER_EPOCH_ID + step in epoch
+# (`checkpoints.checkpoint_step`); `last_checkpoint` decodes them.
+STEPS_PER_EPOCH_ID = 1_000_000
 # Subdirectories of `<workdir>/checkpoints` holding the two Orbax managers' steps.
-_CHECKPOINT_KINDS = ("latest", "best")
+CHECKPOINT_KINDS = ("latest", "best")
 _PACKAGES = ("xtal2dos_jax", "jax", "jaxlib", "flax", "optax", "jraph", "orbax-checkpoint", "ase",
              "numpy", "ml-collections")
 
@@ -163,34 +160,6 @@ def package_versions() -> dict[str, str]:
   return out
 
 
-@dataclasses.dataclass(frozen=True)
-class ResumeState:
-  """Where a run stands; saved beside every checkpoint."""
-  epoch: int = 0                 # completed epochs
-  step_in_epoch: int = 0         # steps done in the current epoch (after a preemption)
-  best_score: float = math.inf   # best validation score so far (lower is better)
-  best_epoch: int = 0
-  bad_epochs: int = 0            # epochs since the last validation improvement
-  epoch_loss_sum: float = 0.0    # training-loss sum / crystal count of the steps done in
-  epoch_count: float = 0.0       # the current epoch before a preemption
-  state: Any = None              # the restored TrainState (not serialised)
-
-  def replace(self, **kw) -> "ResumeState":
-    return dataclasses.replace(self, **kw)
-
-  def to_json(self) -> dict:
-    d = dataclasses.asdict(self)
-    d.pop("state")
-    d["best_score"] = None if math.isinf(self.best_score) else self.best_score
-    return d
-
-  @classmethod
-  def from_json(cls, d: dict, state) -> "ResumeState":
-    d = dict(d)
-    d["best_score"] = math.inf if d["best_score"] is None else d["best_score"]
-    return cls(state=state, **d)
-
-
 class Workdir:
   """The files of one run (see the module docstring)."""
 
@@ -246,7 +215,7 @@ class Workdir:
     metrics = self.file("metrics.jsonl")
     if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
       return False
-    for kind in _CHECKPOINT_KINDS:
+    for kind in CHECKPOINT_KINDS:
       directory = os.path.join(self.checkpoint_dir, kind)
       if os.path.isdir(directory) and os.listdir(directory):
         return False
@@ -306,136 +275,16 @@ class Workdir:
     write_json_atomic(self.file("results.json"), results)
 
 
-class RestoredCheckpoint(NamedTuple):
-  """Which checkpoint `Checkpoints.restore_best` restored."""
-  kind: str     # "best", or "latest" when checkpoints/best holds none
-  epoch: int    # completed epochs of the restored state
-  step: int     # Orbax step (see `_checkpoint_step`)
-
-  def to_json(self) -> dict:
-    return self._asdict()
-
-
-class Checkpoints:
-  """Orbax managers for the latest and the best (lowest validation loss) states."""
-
-  def __init__(self, directory: str, keep: int = 2):
-    self.directory = directory
-    self.restored: RestoredCheckpoint | None = None
-    opts = dict(create=True, enable_async_checkpointing=False)
-    latest, best = _CHECKPOINT_KINDS
-    self.latest = ocp.CheckpointManager(
-        os.path.join(directory, latest),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
-    self.best = ocp.CheckpointManager(
-        os.path.join(directory, best),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["score"],
-                                             best_mode="min", **opts))
-
-  @staticmethod
-  def _args(state, progress: ResumeState):
-    return ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)),
-                              progress=ocp.args.JsonSave(progress.to_json()))
-
-  def save(self, state, progress: ResumeState) -> None:
-    step = _checkpoint_step(progress)
-    if step in self.latest.all_steps():
-      return
-    self.latest.save(step, args=self._args(state, progress))
-    self.latest.wait_until_finished()
-
-  def save_best(self, state, progress: ResumeState, score: float) -> None:
-    """Keeps `state` as the best checkpoint; `score` is the validation score (lower
-    is better, see train.VALIDATION_SCORES)."""
-    if _checkpoint_step(progress) in self.best.all_steps():
-      return  # saved before a kill; the resumed run reached the same point again
-    self.best.save(_checkpoint_step(progress), args=self._args(state, progress),
-                   metrics={"score": float(score)})
-    self.best.wait_until_finished()
-
-  def _restore(self, manager, step, template) -> ResumeState:
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(_state_tree(template)),
-          progress=ocp.args.JsonRestore()))
-    except Exception as e:  # orbax raises many types for torn or mismatched trees
-      raise InputError(os.path.join(manager.directory, str(step)),
-                       f"checkpoint cannot be restored into this model ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    where = os.path.join(manager.directory, str(step))
-    _check_same_shapes(restored.state, _state_tree(template), where)
-    state = template.replace(**restored.state)
-    return ResumeState.from_json(restored.progress, state)
-
-  def restore_latest(self, template) -> ResumeState | None:
-    step = self.latest.latest_step()
-    return None if step is None else self._restore(self.latest, step, template)
-
-  def restore_best(self, template) -> ResumeState:
-    """The best checkpoint; if `checkpoints/best` holds none (deleted, or a run killed
-    before its first validation), the latest one, with a warning naming its epoch.
-    `self.restored` records which one was used, for evaluation outputs."""
-    step = self.best.best_step()
-    if step is not None:
-      progress = self._restore(self.best, step, template)
-      self.restored = RestoredCheckpoint("best", progress.epoch, int(step))
-      return progress
-    step = self.latest.latest_step()
-    if step is None:
-      raise InputError(self.directory, "holds no checkpoint; train first")
-    progress = self._restore(self.latest, step, template)
-    self.restored = RestoredCheckpoint("latest", progress.epoch, int(step))
-    logging.warning("no best checkpoint in %s; evaluating the latest, epoch %d",
-                    self.best.directory, progress.epoch)
-    return progress
-
-  def close(self) -> None:
-    self.latest.close()
-    self.best.close()
-
-
-def _check_same_shapes(restored, expected, where: str) -> None:
-  """Orbax restores whatever shapes were saved; a model of another size must not load."""
-  got = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
-  for path, want in jax.tree_util.tree_flatten_with_path(expected)[0]:
-    want = jax.ShapeDtypeStruct(np.shape(want), np.result_type(want)) \
-        if not hasattr(want, "shape") else want
-    have = got.get(path)
-    if have is None or np.shape(have) != tuple(want.shape):
-      raise InputError(where, f"checkpoint cannot be restored into this model: "
-                       f"{jax.tree_util.keystr(path)} has shape "
-                       f"{None if have is None else np.shape(have)}, the model expects "
-                       f"{tuple(want.shape)} (a different model size or architecture?)")
-
-
 def last_checkpoint(checkpoint_dir: str) -> tuple[int, int] | None:
   """(epoch, step in epoch) of the newest committed checkpoint in
   `<checkpoint_dir>/latest`, from the step directory names alone (no Orbax, so it is
   safe from any thread); None if there is none. Orbax commits a step by renaming its
   temporary directory to the bare step number, so only all-digit names count."""
   try:
-    names = os.listdir(os.path.join(checkpoint_dir, _CHECKPOINT_KINDS[0]))
+    names = os.listdir(os.path.join(checkpoint_dir, CHECKPOINT_KINDS[0]))
   except OSError:
     return None
   steps = [int(n) for n in names if n.isdigit()]
   if not steps:
     return None
-  return divmod(max(steps), _STEPS_PER_EPOCH_ID)
-
-
-def _checkpoint_step(progress: ResumeState) -> int:
-  # Unique, increasing id for (epoch, step in epoch): a mid-epoch preemption save
-  # never collides with an end-of-epoch one.
-  return progress.epoch * _STEPS_PER_EPOCH_ID + progress.step_in_epoch
-
-
-def _state_tree(state) -> dict:
-  """The saved part of a TrainState, as host numpy arrays (identical on every
-  process, so any process can restore it)."""
-  tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-          "rng": state.rng}
-  if state.ema_params is not None:
-    tree["ema_params"] = state.ema_params
-  if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree)):
-    return tree  # an abstract restore template
-  return jax.device_get(tree)
+  return divmod(max(steps), STEPS_PER_EPOCH_ID)
