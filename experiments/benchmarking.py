@@ -271,7 +271,7 @@ def _run_all(config: ml_collections.ConfigDict, log: Callable[[str], None],
   inference = (inference_rows_fn(config) if inference_rows_fn
                else _inference_rows(run, everything, repeats, log))
   rows += inference + [_featurise_then_predict_row(inference, feat_rate)]
-  if config.bench.get("bf16_matmul", False) and config.model.dtype == "float32":
+  if config.bench.bf16_matmul and config.model.dtype == "float32":
     rows += bf16_matmul_rows(run, config, everything, repeats, log)
   rows.append(Row("peak resident memory, bench model", peak_rss_mib(), "MiB",
                   "ru_maxrss of the training process after data, training and bf16 rows "
@@ -280,7 +280,7 @@ def _run_all(config: ml_collections.ConfigDict, log: Callable[[str], None],
   rows += scaling_rows(run, config, everything, main_rate, log)
   rows.append(Row("peak resident memory, whole benchmark", peak_rss_mib(), "MiB",
                   "ru_maxrss incl. the scaling rows (largest: paper-size model, 128 atoms)"))
-  if config.bench.get("time_to_accuracy", False):
+  if config.bench.time_to_accuracy:
     rows += time_to_accuracy_rows(_default_recipe(config), config.bench.accuracy_thresholds,
                                   log)
   rows.append(Row("benchmark wall time", time.perf_counter() - start, "s", ""))

@@ -114,8 +114,8 @@ class TrainingRun:
     self.trainer.p_predict_step = self.predict_step
     self.train_data = rd.splits["train"]
     self.steps_per_epoch = len(self.trainer.plan(self.train_data, rd.budget))
-    sample = batching.assemble(self.train_data, np.arange(1), rd.budget)
-    self.state = self.trainer.replicate(self.trainer.init_state(sample, self.steps_per_epoch))
+    self.state = self.trainer.replicate(
+        train.create_train_state(config, rd.budget, self.steps_per_epoch))
     self.epoch = 0
     self.bin_width = rd.bin_width
 

@@ -50,15 +50,33 @@ class TrainState(train_state.TrainState):
     return self.params if self.ema_params is None else self.ema_params
 
 
-def create_train_state(config: ml_collections.ConfigDict, model, sample: batching.Batch,
-                       tx: optax.GradientTransformation) -> TrainState:
-  """Initialises parameters from one (unstacked) device batch."""
+def create_train_state(config: ml_collections.ConfigDict, budget: batching.Budget,
+                       steps_per_epoch: int) -> TrainState:
+  """Model, optimizer and initial train state from the config alone.
+
+  The parameters are initialised (seed `config.seed`) on `batching.dummy_batch` of the
+  padding `budget`: their shapes depend only on the config, so no data is needed.
+  `steps_per_epoch` sizes the learning-rate schedule (`optimizers.create_learning_rate_fn`).
+  Training, the benchmark, evaluation and prediction all build their state here;
+  restore templates are its `jax.eval_shape` (`abstract_train_state`).
+  """
+  model = models.create_model(config)
+  tx = optimizers.create_optimizer(
+      config.train, optimizers.create_learning_rate_fn(config, steps_per_epoch))
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   params = jax.jit(functools.partial(model.init, train=False))(
-      {"params": init_rng}, jax.tree.map(jnp.asarray, sample))["params"]
-  ema = jax.tree.map(jnp.copy, params) if config.train.get("ema_decay", 0.0) > 0 else None
+      {"params": init_rng},
+      jax.tree.map(jnp.asarray, batching.dummy_batch(budget, config.data.l_y)))["params"]
+  ema = jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng,
                            ema_params=ema)
+
+
+def abstract_train_state(config: ml_collections.ConfigDict,
+                         budget: batching.Budget) -> TrainState:
+  """Shapes and dtypes of `create_train_state` (jax.ShapeDtypeStruct leaves), without
+  running the initialisation: the template a checkpoint is restored into."""
+  return jax.eval_shape(lambda: create_train_state(config, budget, steps_per_epoch=1))
 
 
 def update_ema(ema_params, params, step: jax.Array, decay: float):
@@ -138,7 +156,7 @@ class Trainer:
     self.loss_fn = losses.loss_on_raw_outputs(config.train.loss, self.output_activation)
     self.scaler = scaler
     self.p_train_step = jax.pmap(functools.partial(train_step, loss_fn=self.loss_fn,
-                                                   ema_decay=config.train.get("ema_decay", 0.0)),
+                                                   ema_decay=config.train.ema_decay),
                                  axis_name=AXIS, devices=pmap_devices, donate_argnums=(0,))
     self.p_eval_step = jax.pmap(
         functools.partial(eval_step, apply_fn=self.model.apply, loss_fn=self.loss_fn,
@@ -160,11 +178,6 @@ class Trainer:
     return jax.tree.map(
         lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding),
         tree)
-
-  def init_state(self, sample: batching.Batch, steps_per_epoch: int) -> TrainState:
-    self.learning_rate_fn = optimizers.create_learning_rate_fn(self.config, steps_per_epoch)
-    tx = optimizers.create_optimizer(self.config.train, self.learning_rate_fn)
-    return create_train_state(self.config, self.model, sample, tx)
 
   def _device_slice(self) -> slice:
     p = jax.process_index()
@@ -299,8 +312,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   trainer = Trainer(config, rd.scaler)
   train_data, val_data = rd.splits["train"], rd.splits["validation"]
   steps_per_epoch = len(trainer.plan(train_data, rd.budget))
-  sample = batching.assemble(train_data, np.arange(1), rd.budget)
-  state = trainer.init_state(sample, steps_per_epoch)
+  learning_rate_fn = optimizers.create_learning_rate_fn(config, steps_per_epoch)
+  state = create_train_state(config, rd.budget, steps_per_epoch)
   ckpt = checkpoints_lib.Checkpoints(run.checkpoint_dir, keep=config.train.keep_checkpoints)
   resume = ckpt.restore_latest(state)
   if resume is None:
@@ -379,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       record = {"epoch": epoch, "step": int(state_repl.step[0]),
                 "train_loss": loss_sum / max(count, 1.0), "val_loss": val["loss"],
                 "val": {k: val[k] for k in ("normalized", "original")},
-                "learning_rate": float(trainer.learning_rate_fn(int(state_repl.step[0]))),
+                "learning_rate": float(learning_rate_fn(int(state_repl.step[0]))),
                 "train_seconds": train_seconds,
                 "train_crystals_per_s": count / max(train_seconds, 1e-9),
                 "rss_mb": _resident_mb(), "wall_time": time.time()}

@@ -5,12 +5,17 @@
     workdir/splits.json        crystal ids per split (evaluate uses exactly this test set)
     workdir/label_scaler.json  label scaling and its statistics
     workdir/skipped.json       inputs left out, with reasons
+    workdir/setup.json         label grid, padding budget and l_y (model set-up without data)
+    workdir/eval_data/<split>.npz         featurised crystals of the validation and test
+                                          splits (graph_cache format)
+    workdir/eval_data/<split>_labels.npz  their ids, labels (original scale) and crystal
+                                          systems, so evaluation never reads the dataset
     workdir/metrics.jsonl      one line per epoch
     workdir/events.out.tfevents.xtal2dos_jax   the same metrics for TensorBoard
     workdir/results.json       final metrics; its presence marks a finished run
     workdir/checkpoints/{latest,best}/<step>   Orbax checkpoints (`checkpoints.py`)
 
-Every JSON file is written atomically (temp file + rename), with the mode a plain
+Every JSON / npz file is written atomically (temp file + rename), with the mode a plain
 open() would give under the umask, and Orbax commits a checkpoint only once it is
 complete, so a run killed at any moment leaves either the old or the new file,
 never a torn one.
@@ -24,13 +29,15 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, NamedTuple
 
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 
-from xtal2dos_jax import labels, tensorboard
+from xtal2dos_jax import batching, labels, run_data as run_data_lib, tensorboard
+from xtal2dos_jax.graph_cache import GraphSet
 from xtal2dos_jax.errors import InputError
 
 # Config entries that may differ between a run and its resumption.
@@ -40,12 +47,15 @@ _MUTABLE_KEYS = {"train.progress"}
 _ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0,
                "train.adam_b2": 0.999, "train.adam_eps": 1e-8, "train.schedule": "cosine",
                "train.warmup_steps": 300, "train.noam_decay_epochs": 0,
-               "train.noam_decay_rate": 4.0, "model.composition_activation": "none"}
+               "train.noam_decay_rate": 4.0, "model.composition_activation": "none",
+               "train.ema_decay": 0.0}
 # Checkpoint step ids are epoch * STEPS_PER_EPOCH_ID + step in epoch
 # (`checkpoints.checkpoint_step`); `last_checkpoint` decodes them.
 STEPS_PER_EPOCH_ID = 1_000_000
 # Subdirectories of `<workdir>/checkpoints` holding the two Orbax managers' steps.
 CHECKPOINT_KINDS = ("latest", "best")
+# Subdirectory holding the evaluation splits' crystals and labels.
+EVAL_DATA_DIR = "eval_data"
 _PACKAGES = ("xtal2dos_jax", "jax", "jaxlib", "flax", "optax", "jraph", "orbax-checkpoint", "ase",
              "numpy", "ml-collections")
 
@@ -87,13 +97,13 @@ def mkstemp_like_open(directory: str, suffix: str = ".tmp") -> tuple[int, str]:
   return fd, tmp
 
 
-def _write_atomic(path: str, write: Callable[[IO[str]], None]) -> None:
+def _write_atomic(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
   """Calls `write(file)` on a temp file in `path`'s directory, then renames it to
   `path`, so a kill or a full disk leaves the old or the new file, never a torn one;
   the mode follows the umask (see `mkstemp_like_open`)."""
   fd, tmp = mkstemp_like_open(os.path.dirname(os.path.abspath(path)))
   try:
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "wb" if binary else "w") as f:
       write(f)
       f.flush()
       os.fsync(f.fileno())
@@ -112,6 +122,21 @@ def write_text_atomic(path: str, text: str) -> None:
 def write_json_atomic(path: str, obj: Any) -> None:
   """`obj` as indented JSON at `path`, atomically (see `_write_atomic`)."""
   _write_atomic(path, lambda f: json.dump(obj, f, indent=1))
+
+
+def write_npz_atomic(path: str, **arrays: np.ndarray) -> None:
+  """`arrays` as an uncompressed .npz at `path`, atomically (see `_write_atomic`)."""
+  _write_atomic(path, lambda f: np.savez(f, **arrays), binary=True)
+
+
+class RunSetup(NamedTuple):
+  """What building the model and its batches needs besides the config (`setup.json`)."""
+  grid: np.ndarray          # float32[l_y], the DoS x-axis (cm^-1 or eV)
+  budget: batching.Budget   # the training run's per-device padding budget
+
+  @property
+  def l_y(self) -> int:
+    return len(self.grid)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -223,10 +248,11 @@ class Workdir:
 
   def _clear(self) -> None:
     for name in ("config.json", "run.json", "splits.json", "label_scaler.json", "skipped.json",
-                 "metrics.jsonl", tensorboard.EVENTS_FILE, "results.json"):
+                 "setup.json", "metrics.jsonl", tensorboard.EVENTS_FILE, "results.json"):
       if os.path.exists(self.file(name)):
         os.remove(self.file(name))
     shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+    shutil.rmtree(self.file(EVAL_DATA_DIR), ignore_errors=True)
 
   def load_splits(self) -> dict[str, list[str]] | None:
     path = self.file("splits.json")
@@ -242,10 +268,67 @@ class Workdir:
     with open(path) as f:
       return labels.LabelScaler.from_dict(json.load(f))
 
-  def save_data_description(self, run_data) -> None:
-    write_json_atomic(self.file("splits.json"), run_data.split_ids)
-    write_json_atomic(self.file("label_scaler.json"), run_data.scaler.to_dict())
-    write_json_atomic(self.file("skipped.json"), [list(s) for s in run_data.skipped])
+  def save_data_description(self, rd: run_data_lib.RunData) -> None:
+    """What later runs of this workdir need from the data: split ids, label scaler,
+    skipped inputs, the set-up (grid, budget) and the evaluation splits' crystals."""
+    write_json_atomic(self.file("splits.json"), rd.split_ids)
+    write_json_atomic(self.file("label_scaler.json"), rd.scaler.to_dict())
+    write_json_atomic(self.file("skipped.json"), [list(s) for s in rd.skipped])
+    self.save_setup(RunSetup(rd.grid, rd.budget))
+    os.makedirs(self.file(EVAL_DATA_DIR), exist_ok=True)
+    for name in run_data_lib.EVAL_SPLITS:
+      part = rd.splits[name]
+      part.graphs.save(self._eval_file(name, ""))
+      extra = {} if part.crystal_system is None else {"crystal_system": part.crystal_system}
+      write_npz_atomic(self._eval_file(name, "_labels"), ids=np.asarray(part.graphs.ids, str),
+                       labels=np.asarray(rd.labels[name], np.float32), **extra)
+
+  def save_setup(self, setup: RunSetup) -> None:
+    write_json_atomic(self.file("setup.json"), {
+        "l_y": setup.l_y, "grid": [float(g) for g in setup.grid],
+        "budget": setup.budget._asdict()})
+
+  def load_setup(self) -> RunSetup | None:
+    """The saved grid and budget; None for a workdir trained before they were saved."""
+    path = self.file("setup.json")
+    if not os.path.exists(path):
+      return None
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+      grid = np.asarray(saved["grid"], np.float32)
+      budget = batching.Budget(**{k: int(v) for k, v in saved["budget"].items()})
+      if len(grid) != int(saved["l_y"]):
+        raise ValueError(f"{len(grid)} grid points but l_y {saved['l_y']}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise InputError(path, f"unreadable run set-up ({e})") from None
+    return RunSetup(grid, budget)
+
+  def _eval_file(self, split: str, suffix: str) -> str:
+    return os.path.join(self.file(EVAL_DATA_DIR), f"{split}{suffix}.npz")
+
+  def load_eval_data(self, scaler: labels.LabelScaler,
+                     setup: RunSetup) -> run_data_lib.EvalData | None:
+    """The evaluation splits as training saved them (`save_data_description`), labels
+    scaled by `scaler`; None for a workdir trained before they were saved."""
+    splits, original = {}, {}
+    for name in run_data_lib.EVAL_SPLITS:
+      graphs_path, labels_path = self._eval_file(name, ""), self._eval_file(name, "_labels")
+      if not (os.path.exists(graphs_path) and os.path.exists(labels_path)):
+        return None
+      try:
+        graphs, _ = GraphSet.load(graphs_path)
+        with np.load(labels_path) as z:
+          ids, y = z["ids"].tolist(), np.asarray(z["labels"], np.float32)
+          systems = np.asarray(z["crystal_system"], np.int32) if "crystal_system" in z else None
+      except (OSError, ValueError, KeyError, EOFError) as e:
+        raise InputError(labels_path, f"unreadable evaluation data ({e})") from None
+      if ids != graphs.ids or y.shape != (len(ids), setup.l_y):
+        raise InputError(labels_path, f"does not match {graphs_path} ({len(ids)} ids, labels "
+                         f"{y.shape}, {len(graphs)} crystals, l_y {setup.l_y})")
+      splits[name] = run_data_lib.labelled(graphs, y, scaler, systems)
+      original[name] = y
+    return run_data_lib.EvalData(splits, original, scaler, setup.grid, setup.budget)
 
   def append_metrics(self, record: dict) -> None:
     with open(self.file("metrics.jsonl"), "a") as f:
