@@ -33,15 +33,20 @@ from xtal2dos_jax import allocator, batching, datasets, graph_cache, run_data, t
 from xtal2dos_jax.compile_counter import CountedStep, TrainingRun, install_listener
 
 
+# What `--quick` takes from configs/smoke.py besides the batch size and the data subset.
+_MODEL_SIZE_KEYS = ("d_model", "num_heads", "encoder_layers", "decoder_layers", "ff_dim")
+
+
 def quick_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The `--quick` variant: smoke-sized model, 96 crystals, one repeat, tiny sweeps."""
+  """The `--quick` variant: the model size, batch size and data subset of
+  configs/smoke.py, one repeat, tiny sweeps."""
   from configs import smoke
   out = copy.deepcopy(config)
   s = smoke.get_config()
-  for key in ("d_model", "num_heads", "encoder_layers", "decoder_layers", "ff_dim"):
+  for key in _MODEL_SIZE_KEYS:
     out.model[key] = s.model[key]
-  out.train.batch_size = 16
-  out.data.limit = 96
+  out.train.batch_size = s.train.batch_size
+  out.data.limit = s.data.limit
   b = out.bench
   b.repeats = 1
   b.measured_epochs = 1
@@ -289,16 +294,11 @@ def _run_all(config: ml_collections.ConfigDict, log: Callable[[str], None],
 
 def _default_recipe(bench_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The README's first command (configs/phdos.py) on the benchmark's data and caches;
-  under --quick (data.limit set) shrunk like the rest of the benchmark."""
-  from configs import phdos
-  config = phdos.get_config()
+  under --quick (data.limit set) configs/smoke.py, the same recipe shrunk (2 epochs)."""
+  from configs import phdos, smoke
+  config = smoke.get_config() if bench_config.data.limit else phdos.get_config()
   config.data.cache_dir = bench_config.data.cache_dir
   config.train.progress = False
-  if bench_config.data.limit:
-    config.data.limit = bench_config.data.limit
-    for key in ("d_model", "num_heads", "encoder_layers", "decoder_layers", "ff_dim"):
-      config.model[key] = bench_config.model[key]
-    config.train.num_epochs = 2
   return config
 
 
