@@ -48,7 +48,7 @@ flags.DEFINE_bool("quick", False, "Smoke-sized model and a data subset (seconds;
 flags.DEFINE_string("output", None, "Also write the rows (and the run's context) as JSON here.")
 flags.DEFINE_bool("inference_only", False,
                   "Only the evaluation/prediction rows. The benchmark runs them this way in a "
-                  "child process set up as the predict binary is (experiments/__init__.py).")
+                  "child process set up as the predict binary is (no keep_freed_memory).")
 flags.DEFINE_string("xla_cache_dir", None,
                     "Persistent XLA cache for this run (default: a fresh temporary directory, "
                     "so compile rows are cold).")
@@ -57,8 +57,8 @@ flags.DEFINE_string("xla_cache_dir", None,
 def _inference_in_child(config, xla_cache: str) -> list:
   """The evaluation/prediction rows, measured by `--inference_only` in a new process
   with the same flags, so its malloc set-up is the predict binary's, not training's
-  (experiments/__init__.py); featurisation and XLA caches are this run's."""
-  from xtal2dos_jax.benchmarking import Row
+  (no keep_freed_memory); featurisation and XLA caches are this run's."""
+  from experiments.benchmarking_tools import Row
   keep = [a for a in sys.argv[1:] if not a.startswith(("--output", "--xla_cache_dir"))]
   with tempfile.TemporaryDirectory(prefix="xtal2dos_bench_inference_") as tmp:
     out = os.path.join(tmp, "rows.json")
@@ -81,8 +81,8 @@ def main(argv):
     FLAGS.no_compilation_cache = True   # cold compile rows: not the user's XLA cache
   common.setup_runtime(inference=FLAGS.inference_only)
   from xtal2dos_jax import runtime
-  from xtal2dos_jax.benchmarking import (context, format_rows, inference_rows, quick_config,
-                                          run_benchmark)
+  from experiments.benchmarking import context, inference_rows, quick_config, run_benchmark
+  from experiments.benchmarking_tools import format_rows
   xla_cache = FLAGS.xla_cache_dir or tempfile.mkdtemp(prefix="xtal2dos_bench_xla_")
   runtime.enable_compilation_cache(xla_cache)
   config = quick_config(FLAGS.config) if FLAGS.quick else FLAGS.config

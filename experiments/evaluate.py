@@ -19,13 +19,13 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   del argv
   common.setup_runtime(inference=True)
-  from xtal2dos_jax import inference, train
+  from xtal2dos_jax import inference, physics, reporting
   with common.user_errors():
     out = inference.evaluate_run(FLAGS.workdir, FLAGS.split)
-  print(train.format_table({FLAGS.split: out[FLAGS.split]}))
-  physics = inference.physics_table(out[FLAGS.split].get("physics"))
-  if physics:
-    print(physics)
+  print(reporting.format_table({FLAGS.split: out[FLAGS.split]}))
+  physics_lines = physics.physics_table(out[FLAGS.split].get("physics"))
+  if physics_lines:
+    print(physics_lines)
   print(f"checkpoint: {common.checkpoint_used(out)}")
   print(f"wrote {FLAGS.workdir}/eval_{FLAGS.split}.json, predictions_{FLAGS.split}.npz, "
         f"eval_{FLAGS.split}.png")

@@ -21,16 +21,17 @@ def main(argv):
   del argv
   allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/allocator.py)
   common.setup_runtime()
-  from xtal2dos_jax import train  # after the runtime (devices, distributed) is set up
+  # after the runtime (devices, distributed) is set up
+  from xtal2dos_jax import preemption, reporting, train
   config = FLAGS.config
   workdir = FLAGS.workdir or common.default_workdir(flags.FLAGS["config"].config_filename)
   with common.user_errors(), common.lost_processes(workdir):
     try:
       results = train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
-    except train.Preempted as e:
+    except preemption.Preempted as e:
       logging.warning("%s", e)
       sys.exit(143)
-  print(train.format_table(results["metrics"]))
+  print(reporting.format_table(results["metrics"]))
   print(f"workdir: {workdir}")
 
 

@@ -1,14 +1,15 @@
 """Session-scoped fixtures: a tiny config, a few featurised crystals and padded batches.
 
-Everything is small (d_model 16, 2 heads, 2 encoder + 1 decoder layers, l_y 12, at most
-6 atoms per crystal) so that the jitted model compiles in seconds; all crystals share one
-padding budget (`tiny_budget`), so every batch built with it reuses one compiled function.
+Everything is small (the model of configs/smoke.py: d_model 16, 2 heads, 2 encoder + 1
+decoder layers; l_y 12, at most 6 atoms per crystal) so that the jitted model compiles
+in seconds; all crystals share one padding budget (`tiny_budget`), so every batch built
+with it reuses one compiled function.
 """
 from __future__ import annotations
 
 from xtal2dos_jax.allocator import keep_freed_memory
 
-keep_freed_memory()  # as the binaries do (experiments/__init__.py), before numpy and jax
+keep_freed_memory()  # as the training binaries do first in main(), before numpy and jax
 
 import functools
 from typing import Callable, Sequence
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import phdos
+from configs import smoke
 from xtal2dos_jax import losses
 from xtal2dos_jax.featurize import featurize_crystal
 from xtal2dos_jax.graph_cache import GraphSet
@@ -48,19 +49,16 @@ def _triclinic() -> ase.Atoms:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-  config = phdos.get_config()
+  """configs/smoke.py (the model sizes) with what the fixtures need: 12 DoS points (short
+  decoder sequences); small graphs (6 Å cutoff, 8 neighbours, 0.4 Å Gaussian step), which
+  keep the tiny crystals' edges few, the tests fast and the bf16 tolerance tight; and
+  decoder dropout, so training-mode tests exercise dropout in the decoder as well."""
+  config = smoke.get_config()
   config.data.l_y = 12
   config.data.radius = 6.0
-  config.data.gaussian_step = 0.4
   config.data.max_num_nbr = 8
-  m = config.model
-  m.d_model = 16
-  m.num_heads = 2
-  m.encoder_layers = 2
-  m.decoder_layers = 1
-  m.ff_dim = 32
-  m.encoder_dropout = 0.1
-  m.decoder_dropout = 0.1
+  config.data.gaussian_step = 0.4
+  config.model.decoder_dropout = 0.1
   return config
 
 

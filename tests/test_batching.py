@@ -430,3 +430,16 @@ def test_step_batches_abandoned_iterator_stops_worker(data):
   for t in new:
     t.join(timeout=2.0)
   assert not any(t.is_alive() for t in new), "prefetch worker still running"
+
+
+def test_dummy_batch_has_the_budget_shapes_and_initialises_the_same_parameters(
+    tiny_config, tiny_model, tiny_batch, tiny_budget, tiny_variables):
+  """Model set-up needs no data: an all-padding batch of the budget's shapes gives the
+  parameters a batch of real crystals gives (same key)."""
+  import jax
+  dummy = ip.dummy_batch(tiny_budget, tiny_config.data.l_y)
+  chex.assert_trees_all_equal_shapes_and_dtypes(dummy, tiny_batch)
+  assert not dummy.graph_mask.any() and not dummy.atom_mask.any()
+  assert dummy.graph.n_node[0] == tiny_budget.n_node and not dummy.y.any()
+  chex.assert_trees_all_equal(tiny_model.init(jax.random.key(0), dummy, train=False),
+                              tiny_variables)

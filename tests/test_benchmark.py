@@ -1,4 +1,5 @@
-"""Tests for the benchmark (xtal2dos_jax/benchmarking.py, experiments/benchmark.py): compile counts (no timing) and the --quick run."""
+"""Tests for the benchmark: compile counts (xtal2dos_jax/compile_counter.py, no timing), the
+harness's table and time-to-accuracy helpers (experiments/benchmarking*.py) and the --quick run."""
 import os
 import subprocess
 import sys
@@ -7,7 +8,8 @@ import tempfile
 import pytest
 
 from configs import smoke
-from xtal2dos_jax import benchmarking as benchmark
+from experiments import benchmarking_sweeps, benchmarking_tools
+from xtal2dos_jax import compile_counter
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,7 +18,7 @@ def test_train_and_eval_steps_compile_once_per_bucket(tmp_path):
   config = smoke.get_config()
   config.data.limit = 48
   config.data.cache_dir = str(tmp_path / "graphs")
-  counts = benchmark.count_step_compiles(config, num_epochs=2)
+  counts = compile_counter.count_step_compiles(config, num_epochs=2)
   # One padding bucket, so one executable per step function ...
   assert counts["train_buckets"] == 1
   assert counts["eval_buckets"] == 1
@@ -32,7 +34,7 @@ def test_counted_step_attributes_compiles_to_the_calling_step():
   import jax
   import jax.numpy as jnp
   import numpy as np
-  step = benchmark.CountedStep(jax.jit(lambda x, y: x * y.sum() + 1.0), batch_arg=1)
+  step = compile_counter.CountedStep(jax.jit(lambda x, y: x * y.sum() + 1.0), batch_arg=1)
   other = jax.jit(lambda x: x - 2.0)
   x = jnp.ones(3)
   step(x, np.ones(3, np.float32))
@@ -45,9 +47,9 @@ def test_counted_step_attributes_compiles_to_the_calling_step():
 
 
 def test_format_rows_has_header_and_one_line_per_row():
-  rows = [benchmark.Row("a", 1.5, "s", "note"), benchmark.Row("b", 1234.0, "crystals/s")]
-  lines = benchmark.format_rows(rows).splitlines()
-  assert lines[0] == benchmark.TABLE_HEADER
+  rows = [benchmarking_tools.Row("a", 1.5, "s", "note"), benchmarking_tools.Row("b", 1234.0, "crystals/s")]
+  lines = benchmarking_tools.format_rows(rows).splitlines()
+  assert lines[0] == benchmarking_tools.TABLE_HEADER
   assert len(lines) == 2 + len(rows)
   assert lines[2].startswith("a") and lines[2].rstrip().endswith("note")
 
@@ -63,7 +65,7 @@ def test_quick_benchmark_runs_and_prints_the_table(tmp_path):
        f"--xla_cache_dir={xla_cache}"],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert benchmark.TABLE_HEADER in proc.stdout
+  assert benchmarking_tools.TABLE_HEADER in proc.stdout
   import json
   rows = {r["name"]: r for r in json.load(open(out))["rows"]}
   assert rows["compiles: train step, epoch 1"]["value"] == 1
@@ -71,7 +73,7 @@ def test_quick_benchmark_runs_and_prints_the_table(tmp_path):
   assert rows["train network only (device batches)"]["value"] > 0
   assert rows["bf16_matmul: train network only"]["value"] > 0
   assert rows["bf16_matmul: prediction (Trainer.predict)"]["value"] > 0
-  if sys.platform.startswith("linux"):  # experiments/__init__.py keeps freed memory
+  if sys.platform.startswith("linux"):  # the benchmark binary keeps freed memory
     assert rows["page faults per train step"]["notes"].endswith("keep_freed_memory applied")
     # ... but the inference rows come from a child set up as the predict binary is.
     assert rows["prediction (Trainer.predict)"]["notes"].endswith("allocator.applied=False)")
@@ -86,6 +88,6 @@ def test_quick_benchmark_runs_and_prints_the_table(tmp_path):
 def test_first_time_reaching_a_validation_r2():
   lines = [{"epoch": e, "wall_time": 100.0 + 10 * e, "val": {"normalized": {"r2": r2}}}
            for e, r2 in ((1, 0.3), (2, 0.61), (3, 0.59), (4, 0.66))]
-  assert benchmark.first_time_reaching(lines, 100.0, 0.60) == (20.0, 2)
-  assert benchmark.first_time_reaching(lines, 100.0, 0.65) == (40.0, 4)
-  assert benchmark.first_time_reaching(lines, 100.0, 0.70) is None
+  assert benchmarking_sweeps.first_time_reaching(lines, 100.0, 0.60) == (20.0, 2)
+  assert benchmarking_sweeps.first_time_reaching(lines, 100.0, 0.65) == (40.0, 4)
+  assert benchmarking_sweeps.first_time_reaching(lines, 100.0, 0.70) is None

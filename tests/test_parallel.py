@@ -45,8 +45,7 @@ def run(num_devices):
   per_device = 8 // num_devices
   budget = batching.make_budget(graphs.n_node, graphs.n_edge, per_device)
   trainer = train.Trainer(config, scaler, devices=devices)
-  state = trainer.init_state(batching.assemble(data, np.arange(1), budget), steps_per_epoch=3)
-  state = trainer.replicate(state)
+  state = trainer.replicate(train.create_train_state(config, budget, steps_per_epoch=3))
   losses = []
   for step in order:
     groups = np.split(step, num_devices)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from configs import smoke
+from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import inference, train, workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
 
@@ -59,7 +60,7 @@ def test_partially_written_checkpoint_is_never_loaded(run_dir, tmp_path):
   shutil.copytree(os.path.join(latest, str(steps[-1])), torn)
   with open(os.path.join(torn, "state", "_METADATA"), "w") as f:
     f.write("{trunc")
-  ckpt = workdir_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
+  ckpt = checkpoints_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
   assert ckpt.latest.latest_step() == steps[-1]
   ckpt.close()
 
@@ -115,9 +116,36 @@ def test_evaluate_without_best_checkpoint_says_it_uses_the_latest(run_dir, tmp_p
   assert f"no best checkpoint in {best_dir}; evaluating the latest, epoch 2" in [
       r.getMessage() for r in caplog.records]
   assert out["best_epoch"] == 2
-  assert common.checkpoint_used({"checkpoint": {"kind": "latest", "epoch": 2, "step": 2000000},
-                                   "best_epoch": 2}) == "latest, epoch 2"
+  assert out["checkpoint"] == {"kind": "latest", "epoch": 2, "step": 2000000}
+  assert common.checkpoint_used(out) == "latest, epoch 2"
   assert common.checkpoint_used({"best_epoch": 1}) == "epoch 1"
+
+
+def test_workdir_without_setup_or_eval_data_gets_them_once(run_dir, tmp_path, caplog,
+                                                          monkeypatch):
+  """A workdir trained before setup.json and eval_data/ were kept: the first evaluation
+  reads the dataset once (one log line) and writes them; the next reads them alone.
+  Both give the training run's metrics."""
+  import logging
+  import chex
+  from xtal2dos_jax import run_data
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run_dir, workdir)
+  os.remove(os.path.join(workdir, "setup.json"))
+  shutil.rmtree(os.path.join(workdir, "eval_data"))
+  with caplog.at_level(logging.INFO):
+    first = inference.evaluate_run(workdir)
+  assert [r.getMessage() for r in caplog.records if "setup.json" in r.getMessage()] == [
+      f"{workdir} has no setup.json / eval_data (trained before they were kept): reading "
+      "the dataset once to write them"]
+  assert os.path.exists(os.path.join(workdir, "setup.json"))
+  monkeypatch.setattr(run_data, "prepare_run_data",
+                      lambda *a, **k: pytest.fail("read the dataset again"))
+  second = inference.evaluate_run(workdir)
+  trained = json.load(open(os.path.join(workdir, "results.json")))["metrics"]["test"]
+  for out in (first, second):
+    for scale in ("normalized", "original"):
+      chex.assert_trees_all_close(out["test"][scale], trained[scale], rtol=1e-5)
 
 
 def test_split_with_zero_crystals_is_named(tmp_path):

@@ -12,7 +12,9 @@ import pytest
 from ase.build import bulk
 
 from configs import smoke
-from xtal2dos_jax import run_data, inference, train, workdir as workdir_lib
+from xtal2dos_jax import checkpoints as checkpoints_lib
+from xtal2dos_jax import datasets, inference, optimizers, preemption, run_data, train
+from xtal2dos_jax import workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
 
 
@@ -28,15 +30,24 @@ def _config(**train_overrides):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """One finished smoke run shared by the tests below."""
+  """One finished smoke run shared by the tests below: (workdir, summary, config).
+
+  It trains on a copy of the dataset that is deleted right after training, so what
+  the tests then do with the workdir (evaluate, predict, rerun) needs the workdir alone.
+  """
+  data = tmp_path_factory.mktemp("data") / "phdos_dfpt.csv"
+  shutil.copy(datasets.embedded_dfpt_path(), data)
+  config = _config()
+  config.data.path = str(data)
   workdir = str(tmp_path_factory.mktemp("run"))
-  summary = train.train_and_evaluate(_config(), workdir)
-  return workdir, summary
+  summary = train.train_and_evaluate(config, workdir)
+  os.remove(data)
+  return workdir, summary, config
 
 
 def _final_params(workdir, config):
   """Parameters of the latest checkpoint of a run."""
-  ckpt = workdir_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
+  ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
   step = ckpt.latest.latest_step()
   restored = ckpt.latest.restore(step)
   ckpt.close()
@@ -45,10 +56,16 @@ def _final_params(workdir, config):
 
 @pytest.mark.slow
 def test_train_writes_run_files_and_metrics(trained):
-  workdir, summary = trained
-  for name in ("config.json", "run.json", "splits.json", "label_scaler.json", "metrics.jsonl",
-               "results.json"):
+  workdir, summary, _ = trained
+  for name in ("config.json", "run.json", "splits.json", "label_scaler.json", "setup.json",
+               "metrics.jsonl", "results.json", "eval_data/validation.npz",
+               "eval_data/test_labels.npz"):
     assert os.path.exists(os.path.join(workdir, name)), name
+  setup = json.load(open(os.path.join(workdir, "setup.json")))
+  assert setup["l_y"] == len(setup["grid"]) == 51
+  assert setup["grid"][:2] == [0.0, 20.0]
+  assert set(setup["budget"]) == {"n_node", "n_edge", "n_graph", "max_atoms"}
+  assert setup["budget"]["n_graph"] == 17                       # batch 16 on one device
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [l["epoch"] for l in lines] == [1, 2]
   assert all(np.isfinite(l["train_loss"]) and np.isfinite(l["val_loss"]) for l in lines)
@@ -67,15 +84,15 @@ def test_train_writes_run_files_and_metrics(trained):
 
 @pytest.mark.slow
 def test_finished_run_is_not_retrained(trained, monkeypatch):
-  workdir, summary = trained
+  workdir, summary, config = trained
   monkeypatch.setattr(train.Trainer, "__init__", lambda *a, **k: pytest.fail("retrained"))
-  again = train.train_and_evaluate(_config(), workdir)
+  again = train.train_and_evaluate(config, workdir)
   assert again["metrics"] == json.loads(json.dumps(summary["metrics"]))
 
 
 def test_workdir_with_other_config_is_refused(trained):
-  workdir, _ = trained
-  config = _config()
+  workdir, _, config = trained
+  config = config.copy_and_resolve_references()
   config.model.d_model = 32
   with pytest.raises(InputError, match=r"different config \(model.d_model: 16 -> 32"):
     train.train_and_evaluate(config, workdir)
@@ -83,16 +100,16 @@ def test_workdir_with_other_config_is_refused(trained):
 
 def test_workdir_from_before_train_fraction_still_resumes(trained, tmp_path):
   """A run saved before `data.train_fraction` existed is the same config (fraction 1)."""
-  workdir, summary = trained
+  workdir, summary, config = trained
   old = str(tmp_path / "old")
   shutil.copytree(workdir, old)
   path = os.path.join(old, "config.json")
   saved = json.load(open(path))
   del saved["data"]["train_fraction"]
   json.dump(saved, open(path, "w"))
-  again = train.train_and_evaluate(_config(), old)
+  again = train.train_and_evaluate(config, old)
   assert again["metrics"] == json.loads(json.dumps(summary["metrics"]))
-  config = _config()
+  config = config.copy_and_resolve_references()
   config.data.train_fraction = 0.5
   with pytest.raises(InputError, match=r"different config \(data.train_fraction: 1.0 -> 0.5"):
     train.train_and_evaluate(config, old)
@@ -112,11 +129,18 @@ def test_train_fraction_shrinks_only_the_train_split():
 
 @pytest.mark.slow
 def test_evaluate_from_workdir_only(trained):
-  workdir, summary = trained
+  """The dataset the run trained on is gone (see `trained`): evaluation reads the
+  workdir only, and gives the training run's final metrics."""
+  workdir, summary, config = trained
+  assert not os.path.exists(config.data.path)
   out = inference.evaluate_run(workdir, "test")
   # The same best checkpoint and test split as at the end of training.
-  chex.assert_trees_all_close(out["test"]["normalized"], summary["metrics"]["test"]["normalized"],
-                              rtol=1e-5)
+  for scale in ("normalized", "original"):
+    chex.assert_trees_all_close(out["test"][scale], summary["metrics"]["test"][scale],
+                                rtol=1e-5)
+  assert out["checkpoint"] == {"kind": "best", "epoch": summary["best_epoch"],
+                               "step": summary["best_epoch"] * 1_000_000}
+  assert json.load(open(os.path.join(workdir, "eval_test.json")))["checkpoint"] == out["checkpoint"]
   with np.load(os.path.join(workdir, "predictions_test.npz")) as z:
     assert list(z["ids"]) == json.load(open(os.path.join(workdir, "splits.json")))["test"]
     chex.assert_shape(z["y_pred"], (len(z["ids"]), 51))
@@ -142,7 +166,8 @@ def test_evaluate_from_workdir_only(trained):
 
 @pytest.mark.slow
 def test_predict_reports_bad_files_and_finishes_the_rest(trained, tmp_path):
-  workdir, _ = trained
+  workdir, _, config = trained
+  assert not os.path.exists(config.data.path)  # the workdir and the structures only
   ase.io.write(tmp_path / "nacl.cif", bulk("NaCl", "rocksalt", a=5.64))
   ase.io.write(tmp_path / "si.vasp", bulk("Si"), format="vasp")
   (tmp_path / "broken.cif").write_text("data_x\n_cell_length_a 3\nloop_\n")
@@ -207,7 +232,7 @@ def test_preempted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
 
   monkeypatch.setattr(train.Trainer, "__init__", init_with_preemption)
   # Preempted exactly once: the signal handler is only installed while training.
-  with pytest.raises(train.Preempted, match="rerun to resume"):
+  with pytest.raises(preemption.Preempted, match="rerun to resume"):
     train.train_and_evaluate(config, interrupted)
   assert not os.path.exists(os.path.join(interrupted, "results.json"))
   monkeypatch.setattr(train.Trainer, "__init__", original_init)
@@ -281,7 +306,7 @@ def test_update_ema_warms_up_then_uses_the_decay():
 def test_ema_weights_are_checkpointed_and_used_for_evaluation(tmp_path):
   workdir = str(tmp_path / "ema")
   summary = train.train_and_evaluate(_config(num_epochs=2, ema_decay=0.9), workdir)
-  ckpt = workdir_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
+  ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
   saved = ckpt.best.restore(ckpt.best.best_step())["state"]
   ckpt.close()
   diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), saved["ema_params"],
@@ -319,7 +344,7 @@ def test_diverging_run_stops_and_saves_nothing_non_finite(tmp_path):
   assert all(np.isfinite(l["train_loss"]) and np.isfinite(l["val_loss"]) for l in lines)
   best = workdir / "checkpoints" / "best"
   if best.exists() and os.listdir(best):  # a best checkpoint, if any, holds finite weights
-    ckpt = workdir_lib.Checkpoints(workdir_lib.Workdir(str(workdir)).checkpoint_dir)
+    ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(str(workdir)).checkpoint_dir)
     saved = ckpt.best.restore(ckpt.best.best_step())["state"]["params"]
     ckpt.close()
     chex.assert_tree_all_finite(saved)
@@ -353,7 +378,7 @@ def test_noam_schedule_matches_the_formula():
   config = _config(schedule="noam", learning_rate=1.0, warmup_steps=300,
                    noam_decay_epochs=10, noam_decay_rate=4.0)
   config.model.d_model = 512
-  fn = train.create_learning_rate_fn(config, steps_per_epoch=100)
+  fn = optimizers.create_learning_rate_fn(config, steps_per_epoch=100)
   steps = np.array([0, 1, 150, 300, 301, 999, 1000, 5000])
   s = np.maximum(steps, 1).astype(np.float64)
   ref = 512 ** -0.5 * np.minimum(s ** -0.5, s * 300 ** -1.5)
@@ -361,4 +386,19 @@ def test_noam_schedule_matches_the_formula():
   np.testing.assert_allclose([float(fn(k)) for k in steps], ref, rtol=1e-5)
   assert float(fn(300)) == pytest.approx(1 / np.sqrt(512 * 300), rel=1e-5)  # the peak
   with pytest.raises(InputError, match="config.train.schedule: unknown schedule 'step'"):
-    train.create_learning_rate_fn(_config(schedule="step"), 10)
+    optimizers.create_learning_rate_fn(_config(schedule="step"), 10)
+
+
+def test_crystal_system_warnings_name_the_crystals(monkeypatch, caplog):
+  """The dostransformer's crystal systems: spglib's warnings name crystals by id."""
+  import logging
+  from xtal2dos_jax import symmetry
+  config = _config()
+  config.model.decoder = "dostransformer"
+  monkeypatch.setattr(symmetry, "find_space_group", lambda *a, **k: None)  # spglib fails
+  with caplog.at_level(logging.WARNING):
+    rd = run_data.prepare_run_data(config)
+  first = sorted(i for part in rd.split_ids.values() for i in part)  # any usable id
+  warning = next(r.getMessage() for r in caplog.records if "crystal systems" in r.getMessage())
+  assert "#0" not in warning and any(i in warning for i in first)
+  assert not rd.splits["test"].crystal_system.any()  # triclinic prompt where spglib failed

@@ -1,4 +1,4 @@
-"""Padded jraph batches with fixed budgets, epoch plans and device sharding (DESIGN 3.2).
+"""Padded jraph batches with fixed budgets, epoch plans and device sharding.
 
 Every batch of a run has the same static shapes (a `Budget`), so a jitted step
 compiles once. Crystals are packed greedily in (shuffled) order until the next one
@@ -172,6 +172,15 @@ def assemble(data: LabelledGraphs, idx: np.ndarray, budget: Budget) -> Batch:
   graph = jraph.GraphsTuple(nodes=atomic_numbers, edges=distances, senders=senders,
                             receivers=receivers, n_node=n_node, n_edge=n_edge, globals=None)
   return Batch(graph, atom_index, atom_mask, graph_mask, y, y_scale, crystal_system)
+
+
+def dummy_batch(budget: Budget, l_y: int) -> Batch:
+  """A batch of `budget`'s shapes holding no crystal (every node, edge and graph is
+  padding; y zeros float32[n_graph, l_y]): what model initialisation needs, since
+  parameter shapes depend only on the config and the static shapes, never on data."""
+  empty = GraphSet.from_graphs([], [])
+  return assemble(LabelledGraphs(empty, np.zeros((0, l_y), np.float32),
+                                 np.ones(0, np.float32)), np.zeros(0, np.int64), budget)
 
 
 def stack(batches: Sequence[Batch]) -> Batch:

@@ -1,7 +1,10 @@
 """Evaluate a finished run and predict DoS (plus derived physics) for new structures.
 
-Both need only the workdir: config, split ids, label scaler and checkpoints are
-read from it (see `workdir.py`).
+Both need only the workdir: config, split ids, label scaler, set-up (grid, padding
+budget), the evaluation splits' crystals and checkpoints are read from it (see
+`workdir.py`); the model is built from the config (`train.create_train_state`), never
+from the dataset. Only evaluating the train split reads the dataset, since the workdir
+keeps the validation and test crystals alone.
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xtal2dos_jax import run_data
-from xtal2dos_jax import datasets, graph_cache, batching, physics, plotting
+from xtal2dos_jax import batching, datasets, graph_cache, physics, plotting, run_data
+from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import train as train_lib
 from xtal2dos_jax import workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
@@ -24,41 +27,70 @@ from xtal2dos_jax.errors import InputError
 
 @dataclasses.dataclass
 class LoadedRun:
+  """A trained run ready to evaluate or predict: its config, compiled steps, and the
+  restored parameters (the EMA ones when the run kept an average)."""
   config: ml_collections.ConfigDict
   trainer: train_lib.Trainer
-  params: Any          # replicated over local devices
-  best_epoch: int
+  params: Any                                    # replicated over local devices
+  checkpoint: checkpoints_lib.RestoredCheckpoint  # which one (best or latest), its epoch
 
 
-def restore_run(workdir: str, sample: batching.Batch, scaler) -> LoadedRun:
-  """Builds the run's model and restores its best checkpoint."""
-  config = workdir_lib.load_config(workdir)
+def restore_run(workdir: str, config: ml_collections.ConfigDict, scaler,
+                budget: batching.Budget) -> LoadedRun:
+  """Builds the run's model from `config` and restores its best checkpoint into a
+  template of `budget`'s shapes (`train.abstract_train_state`)."""
   trainer = train_lib.Trainer(config, scaler)
-  # Shapes only: restoring needs the tree structure, not a compiled init.
-  template = jax.eval_shape(lambda: trainer.init_state(sample, steps_per_epoch=1))
-  ckpt = workdir_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
+  template = train_lib.abstract_train_state(config, budget)
+  ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
   try:
     best = ckpt.restore_best(template)
   finally:
     ckpt.close()
-  return LoadedRun(config, trainer, trainer.replicate(best.state.eval_params), best.epoch)
+  return LoadedRun(config, trainer, trainer.replicate(best.state.eval_params), ckpt.restored)
 
 
-def restore_run_and_data(workdir: str) -> tuple[LoadedRun, run_data.RunData]:
-  """A run's best checkpoint and its data, with the split and label scaling it was
-  trained with (what evaluation and inference timing need)."""
+def _saved_scaler(run: workdir_lib.Workdir):
+  scaler = run.load_scaler()
+  if scaler is None:
+    raise InputError(run.path, "has no saved label statistics; the run never started")
+  return scaler
+
+
+def _rebuild_from_dataset(run: workdir_lib.Workdir, config: ml_collections.ConfigDict,
+                          scaler) -> run_data.RunData:
+  """The run's data from its dataset, with the saved split and label scaling."""
+  split_ids = run.load_splits()
+  if split_ids is None:
+    raise InputError(run.path, "has no saved splits; the run never started")
+  return run_data.prepare_run_data(config, jax.device_count(), split_ids=split_ids,
+                                   scaler=scaler)
+
+
+def load_eval_data(workdir: str) -> run_data.EvalData:
+  """The evaluation splits, grid and budget saved in `workdir` at the start of training.
+
+  A workdir trained before they were saved gets them once: the dataset is read with
+  the saved split and scaler, and setup.json and eval_data/ are written (one log line).
+  """
   run = workdir_lib.Workdir(workdir)
   config = workdir_lib.load_config(workdir)
-  split_ids, scaler = run.load_splits(), run.load_scaler()
-  if split_ids is None or scaler is None:
-    raise InputError(workdir, "has no saved splits/label statistics; the run never started")
-  rd = run_data.prepare_run_data(config, jax.device_count(), split_ids=split_ids, scaler=scaler)
-  sample = batching.assemble(rd.splits["train"], np.arange(1), rd.budget)
-  return restore_run(workdir, sample, scaler), rd
+  scaler = _saved_scaler(run)
+  setup = run.load_setup()
+  data = None if setup is None else run.load_eval_data(scaler, setup)
+  if data is None:
+    logging.info("%s has no setup.json / eval_data (trained before they were kept): reading "
+                 "the dataset once to write them", workdir)
+    run.save_data_description(_rebuild_from_dataset(run, config, scaler))
+    setup = run.load_setup()
+    data = run.load_eval_data(scaler, setup)
+  return data
 
 
-# Formats out[split]["physics"] of `evaluate_run` as printable lines (for the binaries).
-physics_table = physics.physics_table
+def restore_run_and_data(workdir: str) -> tuple[LoadedRun, run_data.EvalData]:
+  """A run's best checkpoint and its evaluation splits, from the workdir alone."""
+  config = workdir_lib.load_config(workdir)
+  data = load_eval_data(workdir)
+  return restore_run(workdir, config, data.scaler, data.budget), data
 
 
 def _new_output_dir(base: str, prefix: str) -> str:
@@ -85,24 +117,33 @@ def evaluate_run(workdir: str, split: str = "test") -> dict[str, Any]:
   modes per cell (N = atoms of the featurised cell); for electrons the band-gap estimate.
   The npz adds n_atoms and the per-crystal values (e.g. cv300_true_J_per_K_mol_atom,
   cv300_pred_J_per_K_mol_atom, mean_freq_true_cm, mean_freq_pred_cm). Print the summary
-  with `physics.physics_table(out[split]["physics"])`.
+  with `physics.physics_table(out[split]["physics"])`. out["checkpoint"] says which
+  checkpoint was restored (best, or latest when checkpoints/best holds none) and its epoch.
+
+  The validation and test crystals come from the workdir; the train split, which the
+  workdir does not keep, is read from the dataset with the saved split and scaling.
   """
+  if split not in run_data.SPLITS:
+    raise InputError(split, f"unknown split; expected one of {', '.join(run_data.SPLITS)}")
   run = workdir_lib.Workdir(workdir)
-  loaded, rd = restore_run_and_data(workdir)
-  if split not in rd.splits:
-    raise InputError(split, f"unknown split; expected one of {', '.join(rd.splits)}")
-  config, scaler, part = loaded.config, rd.scaler, rd.splits[split]
-  bin_width = float(rd.grid[1] - rd.grid[0])
-  result = loaded.trainer.evaluate(loaded.params, part, rd.budget, bin_width)
-  _, y_pred = scaler.metric_predictions(loaded.trainer.predict(loaded.params, part, rd.budget),
-                                        part.y_scale)
+  loaded, data = restore_run_and_data(workdir)
+  if split in data.splits:
+    part, y_true = data.splits[split], data.labels[split]
+  else:
+    logging.info("the workdir keeps the %s crystals only; reading the %s split from the "
+                 "dataset", " and ".join(data.splits), split)
+    rd = _rebuild_from_dataset(run, loaded.config, data.scaler)
+    part, y_true = rd.splits[split], rd.labels[split]
+  config, scaler, grid = loaded.config, data.scaler, data.grid
+  result = loaded.trainer.evaluate(loaded.params, part, data.budget, data.bin_width)
+  _, y_pred = scaler.metric_predictions(
+      loaded.trainer.predict(loaded.params, part, data.budget), part.y_scale)
   y_pred = np.asarray(y_pred)
-  y_true = rd.labels[split]
   ids = np.asarray(part.graphs.ids)
   n_atoms = part.graphs.n_node.astype(np.int64)
   result["physics"], per_crystal = physics.derived_property_errors(
-      config.data.kind, rd.grid, y_true, y_pred, n_atoms)
-  np.savez(run.file(f"predictions_{split}.npz"), ids=ids, grid=rd.grid, y_true=y_true,
+      config.data.kind, grid, y_true, y_pred, n_atoms)
+  np.savez(run.file(f"predictions_{split}.npz"), ids=ids, grid=grid, y_true=y_true,
            y_pred=y_pred, n_atoms=n_atoms, **per_crystal)
   per_crystal_mae = np.abs(y_true - y_pred).mean(1)
   order = np.argsort(per_crystal_mae)
@@ -111,9 +152,10 @@ def evaluate_run(workdir: str, split: str = "test") -> dict[str, Any]:
   chosen = np.concatenate(list(picks.values()))
   titles = [f"{label} {k + 1}: {ids[i]} (MAE {per_crystal_mae[i]:.3g})"
             for label, idx in picks.items() for k, i in enumerate(idx)]
-  plotting.plot_dos_grid(run.file(f"eval_{split}.png"), rd.grid, y_pred[chosen], titles,
+  plotting.plot_dos_grid(run.file(f"eval_{split}.png"), grid, y_pred[chosen], titles,
                          y_true=y_true[chosen], xlabel=_x_label(config))
-  out = {"split": split, "best_epoch": loaded.best_epoch, split: result}
+  out = {"split": split, "best_epoch": loaded.checkpoint.epoch,
+         "checkpoint": loaded.checkpoint.to_json(), split: result}
   workdir_lib.write_json_atomic(run.file(f"eval_{split}.json"), out)
   return out
 
@@ -141,12 +183,19 @@ def predict_structures(workdir: str, structures: str, outdir: str | None = None
   predictions.csv / predictions.npz / predictions.png (+ heat capacity and mean
   frequency for phonons, a band-gap estimate for electrons) to a fresh directory
   (default workdir/predict-N) and returns a summary.
+
+  Reads only the given structures and the workdir: the grid from setup.json (from the
+  config for a workdir trained before it was saved), the padding budget sized from the
+  structures (a new crystal may be larger than any training crystal).
   """
   run = workdir_lib.Workdir(workdir)
   config = workdir_lib.load_config(workdir)
-  scaler = run.load_scaler()
-  if scaler is None:
-    raise InputError(workdir, "has no saved label statistics; the run never started")
+  scaler = _saved_scaler(run)
+  setup = run.load_setup()
+  if setup is None:
+    logging.info("%s has no setup.json (trained before it was kept): DoS grid from its "
+                 "config", workdir)
+  grid = run_data.grid_of(config.data) if setup is None else setup.grid
   raw = datasets.read_structure_folder(structures)
   skipped = list(raw.skipped)
   graphs, bad = graph_cache.featurize_structures(raw.ids, raw.structures, config.data.radius,
@@ -160,15 +209,15 @@ def predict_structures(workdir: str, structures: str, outdir: str | None = None
                      f"({len(skipped)} skipped)")
   l_y = config.data.l_y
   by_id = dict(zip(raw.ids, raw.structures))
-  systems = run_data.crystal_systems_if_needed(config, [by_id[i] for i in graphs.ids])
+  systems = run_data.crystal_systems_if_needed(config, [by_id[i] for i in graphs.ids],
+                                               graphs.ids)
   part = batching.LabelledGraphs(graphs, np.zeros((len(graphs), l_y), np.float32),
                                        np.ones(len(graphs), np.float32), systems)
   budget = batching.make_budget(
       graphs.n_node, graphs.n_edge,
       run_data.per_device_batch_size(config.train.batch_size, jax.device_count()))
-  loaded = restore_run(workdir, batching.assemble(part, np.arange(1), budget), scaler)
+  loaded = restore_run(workdir, config, scaler, budget)
   y_scaled = loaded.trainer.predict(loaded.params, part, budget)
-  grid = run_data.grid_of(config.data)
   n_atoms = graphs.n_node.astype(np.float64)
   y_phys = original_scale_for_prediction(config, scaler, y_scaled, n_atoms, grid)
 

@@ -1,8 +1,10 @@
 """The datasets of one run: read, featurise (cached), split, scale, budget.
 
 `prepare_run_data` turns a config into batched-ready splits. A new run draws a
-seeded split and fits the label scaler on its training crystals; a resumed run or
-`evaluate` passes the saved split ids and scaler so it sees exactly the same data.
+seeded split and fits the label scaler on its training crystals; a resumed run passes
+the saved split ids and scaler so it sees exactly the same data. Evaluation reads
+`EvalData` from the workdir instead (`workdir.Workdir.load_eval_data`), which training
+saves at its start, so a trained run is evaluated without its dataset.
 """
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ from absl import logging
 
 from xtal2dos_jax import datasets, graph_cache, batching, labels, symmetry
 from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.graph_cache import GraphSet
 
 SPLITS = ("train", "validation", "test")
+# The splits whose crystals and labels a workdir keeps for evaluation.
+EVAL_SPLITS = ("validation", "test")
 
 
 @dataclasses.dataclass
@@ -42,12 +47,22 @@ class RunData:
   def split_ids(self) -> dict[str, list[str]]:
     return {name: list(s.graphs.ids) for name, s in self.splits.items()}
 
+  @property
+  def bin_width(self) -> float:
+    """Grid spacing (cm^-1 or eV), the unit of the physical Wasserstein distance."""
+    return bin_width_of(self.grid)
+
 
 def per_device_batch_size(global_batch_size: int, num_devices: int) -> int:
   if global_batch_size < num_devices:
     raise InputError("config.train.batch_size",
                      f"{global_batch_size} is smaller than the {num_devices} devices")
   return -(-global_batch_size // num_devices)
+
+
+def bin_width_of(grid: np.ndarray) -> float:
+  """Spacing of a uniform DoS grid; 1 for a one-point grid."""
+  return float(grid[1] - grid[0]) if len(grid) > 1 else 1.0
 
 
 def grid_of(data_config: ml_collections.ConfigDict) -> np.ndarray:
@@ -69,11 +84,42 @@ def featurize_raw(raw: datasets.RawDataset, data_config: ml_collections.ConfigDi
   return graphs, np.asarray([row[str(i)] for i in graphs.ids], np.int64), skipped
 
 
-def crystal_systems_if_needed(config: ml_collections.ConfigDict, structures) -> np.ndarray | None:
-  """int32[n] crystal systems (spglib, ~5 ms per crystal) for models that use them."""
+@dataclasses.dataclass
+class EvalData:
+  """What evaluating a trained run needs, as saved in its workdir at the start of training.
+
+  splits: split name -> LabelledGraphs (labels scaled by `scaler`), for EVAL_SPLITS.
+  labels: split name -> float32[n, l_y] labels on the original scale.
+  grid: float32[l_y] x-axis of the DoS (cm^-1 or eV).
+  budget: the training run's per-device padding budget (fits every crystal).
+  """
+  splits: dict[str, batching.LabelledGraphs]
+  labels: dict[str, np.ndarray]
+  scaler: labels.LabelScaler
+  grid: np.ndarray
+  budget: batching.Budget
+
+  @property
+  def bin_width(self) -> float:
+    return bin_width_of(self.grid)
+
+
+def labelled(graphs: GraphSet, y_original: np.ndarray, scaler: labels.LabelScaler,
+             crystal_system: np.ndarray | None = None) -> batching.LabelledGraphs:
+  """A split ready to batch: `graphs` with their labels float32[n, l_y] (original scale)
+  scaled by `scaler`."""
+  y_scaled, y_scale = scaler.transform(y_original)
+  return batching.LabelledGraphs(graphs, np.asarray(y_scaled, np.float32),
+                                 np.asarray(y_scale, np.float32), crystal_system)
+
+
+def crystal_systems_if_needed(config: ml_collections.ConfigDict, structures,
+                              ids: Sequence[str]) -> np.ndarray | None:
+  """int32[n] crystal systems (spglib, ~5 ms per crystal) for models that use them;
+  `ids` name the crystals in spglib's warnings."""
   if config.model.decoder != "dostransformer":
     return None
-  return symmetry.crystal_systems(structures)
+  return symmetry.crystal_systems(structures, ids=ids)
 
 
 def _split_rows(ids: Sequence[str], data_config, split_ids: Mapping[str, Sequence[str]] | None):
@@ -84,7 +130,7 @@ def _split_rows(ids: Sequence[str], data_config, split_ids: Mapping[str, Sequenc
     else:
       parts = datasets.split_indices(len(ids), tuple(data_config.split), data_config.split_seed)
     parts["train"] = datasets.train_subset(parts["train"],
-                                           data_config.get("train_fraction", 1.0),
+                                           data_config.train_fraction,
                                            data_config.split_seed)
     return parts
   where = {str(i): k for k, i in enumerate(ids)}
@@ -107,7 +153,7 @@ def prepare_run_data(config: ml_collections.ConfigDict, num_devices: int = 1,
     raw = raw.subset(np.arange(config.data.limit))
   graphs, rows, skipped = featurize_raw(raw, config.data)
   skipped = list(raw.skipped) + skipped
-  systems = crystal_systems_if_needed(config, [raw.structures[r] for r in rows])
+  systems = crystal_systems_if_needed(config, [raw.structures[r] for r in rows], graphs.ids)
   parts = _split_rows(graphs.ids, config.data, split_ids)
   y_all = np.asarray(raw.labels, np.float32)[rows]
   if scaler is None:
@@ -117,10 +163,8 @@ def prepare_run_data(config: ml_collections.ConfigDict, num_devices: int = 1,
     idx = parts[name]
     if len(idx) == 0:
       raise InputError(f"split '{name}'", f"has no crystals ({len(graphs)} usable in total)")
-    y_scaled, y_scale = scaler.transform(y_all[idx])
-    splits[name] = batching.LabelledGraphs(
-        graphs.subset(idx), np.asarray(y_scaled, np.float32), np.asarray(y_scale, np.float32),
-        None if systems is None else systems[idx])
+    splits[name] = labelled(graphs.subset(idx), y_all[idx], scaler,
+                            None if systems is None else systems[idx])
     original[name] = y_all[idx]
     extras[name] = {k: np.asarray(v)[rows][idx] for k, v in raw.extras.items()}
   budget = batching.make_budget(

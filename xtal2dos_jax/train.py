@@ -1,16 +1,17 @@
-"""Training, evaluation and checkpointing (DESIGN 6), data parallel with `jax.pmap`.
+"""The train state, the pmapped train / eval / predict steps, and `train_and_evaluate`.
 
 The global batch is split into one padded device batch per device (see
 `batching.epoch_plan`); the per-device loss is the sum of its crystals' losses
 divided by the global crystal count, and gradients are `psum`-ed, so any split of a
-global batch over 1..N devices gives the same update. Metrics are additive sums,
-`psum`-ed across devices and added across batches on the host.
+global batch over 1..N devices gives the same update (BUILD_NOTES.md, "Batching").
+Metrics are additive sums, `psum`-ed across devices and added across batches on the host.
+Schedules and optimizers are in `optimizers.py`, checkpoints in `checkpoints.py`, SIGTERM
+handling in `preemption.py`.
 """
 from __future__ import annotations
 
 import functools
 import os
-import signal
 import time
 from typing import Any, Callable, Iterable
 
@@ -23,10 +24,13 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from xtal2dos_jax import run_data
-from xtal2dos_jax import batching, losses, metrics, models, workdir as workdir_lib
+from xtal2dos_jax import batching, losses, metrics, models, optimizers, run_data
+from xtal2dos_jax import checkpoints as checkpoints_lib
+from xtal2dos_jax import workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.preemption import Preempted, StopFlag
 from xtal2dos_jax.progress import ProgressBar
+from xtal2dos_jax.reporting import format_table
 
 AXIS = "batch"
 
@@ -46,74 +50,33 @@ class TrainState(train_state.TrainState):
     return self.params if self.ema_params is None else self.ema_params
 
 
-def noam_schedule(factor: float, d_model: int, warmup_steps: int, decay_after_steps: int = 0,
-                  decay_rate: float = 1.0) -> optax.Schedule:
-  """The Transformer paper's schedule as the public Xtal2DoS code runs it:
-  factor * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5) at step s >= 1 (step 0 counts as
-  1), and from `decay_after_steps` on (if > 0) divided by decay_rate^(s /
-  decay_after_steps). The peak, at s = warmup, is factor / sqrt(d_model * warmup)."""
-  def schedule(step):
-    s = jnp.maximum(jnp.asarray(step, jnp.float32), 1.0)
-    lr = factor * d_model ** -0.5 * jnp.minimum(s ** -0.5, s * float(warmup_steps) ** -1.5)
-    if decay_after_steps > 0:
-      lr = jnp.where(s >= decay_after_steps, lr / decay_rate ** (s / decay_after_steps), lr)
-    return lr
-  return schedule
+def create_train_state(config: ml_collections.ConfigDict, budget: batching.Budget,
+                       steps_per_epoch: int) -> TrainState:
+  """Model, optimizer and initial train state from the config alone.
 
-
-def create_learning_rate_fn(config: ml_collections.ConfigDict,
-                            steps_per_epoch: int) -> optax.Schedule:
-  """`config.train.schedule`: 'cosine' (linear warmup, then `cosine_restarts` cosine
-  cycles down to 1% of the peak `learning_rate`) or 'noam' (`noam_schedule` with factor
-  `learning_rate`, `warmup_steps`, and the extra decay after `noam_decay_epochs`)."""
-  train_config = config.train
-  if train_config.schedule == "noam":
-    return noam_schedule(train_config.learning_rate, config.model.d_model,
-                         train_config.warmup_steps,
-                         int(train_config.noam_decay_epochs * steps_per_epoch),
-                         train_config.noam_decay_rate)
-  if train_config.schedule != "cosine":
-    raise InputError("config.train.schedule", f"unknown schedule {train_config.schedule!r}; "
-                     "expected cosine or noam")
-  peak = train_config.learning_rate
-  warmup = int(train_config.warmup_epochs * steps_per_epoch)
-  total = max(int(train_config.num_epochs * steps_per_epoch), warmup + 1)
-  cycles = max(int(train_config.cosine_restarts), 1)
-  cycle_len = max((total - warmup) // cycles, 1)
-  schedules = [optax.linear_schedule(0.0, peak, warmup)] if warmup else []
-  schedules += [optax.cosine_decay_schedule(peak, cycle_len, alpha=0.01)
-                for _ in range(cycles)]
-  boundaries = [warmup + k * cycle_len for k in range(cycles)]
-  return optax.join_schedules(schedules, boundaries[1:] if not warmup else boundaries)
-
-
-def create_optimizer(train_config: ml_collections.ConfigDict,
-                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
-  name = train_config.optimizer
-  betas = {"b1": 0.9, "b2": train_config.adam_b2, "eps": train_config.adam_eps}
-  if name == "adam":
-    opt = optax.adam(learning_rate_fn, **betas)
-  elif name == "adamw":
-    opt = optax.adamw(learning_rate_fn, weight_decay=train_config.weight_decay, **betas)
-  elif name == "sgd":
-    opt = optax.sgd(learning_rate_fn, momentum=0.9)
-  else:
-    raise InputError("config.train.optimizer",
-                     f"unknown optimizer '{name}'; expected adam, adamw, sgd")
-  # flatten: the optimizer works on one concatenated vector, which cuts the train
-  # step's compile time by ~2 s (fewer, larger ops) at the same step speed.
-  return optax.flatten(optax.chain(optax.clip_by_global_norm(train_config.grad_clip), opt))
-
-
-def create_train_state(config: ml_collections.ConfigDict, model, sample: batching.Batch,
-                       tx: optax.GradientTransformation) -> TrainState:
-  """Initialises parameters from one (unstacked) device batch."""
+  The parameters are initialised (seed `config.seed`) on `batching.dummy_batch` of the
+  padding `budget`: their shapes depend only on the config, so no data is needed.
+  `steps_per_epoch` sizes the learning-rate schedule (`optimizers.create_learning_rate_fn`).
+  Training, the benchmark, evaluation and prediction all build their state here;
+  restore templates are its `jax.eval_shape` (`abstract_train_state`).
+  """
+  model = models.create_model(config)
+  tx = optimizers.create_optimizer(
+      config.train, optimizers.create_learning_rate_fn(config, steps_per_epoch))
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   params = jax.jit(functools.partial(model.init, train=False))(
-      {"params": init_rng}, jax.tree.map(jnp.asarray, sample))["params"]
-  ema = jax.tree.map(jnp.copy, params) if config.train.get("ema_decay", 0.0) > 0 else None
+      {"params": init_rng},
+      jax.tree.map(jnp.asarray, batching.dummy_batch(budget, config.data.l_y)))["params"]
+  ema = jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng,
                            ema_params=ema)
+
+
+def abstract_train_state(config: ml_collections.ConfigDict,
+                         budget: batching.Budget) -> TrainState:
+  """Shapes and dtypes of `create_train_state` (jax.ShapeDtypeStruct leaves), without
+  running the initialisation: the template a checkpoint is restored into."""
+  return jax.eval_shape(lambda: create_train_state(config, budget, steps_per_epoch=1))
 
 
 def update_ema(ema_params, params, step: jax.Array, decay: float):
@@ -193,7 +156,7 @@ class Trainer:
     self.loss_fn = losses.loss_on_raw_outputs(config.train.loss, self.output_activation)
     self.scaler = scaler
     self.p_train_step = jax.pmap(functools.partial(train_step, loss_fn=self.loss_fn,
-                                                   ema_decay=config.train.get("ema_decay", 0.0)),
+                                                   ema_decay=config.train.ema_decay),
                                  axis_name=AXIS, devices=pmap_devices, donate_argnums=(0,))
     self.p_eval_step = jax.pmap(
         functools.partial(eval_step, apply_fn=self.model.apply, loss_fn=self.loss_fn,
@@ -215,11 +178,6 @@ class Trainer:
     return jax.tree.map(
         lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding),
         tree)
-
-  def init_state(self, sample: batching.Batch, steps_per_epoch: int) -> TrainState:
-    self.learning_rate_fn = create_learning_rate_fn(self.config, steps_per_epoch)
-    tx = create_optimizer(self.config.train, self.learning_rate_fn)
-    return create_train_state(self.config, self.model, sample, tx)
 
   def _device_slice(self) -> slice:
     p = jax.process_index()
@@ -297,34 +255,6 @@ def _is_lead() -> bool:
   return jax.process_index() == 0
 
 
-class _StopFlag:
-  """Turns SIGTERM (a preemption) into a request to checkpoint and stop."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no signal handling
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and stopping")
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-class Preempted(Exception):
-  """Raised after a SIGTERM-triggered checkpoint; rerun the command to resume."""
-
-
 class Diverged(InputError):
   """The loss, a gradient or a validation metric became NaN/inf; nothing from that
   epoch on is saved (checkpoints, metrics line, results)."""
@@ -357,18 +287,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      "trained run use `python -m experiments.evaluate --workdir=...`)")
 
 
-def format_table(results: dict[str, Any]) -> str:
-  """Paper-style table: one row per split and scale, columns R^2 MAE MSE WD."""
-  lines = [f"{'split':<11}{'scale':<11}{'R^2':>9}{'MAE':>12}{'MSE':>12}{'WD':>9}{'WD_phys':>10}"
-           f"{'n':>6}"]
-  for split, res in results.items():
-    for scale in ("normalized", "original"):
-      m = res[scale]
-      lines.append(f"{split:<11}{scale:<11}{m['r2']:>9.4f}{m['mae']:>12.4g}{m['mse']:>12.4g}"
-                   f"{m['wd']:>9.4f}{m['wd_physical']:>10.4g}{m['count']:>6d}")
-  return "\n".join(lines)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        overwrite: bool = False) -> dict[str, Any]:
   """Trains (resuming if `workdir` holds a checkpoint), then reports val/test metrics.
@@ -390,22 +308,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                  scaler=saved_scaler)
   if _is_lead():
     run.save_data_description(rd)
-  bin_width = float(rd.grid[1] - rd.grid[0]) if len(rd.grid) > 1 else 1.0
+  bin_width = rd.bin_width
   trainer = Trainer(config, rd.scaler)
   train_data, val_data = rd.splits["train"], rd.splits["validation"]
   steps_per_epoch = len(trainer.plan(train_data, rd.budget))
-  sample = batching.assemble(train_data, np.arange(1), rd.budget)
-  state = trainer.init_state(sample, steps_per_epoch)
-  ckpt = workdir_lib.Checkpoints(run.checkpoint_dir, keep=config.train.keep_checkpoints)
-  progress = ckpt.restore_latest(state)
-  if progress is None:
-    progress = workdir_lib.ResumeState()
+  learning_rate_fn = optimizers.create_learning_rate_fn(config, steps_per_epoch)
+  state = create_train_state(config, rd.budget, steps_per_epoch)
+  ckpt = checkpoints_lib.Checkpoints(run.checkpoint_dir, keep=config.train.keep_checkpoints)
+  resume = ckpt.restore_latest(state)
+  if resume is None:
+    resume = checkpoints_lib.ResumeState()
   else:
-    state = progress.state
-    logging.info("resuming from epoch %d step %d (global step %d)", progress.epoch,
-                 progress.step_in_epoch, int(state.step))
+    state = resume.state
+    logging.info("resuming from epoch %d step %d (global step %d)", resume.epoch,
+                 resume.step_in_epoch, int(state.step))
   if _is_lead():
-    run.truncate_metrics(progress.epoch)
+    run.truncate_metrics(resume.epoch)
   n_params = models.count_params(state.params)
   logging.info("model: %s encoder, %s decoder, %d parameters; %d train / %d val / %d test; "
                "budget %s; %d devices", config.model.encoder, config.model.decoder, n_params,
@@ -413,11 +331,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                rd.budget, jax.device_count())
   state_repl = trainer.replicate(state)
 
-  with _StopFlag() as stop:
-    epoch = progress.epoch
-    while epoch < config.train.num_epochs and progress.bad_epochs < config.train.patience:
+  with StopFlag() as stop:
+    epoch = resume.epoch
+    while epoch < config.train.num_epochs and resume.bad_epochs < config.train.patience:
       plan = trainer.plan(train_data, rd.budget, epoch=epoch, shuffle=True)
-      start_step = progress.step_in_epoch
+      start_step = resume.step_in_epoch
       bar = ProgressBar(len(plan), f"epoch {epoch + 1}/{config.train.num_epochs}",
                         enabled=config.train.progress and _is_lead())
       bar.count = start_step
@@ -427,7 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       def diverged(k: int) -> Diverged:
         return Diverged("training", f"non-finite loss or gradient at epoch {epoch + 1} step "
                         f"{start_step + k + 1} of {len(plan)}; stopped, nothing from this "
-                        f"epoch is saved (last checkpoint: epoch {progress.epoch}); lower "
+                        f"epoch is saved (last checkpoint: epoch {resume.epoch}); lower "
                         f"config.train.learning_rate (now {config.train.learning_rate:g}) "
                         "or check the labels")
 
@@ -442,39 +360,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           done = jax.device_get(outs)
           if _first_non_finite(done) is not None:
             raise diverged(_first_non_finite(done))
-          progress = progress.replace(
+          resume = resume.replace(
               epoch=epoch, step_in_epoch=s + 1,
-              epoch_loss_sum=progress.epoch_loss_sum + float(sum(o["loss_sum"][0] for o in done)),
-              epoch_count=progress.epoch_count + float(sum(o["count"][0] for o in done)))
-          ckpt.save(flax.jax_utils.unreplicate(state_repl), progress)
+              epoch_loss_sum=resume.epoch_loss_sum + float(sum(o["loss_sum"][0] for o in done)),
+              epoch_count=resume.epoch_count + float(sum(o["count"][0] for o in done)))
+          ckpt.save(flax.jax_utils.unreplicate(state_repl), resume)
           ckpt.close()
           raise Preempted(f"preempted at epoch {epoch + 1} step {s + 1}; rerun to resume")
       outs = jax.device_get(outs)  # every device holds the psum-ed totals: read device 0
       if _first_non_finite(outs) is not None:
         raise diverged(_first_non_finite(outs))
       # (plus what the steps before a preemption of this epoch contributed)
-      loss_sum = progress.epoch_loss_sum + float(sum(o["loss_sum"][0] for o in outs))
-      count = progress.epoch_count + float(sum(o["count"][0] for o in outs))
+      loss_sum = resume.epoch_loss_sum + float(sum(o["loss_sum"][0] for o in outs))
+      count = resume.epoch_count + float(sum(o["count"][0] for o in outs))
       train_seconds = time.perf_counter() - t0
       val = trainer.evaluate(state_repl.eval_params, val_data, rd.budget, bin_width)
       if not _all_finite(val):
         raise Diverged("training", f"validation loss/metrics are not finite after epoch "
                        f"{epoch + 1}; stopped, nothing from this epoch is saved (last "
-                       f"checkpoint: epoch {progress.epoch})")
+                       f"checkpoint: epoch {resume.epoch})")
       bar.close(f"loss {loss_sum / max(count, 1):.4g} val {val['loss']:.4g} "
                 f"val R^2 {val['normalized']['r2']:.3f}")
       epoch += 1
       score = VALIDATION_SCORES[config.train.select_on](val)
-      improved = score < progress.best_score
-      progress = progress.replace(
+      improved = score < resume.best_score
+      resume = resume.replace(
           epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_count=0.0,
-          best_score=min(score, progress.best_score),
-          best_epoch=epoch if improved else progress.best_epoch,
-          bad_epochs=0 if improved else progress.bad_epochs + 1)
+          best_score=min(score, resume.best_score),
+          best_epoch=epoch if improved else resume.best_epoch,
+          bad_epochs=0 if improved else resume.bad_epochs + 1)
       record = {"epoch": epoch, "step": int(state_repl.step[0]),
                 "train_loss": loss_sum / max(count, 1.0), "val_loss": val["loss"],
                 "val": {k: val[k] for k in ("normalized", "original")},
-                "learning_rate": float(trainer.learning_rate_fn(int(state_repl.step[0]))),
+                "learning_rate": float(learning_rate_fn(int(state_repl.step[0]))),
                 "train_seconds": train_seconds,
                 "train_crystals_per_s": count / max(train_seconds, 1e-9),
                 "rss_mb": _resident_mb(), "wall_time": time.time()}
@@ -484,23 +402,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         run.append_metrics(record)
       state_host = flax.jax_utils.unreplicate(state_repl)
       if improved:
-        ckpt.save_best(state_host, progress, score)
+        ckpt.save_best(state_host, resume, score)
       if epoch % config.train.checkpoint_every == 0 or epoch == config.train.num_epochs:
-        ckpt.save(state_host, progress)
+        ckpt.save(state_host, resume)
 
   state_host = flax.jax_utils.unreplicate(state_repl)
-  ckpt.save(state_host, progress)
+  ckpt.save(state_host, resume)
   best = ckpt.restore_best(state_host)
   params_repl = trainer.replicate(best.state.eval_params)
   results = {split: trainer.evaluate(params_repl, rd.splits[split], rd.budget, bin_width)
              for split in ("validation", "test")}
   ckpt.close()
   if not _all_finite(results):
-    raise Diverged("results", f"the best checkpoint (epoch {progress.best_epoch}) gives "
+    raise Diverged("results", f"the best checkpoint (epoch {resume.best_epoch}) gives "
                    "non-finite validation/test metrics; results.json not written")
-  summary = {"metrics": results, "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+  summary = {"metrics": results, "best_epoch": resume.best_epoch, "epochs_run": resume.epoch,
              "num_params": n_params}
   if _is_lead():
     run.save_results(summary)
-  logging.info("best epoch %d; metrics:\n%s", progress.best_epoch, format_table(results))
+  logging.info("best epoch %d; metrics:\n%s", resume.best_epoch, format_table(results))
   return summary

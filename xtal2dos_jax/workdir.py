@@ -5,22 +5,25 @@
     workdir/splits.json        crystal ids per split (evaluate uses exactly this test set)
     workdir/label_scaler.json  label scaling and its statistics
     workdir/skipped.json       inputs left out, with reasons
+    workdir/setup.json         label grid, padding budget and l_y (model set-up without data)
+    workdir/eval_data/<split>.npz         featurised crystals of the validation and test
+                                          splits (graph_cache format)
+    workdir/eval_data/<split>_labels.npz  their ids, labels (original scale) and crystal
+                                          systems, so evaluation never reads the dataset
     workdir/metrics.jsonl      one line per epoch
     workdir/events.out.tfevents.xtal2dos_jax   the same metrics for TensorBoard
     workdir/results.json       final metrics; its presence marks a finished run
-    workdir/checkpoints/{latest,best}/<step>   Orbax checkpoints
+    workdir/checkpoints/{latest,best}/<step>   Orbax checkpoints (`checkpoints.py`)
 
-Every JSON file is written atomically (temp file + rename), with the mode a plain
+Every JSON / npz file is written atomically (temp file + rename), with the mode a plain
 open() would give under the umask, and Orbax commits a checkpoint only once it is
 complete, so a run killed at any moment leaves either the old or the new file,
 never a torn one.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -32,9 +35,9 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from xtal2dos_jax import labels, tensorboard
+from xtal2dos_jax import batching, labels, run_data as run_data_lib, tensorboard
+from xtal2dos_jax.graph_cache import GraphSet
 from xtal2dos_jax.errors import InputError
 
 # Config entries that may differ between a run and its resumption.
@@ -45,11 +48,15 @@ _ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0,
                "train.adam_b2": 0.999, "train.adam_eps": 1e-8, "train.schedule": "cosine",
                "train.warmup_steps": 300, "train.noam_decay_epochs": 0,
                "train.noam_decay_rate": 4.0, "model.composition_activation": "none",
-               "model.mlp_energy_embedding": False, "model.source_attention": True}
-# Checkpoint step ids are epoch * _STEPS_PER_EPOCH_ID + step in epoch (`_checkpoint_step`).
-_STEPS_PER_EPOCH_ID = 1_000_000
+               "model.mlp_energy_embedding": False, "model.source_attention": True,
+               "train.ema_decay": 0.0}
+# Checkpoint step ids are epoch * STEPS_PER_EPOCH_ID + step in epoch
+# (`checkpoints.checkpoint_step`); `last_checkpoint` decodes them.
+STEPS_PER_EPOCH_ID = 1_000_000
 # Subdirectories of `<workdir>/checkpoints` holding the two Orbax managers' steps.
-_CHECKPOINT_KINDS = ("latest", "best")
+CHECKPOINT_KINDS = ("latest", "best")
+# Subdirectory holding the evaluation splits' crystals and labels.
+EVAL_DATA_DIR = "eval_data"
 _PACKAGES = ("xtal2dos_jax", "jax", "jaxlib", "flax", "optax", "jraph", "orbax-checkpoint", "ase",
              "numpy", "ml-collections")
 
@@ -91,13 +98,13 @@ def mkstemp_like_open(directory: str, suffix: str = ".tmp") -> tuple[int, str]:
   return fd, tmp
 
 
-def _write_atomic(path: str, write: Callable[[IO[str]], None]) -> None:
+def _write_atomic(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
   """Calls `write(file)` on a temp file in `path`'s directory, then renames it to
   `path`, so a kill or a full disk leaves the old or the new file, never a torn one;
   the mode follows the umask (see `mkstemp_like_open`)."""
   fd, tmp = mkstemp_like_open(os.path.dirname(os.path.abspath(path)))
   try:
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "wb" if binary else "w") as f:
       write(f)
       f.flush()
       os.fsync(f.fileno())
@@ -116,6 +123,21 @@ def write_text_atomic(path: str, text: str) -> None:
 def write_json_atomic(path: str, obj: Any) -> None:
   """`obj` as indented JSON at `path`, atomically (see `_write_atomic`)."""
   _write_atomic(path, lambda f: json.dump(obj, f, indent=1))
+
+
+def write_npz_atomic(path: str, **arrays: np.ndarray) -> None:
+  """`arrays` as an uncompressed .npz at `path`, atomically (see `_write_atomic`)."""
+  _write_atomic(path, lambda f: np.savez(f, **arrays), binary=True)
+
+
+class RunSetup(NamedTuple):
+  """What building the model and its batches needs besides the config (`setup.json`)."""
+  grid: np.ndarray          # float32[l_y], the DoS x-axis (cm^-1 or eV)
+  budget: batching.Budget   # the training run's per-device padding budget
+
+  @property
+  def l_y(self) -> int:
+    return len(self.grid)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -162,34 +184,6 @@ def package_versions() -> dict[str, str]:
     except importlib.metadata.PackageNotFoundError:
       out[name] = "not installed"
   return out
-
-
-@dataclasses.dataclass(frozen=True)
-class ResumeState:
-  """Where a run stands; saved beside every checkpoint."""
-  epoch: int = 0                 # completed epochs
-  step_in_epoch: int = 0         # steps done in the current epoch (after a preemption)
-  best_score: float = math.inf   # best validation score so far (lower is better)
-  best_epoch: int = 0
-  bad_epochs: int = 0            # epochs since the last validation improvement
-  epoch_loss_sum: float = 0.0    # training-loss sum / crystal count of the steps done in
-  epoch_count: float = 0.0       # the current epoch before a preemption
-  state: Any = None              # the restored TrainState (not serialised)
-
-  def replace(self, **kw) -> "ResumeState":
-    return dataclasses.replace(self, **kw)
-
-  def to_json(self) -> dict:
-    d = dataclasses.asdict(self)
-    d.pop("state")
-    d["best_score"] = None if math.isinf(self.best_score) else self.best_score
-    return d
-
-  @classmethod
-  def from_json(cls, d: dict, state) -> "ResumeState":
-    d = dict(d)
-    d["best_score"] = math.inf if d["best_score"] is None else d["best_score"]
-    return cls(state=state, **d)
 
 
 class Workdir:
@@ -247,7 +241,7 @@ class Workdir:
     metrics = self.file("metrics.jsonl")
     if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
       return False
-    for kind in _CHECKPOINT_KINDS:
+    for kind in CHECKPOINT_KINDS:
       directory = os.path.join(self.checkpoint_dir, kind)
       if os.path.isdir(directory) and os.listdir(directory):
         return False
@@ -255,11 +249,12 @@ class Workdir:
 
   def _clear(self) -> None:
     for name in ("config.json", "run.json", "splits.json", "label_scaler.json", "skipped.json",
-                 "metrics.jsonl", "results.json"):
+                 "setup.json", "metrics.jsonl", "results.json"):
       if os.path.exists(self.file(name)):
         os.remove(self.file(name))
     tensorboard.remove(self.path)
     shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+    shutil.rmtree(self.file(EVAL_DATA_DIR), ignore_errors=True)
 
   def load_splits(self) -> dict[str, list[str]] | None:
     path = self.file("splits.json")
@@ -275,10 +270,67 @@ class Workdir:
     with open(path) as f:
       return labels.LabelScaler.from_dict(json.load(f))
 
-  def save_data_description(self, run_data) -> None:
-    write_json_atomic(self.file("splits.json"), run_data.split_ids)
-    write_json_atomic(self.file("label_scaler.json"), run_data.scaler.to_dict())
-    write_json_atomic(self.file("skipped.json"), [list(s) for s in run_data.skipped])
+  def save_data_description(self, rd: run_data_lib.RunData) -> None:
+    """What later runs of this workdir need from the data: split ids, label scaler,
+    skipped inputs, the set-up (grid, budget) and the evaluation splits' crystals."""
+    write_json_atomic(self.file("splits.json"), rd.split_ids)
+    write_json_atomic(self.file("label_scaler.json"), rd.scaler.to_dict())
+    write_json_atomic(self.file("skipped.json"), [list(s) for s in rd.skipped])
+    self.save_setup(RunSetup(rd.grid, rd.budget))
+    os.makedirs(self.file(EVAL_DATA_DIR), exist_ok=True)
+    for name in run_data_lib.EVAL_SPLITS:
+      part = rd.splits[name]
+      part.graphs.save(self._eval_file(name, ""))
+      extra = {} if part.crystal_system is None else {"crystal_system": part.crystal_system}
+      write_npz_atomic(self._eval_file(name, "_labels"), ids=np.asarray(part.graphs.ids, str),
+                       labels=np.asarray(rd.labels[name], np.float32), **extra)
+
+  def save_setup(self, setup: RunSetup) -> None:
+    write_json_atomic(self.file("setup.json"), {
+        "l_y": setup.l_y, "grid": [float(g) for g in setup.grid],
+        "budget": setup.budget._asdict()})
+
+  def load_setup(self) -> RunSetup | None:
+    """The saved grid and budget; None for a workdir trained before they were saved."""
+    path = self.file("setup.json")
+    if not os.path.exists(path):
+      return None
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+      grid = np.asarray(saved["grid"], np.float32)
+      budget = batching.Budget(**{k: int(v) for k, v in saved["budget"].items()})
+      if len(grid) != int(saved["l_y"]):
+        raise ValueError(f"{len(grid)} grid points but l_y {saved['l_y']}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise InputError(path, f"unreadable run set-up ({e})") from None
+    return RunSetup(grid, budget)
+
+  def _eval_file(self, split: str, suffix: str) -> str:
+    return os.path.join(self.file(EVAL_DATA_DIR), f"{split}{suffix}.npz")
+
+  def load_eval_data(self, scaler: labels.LabelScaler,
+                     setup: RunSetup) -> run_data_lib.EvalData | None:
+    """The evaluation splits as training saved them (`save_data_description`), labels
+    scaled by `scaler`; None for a workdir trained before they were saved."""
+    splits, original = {}, {}
+    for name in run_data_lib.EVAL_SPLITS:
+      graphs_path, labels_path = self._eval_file(name, ""), self._eval_file(name, "_labels")
+      if not (os.path.exists(graphs_path) and os.path.exists(labels_path)):
+        return None
+      try:
+        graphs, _ = GraphSet.load(graphs_path)
+        with np.load(labels_path) as z:
+          ids, y = z["ids"].tolist(), np.asarray(z["labels"], np.float32)
+          systems = np.asarray(z["crystal_system"], np.int32) if "crystal_system" in z else None
+      except (OSError, ValueError, KeyError, EOFError) as e:
+        raise InputError(labels_path, f"unreadable evaluation data ({e})") from None
+      if ids != graphs.ids or y.shape != (len(ids), setup.l_y):
+        raise InputError(labels_path, f"does not match {graphs_path} ({len(ids)} ids, labels "
+                         f"{y.shape}, {len(graphs)} crystals, l_y {setup.l_y})")
+      splits[name] = run_data_lib.labelled(graphs, y, scaler, systems)
+      original[name] = y
+    return run_data_lib.EvalData(splits, original, scaler, setup.grid, setup.budget)
 
   def append_metrics(self, record: dict) -> None:
     with open(self.file("metrics.jsonl"), "a") as f:
@@ -308,136 +360,16 @@ class Workdir:
     write_json_atomic(self.file("results.json"), results)
 
 
-class RestoredCheckpoint(NamedTuple):
-  """Which checkpoint `Checkpoints.restore_best` restored."""
-  kind: str     # "best", or "latest" when checkpoints/best holds none
-  epoch: int    # completed epochs of the restored state
-  step: int     # Orbax step (see `_checkpoint_step`)
-
-  def to_json(self) -> dict:
-    return self._asdict()
-
-
-class Checkpoints:
-  """Orbax managers for the latest and the best (lowest validation loss) states."""
-
-  def __init__(self, directory: str, keep: int = 2):
-    self.directory = directory
-    self.restored: RestoredCheckpoint | None = None
-    opts = dict(create=True, enable_async_checkpointing=False)
-    latest, best = _CHECKPOINT_KINDS
-    self.latest = ocp.CheckpointManager(
-        os.path.join(directory, latest),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
-    self.best = ocp.CheckpointManager(
-        os.path.join(directory, best),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["score"],
-                                             best_mode="min", **opts))
-
-  @staticmethod
-  def _args(state, progress: ResumeState):
-    return ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)),
-                              progress=ocp.args.JsonSave(progress.to_json()))
-
-  def save(self, state, progress: ResumeState) -> None:
-    step = _checkpoint_step(progress)
-    if step in self.latest.all_steps():
-      return
-    self.latest.save(step, args=self._args(state, progress))
-    self.latest.wait_until_finished()
-
-  def save_best(self, state, progress: ResumeState, score: float) -> None:
-    """Keeps `state` as the best checkpoint; `score` is the validation score (lower
-    is better, see train.VALIDATION_SCORES)."""
-    if _checkpoint_step(progress) in self.best.all_steps():
-      return  # saved before a kill; the resumed run reached the same point again
-    self.best.save(_checkpoint_step(progress), args=self._args(state, progress),
-                   metrics={"score": float(score)})
-    self.best.wait_until_finished()
-
-  def _restore(self, manager, step, template) -> ResumeState:
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(_state_tree(template)),
-          progress=ocp.args.JsonRestore()))
-    except Exception as e:  # orbax raises many types for torn or mismatched trees
-      raise InputError(os.path.join(manager.directory, str(step)),
-                       f"checkpoint cannot be restored into this model ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    where = os.path.join(manager.directory, str(step))
-    _check_same_shapes(restored.state, _state_tree(template), where)
-    state = template.replace(**restored.state)
-    return ResumeState.from_json(restored.progress, state)
-
-  def restore_latest(self, template) -> ResumeState | None:
-    step = self.latest.latest_step()
-    return None if step is None else self._restore(self.latest, step, template)
-
-  def restore_best(self, template) -> ResumeState:
-    """The best checkpoint; if `checkpoints/best` holds none (deleted, or a run killed
-    before its first validation), the latest one, with a warning naming its epoch.
-    `self.restored` records which one was used, for evaluation outputs."""
-    step = self.best.best_step()
-    if step is not None:
-      progress = self._restore(self.best, step, template)
-      self.restored = RestoredCheckpoint("best", progress.epoch, int(step))
-      return progress
-    step = self.latest.latest_step()
-    if step is None:
-      raise InputError(self.directory, "holds no checkpoint; train first")
-    progress = self._restore(self.latest, step, template)
-    self.restored = RestoredCheckpoint("latest", progress.epoch, int(step))
-    logging.warning("no best checkpoint in %s; evaluating the latest, epoch %d",
-                    self.best.directory, progress.epoch)
-    return progress
-
-  def close(self) -> None:
-    self.latest.close()
-    self.best.close()
-
-
-def _check_same_shapes(restored, expected, where: str) -> None:
-  """Orbax restores whatever shapes were saved; a model of another size must not load."""
-  got = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
-  for path, want in jax.tree_util.tree_flatten_with_path(expected)[0]:
-    want = jax.ShapeDtypeStruct(np.shape(want), np.result_type(want)) \
-        if not hasattr(want, "shape") else want
-    have = got.get(path)
-    if have is None or np.shape(have) != tuple(want.shape):
-      raise InputError(where, f"checkpoint cannot be restored into this model: "
-                       f"{jax.tree_util.keystr(path)} has shape "
-                       f"{None if have is None else np.shape(have)}, the model expects "
-                       f"{tuple(want.shape)} (a different model size or architecture?)")
-
-
 def last_checkpoint(checkpoint_dir: str) -> tuple[int, int] | None:
   """(epoch, step in epoch) of the newest committed checkpoint in
   `<checkpoint_dir>/latest`, from the step directory names alone (no Orbax, so it is
   safe from any thread); None if there is none. Orbax commits a step by renaming its
   temporary directory to the bare step number, so only all-digit names count."""
   try:
-    names = os.listdir(os.path.join(checkpoint_dir, _CHECKPOINT_KINDS[0]))
+    names = os.listdir(os.path.join(checkpoint_dir, CHECKPOINT_KINDS[0]))
   except OSError:
     return None
   steps = [int(n) for n in names if n.isdigit()]
   if not steps:
     return None
-  return divmod(max(steps), _STEPS_PER_EPOCH_ID)
-
-
-def _checkpoint_step(progress: ResumeState) -> int:
-  # Unique, increasing id for (epoch, step in epoch): a mid-epoch preemption save
-  # never collides with an end-of-epoch one.
-  return progress.epoch * _STEPS_PER_EPOCH_ID + progress.step_in_epoch
-
-
-def _state_tree(state) -> dict:
-  """The saved part of a TrainState, as host numpy arrays (identical on every
-  process, so any process can restore it)."""
-  tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-          "rng": state.rng}
-  if state.ema_params is not None:
-    tree["ema_params"] = state.ema_params
-  if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree)):
-    return tree  # an abstract restore template
-  return jax.device_get(tree)
+  return divmod(max(steps), STEPS_PER_EPOCH_ID)

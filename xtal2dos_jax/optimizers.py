@@ -1,0 +1,74 @@
+"""Learning-rate schedules and the optimizer named by `config.train`.
+
+`create_learning_rate_fn` gives the step -> learning-rate schedule (linear warmup +
+cosine cycles, or the Transformer paper's "noam" schedule that the public Xtal2DoS code
+uses); `create_optimizer` wraps Adam / AdamW / SGD in global-norm gradient clipping.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from xtal2dos_jax.errors import InputError
+
+
+def noam_schedule(factor: float, d_model: int, warmup_steps: int, decay_after_steps: int = 0,
+                  decay_rate: float = 1.0) -> optax.Schedule:
+  """The Transformer paper's schedule as the public Xtal2DoS code runs it:
+  factor * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5) at step s >= 1 (step 0 counts as
+  1), and from `decay_after_steps` on (if > 0) divided by decay_rate^(s /
+  decay_after_steps). The peak, at s = warmup, is factor / sqrt(d_model * warmup)."""
+  def schedule(step):
+    s = jnp.maximum(jnp.asarray(step, jnp.float32), 1.0)
+    lr = factor * d_model ** -0.5 * jnp.minimum(s ** -0.5, s * float(warmup_steps) ** -1.5)
+    if decay_after_steps > 0:
+      lr = jnp.where(s >= decay_after_steps, lr / decay_rate ** (s / decay_after_steps), lr)
+    return lr
+  return schedule
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            steps_per_epoch: int) -> optax.Schedule:
+  """`config.train.schedule`: 'cosine' (linear warmup, then `cosine_restarts` cosine
+  cycles down to 1% of the peak `learning_rate`) or 'noam' (`noam_schedule` with factor
+  `learning_rate`, `warmup_steps`, and the extra decay after `noam_decay_epochs`)."""
+  train_config = config.train
+  if train_config.schedule == "noam":
+    return noam_schedule(train_config.learning_rate, config.model.d_model,
+                         train_config.warmup_steps,
+                         int(train_config.noam_decay_epochs * steps_per_epoch),
+                         train_config.noam_decay_rate)
+  if train_config.schedule != "cosine":
+    raise InputError("config.train.schedule", f"unknown schedule {train_config.schedule!r}; "
+                     "expected cosine or noam")
+  peak = train_config.learning_rate
+  warmup = int(train_config.warmup_epochs * steps_per_epoch)
+  total = max(int(train_config.num_epochs * steps_per_epoch), warmup + 1)
+  cycles = max(int(train_config.cosine_restarts), 1)
+  cycle_len = max((total - warmup) // cycles, 1)
+  schedules = [optax.linear_schedule(0.0, peak, warmup)] if warmup else []
+  schedules += [optax.cosine_decay_schedule(peak, cycle_len, alpha=0.01)
+                for _ in range(cycles)]
+  boundaries = [warmup + k * cycle_len for k in range(cycles)]
+  return optax.join_schedules(schedules, boundaries[1:] if not warmup else boundaries)
+
+
+def create_optimizer(train_config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+  """`train_config.optimizer` (adam | adamw | sgd with momentum 0.9) after clipping the
+  gradients to global norm `grad_clip`."""
+  name = train_config.optimizer
+  betas = {"b1": 0.9, "b2": train_config.adam_b2, "eps": train_config.adam_eps}
+  if name == "adam":
+    opt = optax.adam(learning_rate_fn, **betas)
+  elif name == "adamw":
+    opt = optax.adamw(learning_rate_fn, weight_decay=train_config.weight_decay, **betas)
+  elif name == "sgd":
+    opt = optax.sgd(learning_rate_fn, momentum=0.9)
+  else:
+    raise InputError("config.train.optimizer",
+                     f"unknown optimizer '{name}'; expected adam, adamw, sgd")
+  # flatten: the optimizer works on one concatenated vector, which cuts the train
+  # step's compile time by ~2 s (fewer, larger ops) at the same step speed.
+  return optax.flatten(optax.chain(optax.clip_by_global_norm(train_config.grad_clip), opt))
