@@ -162,6 +162,15 @@ def test_assemble_without_crystal_system(data, budget):
   np.testing.assert_array_equal(batch.crystal_system, 0)
 
 
+@pytest.mark.parametrize("bad", [7, -1])
+def test_assemble_rejects_crystal_systems_outside_the_prompt_table(data, budget, bad):
+  systems = np.zeros(len(data.graphs), np.int32)
+  systems[2] = bad
+  with pytest.raises(InputError, match=r"crystal_system: 1 crystal system\(s\) outside 0..6"):
+    ip.assemble(data._replace(crystal_system=systems), np.array([1, 2]), budget)
+  ip.assemble(data._replace(crystal_system=systems), np.array([0, 1]), budget)  # not in batch
+
+
 def test_composition_of_a_batch_ignores_padding(data, budget):
   idx = np.array([2, 8, 5])  # nacl, mgo, nacl_cubic
   batch = ip.assemble(data, idx, budget)

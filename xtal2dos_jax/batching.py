@@ -19,6 +19,7 @@ import numpy as np
 
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.graph_cache import GraphSet
+from xtal2dos_jax.symmetry import check_crystal_systems
 
 
 class Budget(NamedTuple):
@@ -168,7 +169,9 @@ def assemble(data: LabelledGraphs, idx: np.ndarray, budget: Budget) -> Batch:
   y_scale[:k] = data.y_scale[idx]
   crystal_system = np.zeros(budget.n_graph, np.int32)
   if data.crystal_system is not None:
-    crystal_system[:k] = data.crystal_system[idx]
+    # Checked here, on the host: the jitted prompt lookup cannot raise, and an id outside
+    # 0..6 would read past the prompt table.
+    crystal_system[:k] = check_crystal_systems(data.crystal_system[idx])
   graph = jraph.GraphsTuple(nodes=atomic_numbers, edges=distances, senders=senders,
                             receivers=receivers, n_node=n_node, n_edge=n_edge, globals=None)
   return Batch(graph, atom_index, atom_mask, graph_mask, y, y_scale, crystal_system)

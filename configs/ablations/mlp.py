@@ -8,5 +8,4 @@ from configs import phdos
 def get_config():
   config = phdos.get_config()
   config.model.decoder = "mlp"
-  config.model.mlp_energy_embedding = False
   return config

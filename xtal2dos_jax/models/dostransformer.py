@@ -108,9 +108,8 @@ class DOSTransformerDecoder(SequenceDecoder):
       y_teacher: ignored (non-autoregressive).
       train: enables dropout.
       crystal_system: int[G] in 0..6 (triclinic .. cubic, `symmetry.CRYSTAL_SYSTEMS`), or
-        None for 0. Not checked here (a jitted function cannot raise): the values come
-        from `symmetry.crystal_systems`, which returns only 0..6, and
-        `symmetry.check_crystal_systems` validates any other source.
+        None for 0. Not checked here (a jitted function cannot raise):
+        `batching.assemble` validates every batch's ids on the host.
 
     Returns:
       float[G, l_y] raw outputs.
