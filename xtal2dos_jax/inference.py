@@ -22,7 +22,7 @@ from xtal2dos_jax import batching, datasets, graph_cache, physics, plotting, run
 from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import train as train_lib
 from xtal2dos_jax import workdir as workdir_lib
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.errors import InputError, check_choice
 
 
 @dataclasses.dataclass
@@ -123,8 +123,7 @@ def evaluate_run(workdir: str, split: str = "test") -> dict[str, Any]:
   The validation and test crystals come from the workdir; the train split, which the
   workdir does not keep, is read from the dataset with the saved split and scaling.
   """
-  if split not in run_data.SPLITS:
-    raise InputError(split, f"unknown split; expected one of {', '.join(run_data.SPLITS)}")
+  check_choice(split, run_data.SPLITS, "--split", what="split")
   run = workdir_lib.Workdir(workdir)
   loaded, data = restore_run_and_data(workdir)
   if split in data.splits:

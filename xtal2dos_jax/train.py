@@ -27,7 +27,7 @@ from flax.training import train_state
 from xtal2dos_jax import batching, losses, metrics, models, optimizers, run_data
 from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import workdir as workdir_lib
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.errors import InputError, check_choice
 from xtal2dos_jax.preemption import Preempted, StopFlag
 from xtal2dos_jax.progress import ProgressBar
 from xtal2dos_jax.reporting import format_table
@@ -277,9 +277,8 @@ def _first_non_finite(outs: list, upto: int | None = None) -> int | None:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Refuses config values that would train nothing or train to garbage, before any
   data is read. Raises InputError naming the config key."""
-  if config.train.select_on not in VALIDATION_SCORES:
-    raise InputError("config.train.select_on", f"unknown choice '{config.train.select_on}'; "
-                     f"expected one of {', '.join(VALIDATION_SCORES)}")
+  check_choice(config.train.select_on, VALIDATION_SCORES, "config.train.select_on",
+               what="choice")
   losses.check_loss_scaling(config.train.loss, config.data.scaling)
   if int(config.train.num_epochs) < 1:
     raise InputError("config.train.num_epochs",
