@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   b.measured_epochs = 2         # steady-state training epochs timed after the warm-up epoch
   b.scaling_steps = 2           # timed steps per scaling row (after one compile/warm-up step)
   b.atoms_per_cell = (8, 32, 128)   # crystal-size sweep (supercells of conventional NaCl)
+  b.neighbour_cell_sizes = (8, 32, 64, 128, 256)  # neighbour search: vesin vs brute force
   b.batch_sizes = (16, 64, 128)     # batch-size sweep (embedded set, network only)
   b.bf16_matmul = True          # rows for the opt-in model.dtype="bf16_matmul", vs float32
   b.paper_model = True          # the paper-size row: d_model 512, 8 heads, 6 decoder layers

@@ -29,6 +29,7 @@ from experiments.benchmarking_sweeps import (bf16_matmul_rows, scaling_rows,
 from experiments.benchmarking_tools import (Row, best_of, device_batches, device_sharding,
                                             peak_rss_mib, rate_row, run_device_batches, timed,
                                             warm_up, whole_set)
+from experiments.neighbour_bench import neighbour_rows
 from xtal2dos_jax import allocator, batching, datasets, graph_cache, run_data, train
 from xtal2dos_jax.compile_counter import CountedStep, TrainingRun, install_listener
 
@@ -52,6 +53,7 @@ def quick_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   b.measured_epochs = 1
   b.scaling_steps = 1
   b.atoms_per_cell = (8,)
+  b.neighbour_cell_sizes = (8,)
   b.batch_sizes = (8, 16)
   b.paper_model = False
   b.accuracy_thresholds = (-1e9, 0.99)    # one reached at once, one never: both row kinds
@@ -95,6 +97,8 @@ def _data_rows(config, repeats: int, log) -> tuple[list[Row], float]:
   load_s = best_of(cache_load, max(repeats, 2))
   rows.append(Row("featurisation cache load (warm)", load_s[0], "s",
                   f"load_or_featurize hit incl. content hash; best; median {load_s[1]:.3g} s"))
+  rows += [Row(**row) for row in neighbour_rows(r, k, max(repeats, 3),
+                                                tuple(config.bench.neighbour_cell_sizes))]
   return rows, n / feat[0]
 
 

@@ -104,9 +104,9 @@ def neighbour_rows(radius: float = 8.0, max_num_nbr: int = 12, repeats: int = 5,
     sizes: atoms per supercell, keys of SUPERCELLS.
 
   Returns:
-    Rows {name, value, unit, notes}: `featurize_library_<n>atoms`,
-    `featurize_brute_force_<n>atoms` (ms, best of `repeats`) and
-    `featurize_speedup_<n>atoms` (brute force / library, best over best).
+    Rows {name, value, unit, notes}: `featurise <n> atoms: vesin + top-k`,
+    `featurise <n> atoms: brute force` (ms, best of `repeats`) and
+    `featurise <n> atoms: speed-up` (brute force / library, best over best).
   """
   base = base_crystal()
   rows = []
@@ -122,12 +122,12 @@ def neighbour_rows(radius: float = 8.0, max_num_nbr: int = 12, repeats: int = 5,
     where = (f"{BASE_ID} x {SUPERCELLS[size]}, {radius:g} A, {max_num_nbr} nbrs, "
              f"best of {repeats}")
     rows += [
-        {"name": f"featurize_library_{size}atoms", "value": lib_best, "unit": "ms",
+        {"name": f"featurise {size} atoms: vesin + top-k", "value": lib_best, "unit": "ms",
          "notes": f"vesin cell list + top-k, incl. validate_atoms; {where}; median "
                   f"{lib_med:.3g} ms"},
-        {"name": f"featurize_brute_force_{size}atoms", "value": ref_best, "unit": "ms",
+        {"name": f"featurise {size} atoms: brute force", "value": ref_best, "unit": "ms",
          "notes": f"all-image distance tensor; {where}; median {ref_med:.3g} ms"},
-        {"name": f"featurize_speedup_{size}atoms", "value": ref_best / lib_best, "unit": "x",
+        {"name": f"featurise {size} atoms: speed-up", "value": ref_best / lib_best, "unit": "x",
          "notes": f"brute force / library; graphs {'identical' if same else 'DIFFER'}"},
     ]
   return rows
@@ -135,7 +135,7 @@ def neighbour_rows(radius: float = 8.0, max_num_nbr: int = 12, repeats: int = 5,
 
 def main() -> None:
   for r in neighbour_rows():
-    print(f"{r['name']:<34}{r['value']:>10.3g}  {r['unit']:<4}{r['notes']}")
+    print(f"{r['name']:<38}{r['value']:>10.3g}  {r['unit']:<4}{r['notes']}")
 
 
 if __name__ == "__main__":

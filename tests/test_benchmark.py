@@ -80,6 +80,7 @@ def test_quick_benchmark_runs_and_prints_the_table(tmp_path):
   assert rows["prediction (Trainer.predict)"]["value"] > 0
   assert rows["evaluation (Trainer.evaluate)"]["value"] > 0
   assert rows["prediction incl. featurisation"]["value"] > 0
+  assert rows["featurise 8 atoms: speed-up"]["notes"].endswith("graphs identical")
   reached = rows["time to validation R^2 -1000000000.00"]
   assert reached["value"] > 0 and reached["notes"].startswith("epoch 1 of 2")
   assert rows["time to validation R^2 0.99"]["notes"].startswith("not reached in 2 epochs")
