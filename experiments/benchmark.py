@@ -3,7 +3,8 @@ r"""Speed benchmark: `python -m experiments.benchmark [--config=configs/bench.py
 Prints one table (name, value, unit, notes) of throughputs measured after warm-up, with
 compile times and compile counts as rows of their own:
 
-* data: dataset read time, cold featurisation (crystals/s, no cache), cache-load time;
+* data: dataset read time, cold featurisation (crystals/s, no cache), cache-load time,
+  and the neighbour search (vesin) against the brute-force reference on 8-256-atom cells;
 * training: end to end (host pipeline + pmapped step, train.py's loop) over full epochs
   after a warm-up epoch, and network only (pre-assembled device batches), interleaved;
 * compile counts of the train / eval steps over two epochs (a `jax.monitoring` listener on
