@@ -13,7 +13,8 @@ from ase.build import bulk
 
 from configs import smoke
 from xtal2dos_jax import checkpoints as checkpoints_lib
-from xtal2dos_jax import datasets, inference, optimizers, preemption, run_data, train
+from xtal2dos_jax import (datasets, inference, optimizers, preemption, run_data, thermodynamics,
+                          train)
 from xtal2dos_jax import workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
 
@@ -183,8 +184,20 @@ def test_predict_reports_bad_files_and_finishes_the_rest(trained, tmp_path):
     # Phonon DoS rescaled to 3N modes: sum * bin width = 3 * 2 atoms.
     chex.assert_trees_all_close(z["dos"].sum(1) * 20.0, np.array([6.0, 6.0]), rtol=1e-4)
     assert np.all((z["cv300_J_per_K_mol"] > 0) & (z["cv300_J_per_K_mol"] < 6 * 8.3145))
+    grid, dos, s300 = z["grid"], z["dos"], z["s300_J_per_K_mol"]
   header = open(tmp_path / "out" / "predictions.csv").readline().strip().split(",")
-  assert header[:4] == ["id", "n_atoms", "cv300_J_per_K_mol", "mean_frequency_cm"]
+  assert header[:8] == ["id", "n_atoms", "cv300_J_per_K_mol", "mean_frequency_cm",
+                        "s300_J_per_K_mol", "f300_kJ_per_mol", "debye_temperature_nu2_K",
+                        "debye_temperature_moment_K"]
+  # thermodynamics.npz: the curves (0..1000 K) of the written DoS; the CSV's S(300 K) is theirs.
+  with np.load(tmp_path / "out" / "thermodynamics.npz") as z:
+    expected = thermodynamics.phonon_thermodynamics(grid, dos, z["n_atoms"])
+    chex.assert_shape(z["s_J_per_K_mol"], (2, 101))
+    assert z["temperature_K"][30] == 300.0
+    for key in ("cv_J_per_K_mol", "s_J_per_K_mol", "f_kJ_per_mol", "debye_temperature_nu2_K"):
+      chex.assert_trees_all_close(z[key], expected[key], rtol=1e-12)
+    chex.assert_trees_all_close(s300, z["s_J_per_K_mol"][:, 30], rtol=1e-12)
+    assert np.all((s300 > 0) & np.isfinite(z["debye_temperature_moment_K"]))
   with pytest.raises(InputError, match="already holds predictions.csv"):
     inference.predict_structures(workdir, str(tmp_path / "*.cif"), str(tmp_path / "out"))
 

@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xtal2dos_jax import batching, datasets, graph_cache, physics, plotting, run_data
+from xtal2dos_jax import (batching, datasets, graph_cache, physics, plotting, run_data,
+                          thermodynamics)
 from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import train as train_lib
 from xtal2dos_jax import workdir as workdir_lib
@@ -179,9 +180,21 @@ def predict_structures(workdir: str, structures: str, outdir: str | None = None
   """Predicts the DoS of every readable structure matching `structures`.
 
   Bad files are reported (`skipped.json`, a warning) and the rest predicted. Writes
-  predictions.csv / predictions.npz / predictions.png (+ heat capacity and mean
-  frequency for phonons, a band-gap estimate for electrons) to a fresh directory
-  (default workdir/predict-N) and returns a summary.
+  predictions.csv / predictions.npz / predictions.png to a fresh directory (default
+  workdir/predict-N) and returns a summary (ids, skipped, the per-structure columns).
+
+  Per-structure columns (in the CSV before the DoS values, and in predictions.npz):
+  - phonons, when the scaling gives the DoS in physical units (`normalized_sum`,
+    `standardized`): cv300_J_per_K_mol (C_v(300 K) per mole of cells of the written DoS,
+    `physics.heat_capacity`) and mean_frequency_cm;
+  - phonons, every scaling: s300_J_per_K_mol, f300_kJ_per_mol (vibrational entropy and
+    Helmholtz free energy incl. zero-point energy at 300 K, per mole of cells),
+    debye_temperature_nu2_K and debye_temperature_moment_K, from
+    `thermodynamics.phonon_thermodynamics` (the DoS rescaled to 3N modes per cell, modes at
+    ω <= 0 excluded). thermodynamics.npz holds its full output for all structures (ids,
+    n_atoms, temperature_K = 0, 10, ..., 1000 K; C_v, S, F, U [n, n_T] and ZPE [n], per
+    cell and per atom; mean and log-average frequency; both Debye temperatures);
+  - electrons: band_gap_eV (`physics.band_gap`).
 
   Reads only the given structures and the workdir: the grid from setup.json (from the
   config for a workdir trained before it was saved), the padding budget sized from the
@@ -225,12 +238,19 @@ def predict_structures(workdir: str, structures: str, outdir: str | None = None
   if os.path.exists(os.path.join(outdir, "predictions.csv")):
     raise InputError(outdir, "already holds predictions.csv; choose another --outdir")
   columns: dict[str, np.ndarray] = {}
-  if config.data.kind == "phonon" and y_phys is not None:
-    columns["cv300_J_per_K_mol"] = physics.heat_capacity(grid, y_phys, 300.0)
-    columns["mean_frequency_cm"] = physics.mean_frequency(grid, y_phys)
-  elif config.data.kind == "electronic":
-    columns["band_gap_eV"] = physics.band_gap(grid, y_phys if y_phys is not None else y_scaled)
   dos = y_phys if y_phys is not None else y_scaled
+  if config.data.kind == "phonon":
+    if y_phys is not None:
+      columns["cv300_J_per_K_mol"] = physics.heat_capacity(grid, y_phys, 300.0)
+      columns["mean_frequency_cm"] = physics.mean_frequency(grid, y_phys)
+    thermo = thermodynamics.phonon_thermodynamics(grid, dos, n_atoms)
+    at_300 = int(np.argmin(np.abs(thermo["temperature_K"] - 300.0)))
+    columns["s300_J_per_K_mol"] = thermo["s_J_per_K_mol"][:, at_300]
+    columns["f300_kJ_per_mol"] = thermo["f_kJ_per_mol"][:, at_300]
+    columns["debye_temperature_nu2_K"] = thermo["debye_temperature_nu2_K"]
+    columns["debye_temperature_moment_K"] = thermo["debye_temperature_moment_K"]
+  elif config.data.kind == "electronic":
+    columns["band_gap_eV"] = physics.band_gap(grid, dos)
   ids = list(graphs.ids)
   with open(os.path.join(outdir, "predictions.csv"), "w", newline="") as f:
     w = csv.writer(f)
@@ -240,6 +260,9 @@ def predict_structures(workdir: str, structures: str, outdir: str | None = None
                   *[f"{v:.6g}" for v in dos[k]]])
   np.savez(os.path.join(outdir, "predictions.npz"), ids=np.asarray(ids), grid=grid,
            dos=dos, dos_normalized=y_scaled, n_atoms=n_atoms, **columns)
+  if config.data.kind == "phonon":
+    np.savez(os.path.join(outdir, "thermodynamics.npz"), ids=np.asarray(ids),
+             n_atoms=n_atoms, **thermo)
   show = min(len(ids), 12)
   plotting.plot_dos_grid(os.path.join(outdir, "predictions.png"), grid, dos[:show],
                          [os.path.basename(str(i)) for i in ids[:show]],
