@@ -149,8 +149,8 @@ def _training_rows(run: TrainingRun, config, repeats: int, log) -> list[Row]:
                   f"{med(nosync):.1f}; host pipeline + pmapped step, outputs read once per "
                   "epoch"))
   rows.append(Row("train e2e, host sync every step", max(e2e), "crystals/s",
-                  f"best; median {med(e2e):.1f}; float(out) after every step (train.py's "
-                  "loop before 715d1c5)"))
+                  f"best; median {med(e2e):.1f}; float(out) after every step (what reading "
+                  "the loss every step would cost)"))
   rows.append(Row("train network only (device batches)", max(net), "crystals/s",
                   f"best; median {med(net):.1f}; same epoch pre-assembled on device"
                   + (f"; device-resident inputs compiled {device_input_compiles} more "
