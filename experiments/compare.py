@@ -62,12 +62,7 @@ flags.DEFINE_bool("ensemble", False, "With several --seeds: also score each vari
                   "seeds as one ensemble (their predictions averaged), per split or fold.")
 flags.DEFINE_integer("folds", 0, "K >= 2: train every variant on each of K cross-validation "
                      "folds and report mean ± std over folds; 0: one split.", lower_bound=0)
-
-
-flags.register_validator("seeds", comparison.are_integers,
-                         "seeds must be integers, e.g. --seeds=0,1,2")
-flags.register_validator("seeds", lambda items: not comparison.are_integers(items) or
-                         len({int(i) for i in items}) == len(items), "a seed is listed twice")
+flags.register_validator("seeds", comparison.check_seeds)
 flags.register_validator("folds", lambda folds: folds != 1,
                          "use 0 (one split) or at least 2 folds")
 

@@ -50,10 +50,7 @@ flags.DEFINE_multi_string("config_overrides", [],
 flags.DEFINE_bool("overwrite", False, "Discard the cells' runs and train afresh.")
 flags.mark_flag_as_required("grid")
 
-flags.register_validator("seeds", comparison.are_integers,
-                         "seeds must be integers, e.g. --seeds=0,1,2")
-flags.register_validator("seeds", lambda items: not comparison.are_integers(items) or
-                         len({int(i) for i in items}) == len(items), "a seed is listed twice")
+flags.register_validator("seeds", comparison.check_seeds)
 
 
 def load_cell_config(path: str, overrides: list[str], cell: dict[str, str]):

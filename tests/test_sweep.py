@@ -179,3 +179,12 @@ def test_early_stopping_counts_after_the_warmup():
   # An improvement after the warm-up resets the count.
   assert _epochs_until_stop({1, 6}, patience=2, warmup=4) == 8
   assert train.count_bad_epochs(3, improved=False, epoch=5, warmup_epochs=0) == 4
+
+
+def test_seeds_validator_shared_by_compare_and_sweep():
+  from absl import flags
+  assert comparison.check_seeds(["0", " 1", "-2"]) and comparison.check_seeds([])
+  with pytest.raises(flags.ValidationError, match="must be integers"):
+    comparison.check_seeds(["0", "x"])
+  with pytest.raises(flags.ValidationError, match="listed twice"):
+    comparison.check_seeds(["1", "+1"])

@@ -19,7 +19,7 @@ import statistics
 import time
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from absl import logging
+from absl import flags, logging
 
 from xtal2dos_jax.errors import InputError
 
@@ -116,9 +116,14 @@ def run_dirs(workdir: str, name: str, seeds: Sequence[int], folds: int = 0) -> l
           for seed, fold in run_grid(seeds, folds)]
 
 
-def are_integers(items: Sequence[str]) -> bool:
-  """Whether every item of a `--seeds` list is an integer."""
-  return all(re.fullmatch(r"[+-]?\d+", item.strip()) for item in items)
+def check_seeds(items: Sequence[str]) -> bool:
+  """The `--seeds` flag validator of compare and sweep: every item an integer, none
+  listed twice; otherwise raises `flags.ValidationError` saying which."""
+  if not all(re.fullmatch(r"[+-]?\d+", item.strip()) for item in items):
+    raise flags.ValidationError("seeds must be integers, e.g. --seeds=0,1,2")
+  if len({int(i) for i in items}) != len(items):
+    raise flags.ValidationError("a seed is listed twice")
+  return True
 
 
 def train_variant(name: str, label: str, config: ml_collections.ConfigDict, workdir: str,
