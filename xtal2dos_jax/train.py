@@ -6,7 +6,8 @@ divided by the global crystal count, and gradients are `psum`-ed, so any split o
 global batch over 1..N devices gives the same update (BUILD_NOTES.md, "Batching").
 Metrics are additive sums, `psum`-ed across devices and added across batches on the host.
 Schedules and optimizers are in `optimizers.py`, checkpoints in `checkpoints.py`, SIGTERM
-handling in `preemption.py`.
+handling in `preemption.py`. Fine-tuning (`config.train.init_from`, `init_from_run`)
+starts a fresh run from another run's best weights.
 """
 from __future__ import annotations
 
@@ -73,8 +74,9 @@ def create_train_state(config: ml_collections.ConfigDict, budget: batching.Budge
 
 
 def _first_mismatch(source: Any, target: Any) -> str | None:
-  """`<path>: <source shape> in the source run, <target shape> here` for the first
-  parameter (in the target's order) whose shape differs or that one tree lacks."""
+  """`<path> has shape <source shape> in the source run, <target shape> in this model`
+  for the first parameter (in the target's order) whose shape differs or that the source
+  lacks, else the first source parameter this model lacks; None when the trees match."""
   have = {jax.tree_util.keystr(p): np.shape(x)
           for p, x in jax.tree_util.tree_flatten_with_path(source)[0]}
   want = {jax.tree_util.keystr(p): np.shape(x)
@@ -95,8 +97,9 @@ def init_from_run(state: TrainState, source_workdir: str) -> TrainState:
   values); the step count, the dropout stream and the label scaler are this run's own,
   so the scaler is fitted on this run's data.
 
-  Raises InputError naming `config.train.init_from` when the source is no finished
-  workdir, or (one line) the first parameter whose shape differs between the two models.
+  Raises InputError naming `config.train.init_from` when the source is no training
+  workdir holding a checkpoint, or (one line) the first parameter whose shape differs
+  between the two models.
   """
   name = "config.train.init_from"
   source = workdir_lib.Workdir(source_workdir)
