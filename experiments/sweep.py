@@ -88,6 +88,8 @@ def main(argv):
   seeds = [int(s) for s in FLAGS.seeds]
   finished = []
   with common.user_errors():
+    for config in configs:          # every cell's values checked before any training
+      train.check_config(config)
     for cell, name, config in zip(cells, names, configs):
       label = ", ".join(f"{key}={value}" for key, value in cell.items())
       try:

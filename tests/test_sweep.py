@@ -28,6 +28,11 @@ def test_parse_grid_and_cells():
   assert comparison.parse_grid("model.decoder=mlp;train.learning_rate=(1,2),3") == [
       ("model.decoder", ["mlp"]), ("train.learning_rate", ["(1,2)", "3"])]
   assert comparison.cell_name({"a.b": "(1, 2)"}) == "a.b=_1__2_"
+  # '' is the empty string (from scratch vs fine-tuned in one grid).
+  grid = comparison.parse_grid("train.init_from='',runs/pre")
+  assert grid == [("train.init_from", ["", "runs/pre"])]
+  assert [comparison.cell_name(c) for c in comparison.grid_cells(grid)] == [
+      "train.init_from=", "train.init_from=runs_pre"]
 
 
 @pytest.mark.parametrize("text, reason", [

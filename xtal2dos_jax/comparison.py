@@ -430,7 +430,9 @@ def parse_grid(text: str) -> list[tuple[str, list[str]]]:
   """`key=v1,v2;key=v1,...` -> [(key, [value text, ...]), ...] in the order given.
 
   The values stay text: each cell's config parses them as `--config.key=value` is
-  parsed (by the type of the key's default). Raises InputError naming `--grid` for
+  parsed (by the type of the key's default); `''` stands for the empty string (e.g.
+  `train.init_from='',runs/pretrained`: from scratch and fine-tuned). Raises InputError
+  naming `--grid` for
   empty text, a part without `key=`, an empty value, a key or value listed twice, or a
   key the cells must share (`SWEEP_FIXED_KEYS`).
   """
@@ -450,7 +452,9 @@ def parse_grid(text: str) -> list[tuple[str, list[str]]]:
       raise InputError("--grid", f"{key} is listed twice")
     items = [v.strip() for v in _split_top_level(values, ",")]
     if not all(items):
-      raise InputError("--grid", f"{part.strip()!r}: empty value")
+      raise InputError("--grid", f"{part.strip()!r}: empty value (write '' for an empty "
+                       "string)")
+    items = ["" if v in ("''", '""') else v for v in items]
     duplicate = next((v for i, v in enumerate(items) if v in items[:i]), None)
     if duplicate is not None:
       raise InputError("--grid", f"{key}: value {duplicate} is listed twice")
@@ -517,7 +521,7 @@ def sweep_to_markdown(table: Mapping[str, Any]) -> str:
   header = keys + ["val R^2", "best epoch", "s/epoch", "params", "chosen"]
   lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * len(header)) + "|"]
   for row in table["rows"]:
-    cells = [row["overrides"][k] for k in keys] + [
+    cells = [row["overrides"][k] or "''" for k in keys] + [
         _cell(row["val_r2"], "{:.4f}", row["val_r2_std"]),
         _cell(row["best_epoch"], "{:.1f}", row["best_epoch_std"]),
         _cell(row["train_seconds_per_epoch"], "{:.2f}"), _cell(row["num_params"], "{:,}"),
