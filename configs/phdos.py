@@ -63,8 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.weight_decay = 1e-4
   train.adam_b2 = 0.999           # Adam(W) second-moment decay
   train.adam_eps = 1e-8
-  train.schedule = "cosine"       # cosine | noam (the public Xtal2DoS code's)
-  train.warmup_epochs = 2         # cosine
+  train.schedule = "cosine"       # cosine | exponential | noam (the public Xtal2DoS code's)
+  train.warmup_epochs = 2         # cosine, exponential
+  train.decay_rate = 0.95         # exponential: learning rate x this per epoch after warmup
   train.cosine_restarts = 1       # cosine: number of cycles after warmup
   train.warmup_steps = 300        # noam
   train.noam_decay_epochs = 0     # noam: > 0 divides by noam_decay_rate^(step/that) after it
@@ -73,8 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
   train.ema_decay = 0.0           # > 0: evaluate/select/predict with an EMA of the weights
   train.loss = "kl"               # kl | wd | mae | mse
   train.patience = 15             # early stopping, in epochs without validation improvement
+  train.patience_warmup_epochs = 0  # epochs before early stopping starts counting
   train.select_on = "loss"        # loss | r2 | wd: validation score for best checkpoint + patience
   train.checkpoint_every = 1      # epochs
   train.keep_checkpoints = 2
   train.progress = True
+  train.init_from = ""            # fine-tuning: a workdir whose best weights start this run
+  train.freeze = "none"           # none | encoder (no updates to the graph encoder)
   return config

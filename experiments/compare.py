@@ -39,13 +39,12 @@ Then one table, one row per variant, printed as markdown and written to
                                           runs after a warm-up (<name>/inference.json)
 """
 import os
-import re
 import sys
 
 from absl import app, flags, logging
 
 from experiments import common
-from xtal2dos_jax import allocator
+from xtal2dos_jax import allocator, comparison
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", None, "Comma-separated config files, one per variant.")
@@ -63,15 +62,7 @@ flags.DEFINE_bool("ensemble", False, "With several --seeds: also score each vari
                   "seeds as one ensemble (their predictions averaged), per split or fold.")
 flags.DEFINE_integer("folds", 0, "K >= 2: train every variant on each of K cross-validation "
                      "folds and report mean ± std over folds; 0: one split.", lower_bound=0)
-
-
-def _integers(items: list[str]) -> bool:
-  return all(re.fullmatch(r"[+-]?\d+", item.strip()) for item in items)
-
-
-flags.register_validator("seeds", _integers, "seeds must be integers, e.g. --seeds=0,1,2")
-flags.register_validator("seeds", lambda items: not _integers(items) or
-                         len({int(i) for i in items}) == len(items), "a seed is listed twice")
+flags.register_validator("seeds", comparison.check_seeds)
 flags.register_validator("folds", lambda folds: folds != 1,
                          "use 0 (one split) or at least 2 folds")
 
@@ -85,9 +76,10 @@ def main(argv):
     configs = [common.load_config_file(p, FLAGS.config_overrides)
                for p in FLAGS.configs]                     # all parsed before any training
   common.setup_runtime()
-  from xtal2dos_jax import train  # after the runtime (devices, distributed) is set up
-  from xtal2dos_jax.comparison import (INFERENCE_JSON, build_table, published_rows, run_dirs,
-                                       run_grid, run_names, time_inference, to_markdown,
+  # after the runtime (devices, distributed) is set up
+  from xtal2dos_jax import train
+  from xtal2dos_jax.comparison import (INFERENCE_JSON, build_table, published_rows,
+                                       run_names, time_inference, to_markdown, train_variant,
                                        write_table)
   from xtal2dos_jax.workdir import write_json_atomic
   runs = {}
@@ -95,20 +87,12 @@ def main(argv):
   with common.user_errors():
     names = run_names(FLAGS.configs)
     for name, path, config in zip(names, FLAGS.configs, configs):
-      dirs = run_dirs(FLAGS.workdir, name, seeds, folds)
-      own_seed = config.seed
-      for (seed, fold), run_dir in zip(run_grid(seeds, folds), dirs):
-        config.seed = own_seed if seed is None else seed
-        if fold is not None:
-          config.data.num_folds, config.data.fold = folds, fold
-        logging.info("variant %s (%s), seed %d%s: %s encoder, %s decoder -> %s", name, path,
-                     config.seed, "" if fold is None else f", fold {fold}/{folds}",
-                     config.model.encoder, config.model.decoder, run_dir)
-        try:
-          train.train_and_evaluate(config, run_dir, overwrite=FLAGS.overwrite)
-        except train.Preempted as e:
-          logging.warning("%s", e)
-          sys.exit(143)
+      try:
+        dirs = train_variant(name, path, config, FLAGS.workdir, seeds, folds,
+                             overwrite=FLAGS.overwrite)
+      except train.Preempted as e:
+        logging.warning("%s", e)
+        sys.exit(143)
       speed = time_inference(dirs[0], FLAGS.inference_repeats)   # speed does not depend on the seed
       write_json_atomic(os.path.join(dirs[0], INFERENCE_JSON), speed)
       runs[name] = dirs

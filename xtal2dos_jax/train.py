@@ -6,7 +6,8 @@ divided by the global crystal count, and gradients are `psum`-ed, so any split o
 global batch over 1..N devices gives the same update (BUILD_NOTES.md, "Batching").
 Metrics are additive sums, `psum`-ed across devices and added across batches on the host.
 Schedules and optimizers are in `optimizers.py`, checkpoints in `checkpoints.py`, SIGTERM
-handling in `preemption.py`.
+handling in `preemption.py`. Fine-tuning (`config.train.init_from`, `init_from_run`)
+starts a fresh run from another run's best weights.
 """
 from __future__ import annotations
 
@@ -70,6 +71,60 @@ def create_train_state(config: ml_collections.ConfigDict, budget: batching.Budge
   ema = jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng,
                            ema_params=ema)
+
+
+def _first_mismatch(source: Any, target: Any) -> str | None:
+  """`<path> has shape <source shape> in the source run, <target shape> in this model`
+  for the first parameter (in the target's order) whose shape differs or that the source
+  lacks, else the first source parameter this model lacks; None when the trees match."""
+  have = {jax.tree_util.keystr(p): np.shape(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(source)[0]}
+  want = {jax.tree_util.keystr(p): np.shape(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  for path, shape in want.items():
+    if have.get(path) != shape:
+      return (f"{path} has shape {have.get(path, 'absent')} in the source run, "
+              f"{shape} in this model")
+  extra = next((path for path in have if path not in want), None)
+  return None if extra is None else f"{extra} of the source run is absent from this model"
+
+
+def init_from_run(state: TrainState, source_workdir: str) -> TrainState:
+  """`state` with its parameters replaced by the best checkpoint of another run
+  (fine-tuning, `config.train.init_from`): the evaluation parameters that run reports
+  (its EMA ones when it kept an average), for the encoder, the crystal context and the
+  decoder. The optimizer state starts afresh (as does the EMA, from the restored
+  values); the step count, the dropout stream and the label scaler are this run's own,
+  so the scaler is fitted on this run's data.
+
+  Raises InputError naming `config.train.init_from` when the source is no training
+  workdir holding a checkpoint, or (one line) the first parameter whose shape differs
+  between the two models.
+  """
+  name = "config.train.init_from"
+  source = workdir_lib.Workdir(source_workdir)
+  try:
+    source_config = workdir_lib.load_config(source_workdir)
+    setup = source.load_setup()
+  except InputError as e:
+    raise InputError(name, f"{source_workdir}: {e.reason}") from None
+  if setup is None:
+    raise InputError(name, f"{source_workdir} has no setup.json (not a run of this version "
+                     "that started training)")
+  template = abstract_train_state(source_config, setup.budget)
+  ckpt = checkpoints_lib.Checkpoints(source.checkpoint_dir)
+  try:
+    restored = ckpt.restore_best(template).state.eval_params
+  except InputError as e:
+    raise InputError(name, f"{source_workdir}: {e.reason}") from None
+  finally:
+    ckpt.close()
+  mismatch = _first_mismatch(restored, state.params)
+  if mismatch:
+    raise InputError(name, f"{source_workdir} cannot initialise this model: {mismatch}")
+  params = jax.tree.map(lambda x, like: jnp.asarray(x, like.dtype), restored, state.params)
+  ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+  return state.replace(params=params, opt_state=state.tx.init(params), ema_params=ema)
 
 
 def abstract_train_state(config: ml_collections.ConfigDict,
@@ -274,12 +329,26 @@ def _first_non_finite(outs: list, upto: int | None = None) -> int | None:
   return None
 
 
+def count_bad_epochs(bad_epochs: int, improved: bool, epoch: int, warmup_epochs: int) -> int:
+  """Epochs without validation improvement after `epoch` (completed epochs, 1-based) for
+  early stopping: reset by an improvement, and not counted during the first
+  `warmup_epochs` epochs (`config.train.patience_warmup_epochs`), whose noisy early
+  validation scores then cannot stop a run."""
+  if improved or epoch <= warmup_epochs:
+    return 0
+  return bad_epochs + 1
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Refuses config values that would train nothing or train to garbage, before any
   data is read. Raises InputError naming the config key."""
   check_choice(config.train.select_on, VALIDATION_SCORES, "config.train.select_on",
                what="choice")
   losses.check_loss_scaling(config.train.loss, config.data.scaling)
+  check_choice(config.train.freeze, optimizers.FREEZE, "config.train.freeze")
+  if config.train.init_from and not os.path.isdir(config.train.init_from):
+    raise InputError("config.train.init_from",
+                     f"{config.train.init_from} is not a directory (a training workdir)")
   if int(config.train.num_epochs) < 1:
     raise InputError("config.train.num_epochs",
                      f"must be at least 1, got {config.train.num_epochs} (to evaluate a "
@@ -317,6 +386,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   resume = ckpt.restore_latest(state)
   if resume is None:
     resume = checkpoints_lib.ResumeState()
+    if config.train.init_from:  # a resumed run continues from its own weights instead
+      state = init_from_run(state, config.train.init_from)
+      logging.info("initialised from the best checkpoint of %s", config.train.init_from)
   else:
     state = resume.state
     logging.info("resuming from epoch %d step %d (global step %d)", resume.epoch,
@@ -387,7 +459,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_count=0.0,
           best_score=min(score, resume.best_score),
           best_epoch=epoch if improved else resume.best_epoch,
-          bad_epochs=0 if improved else resume.bad_epochs + 1)
+          bad_epochs=count_bad_epochs(resume.bad_epochs, improved, epoch,
+                                      config.train.patience_warmup_epochs))
       record = {"epoch": epoch, "step": int(state_repl.step[0]),
                 "train_loss": loss_sum / max(count, 1.0), "val_loss": val["loss"],
                 "val": {k: val[k] for k in ("normalized", "original")},

@@ -49,7 +49,9 @@ _ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0,
                "train.warmup_steps": 300, "train.noam_decay_epochs": 0,
                "train.noam_decay_rate": 4.0, "model.composition_activation": "none",
                "model.mlp_energy_embedding": False, "model.source_attention": True,
-               "train.ema_decay": 0.0}
+               "train.ema_decay": 0.0,
+               "train.decay_rate": 0.95, "train.patience_warmup_epochs": 0,
+               "train.init_from": "", "train.freeze": "none"}
 # Checkpoint step ids are epoch * STEPS_PER_EPOCH_ID + step in epoch
 # (`checkpoints.checkpoint_step`); `last_checkpoint` decodes them.
 STEPS_PER_EPOCH_ID = 1_000_000
