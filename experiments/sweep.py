@@ -11,7 +11,7 @@ the values (the first key varying slowest). Each cell is the config file with ev
 `experiments.compare` loads its variants (`common.load_config_file`, values parsed by
 the type of each key's default). The cells share the data config apart from the grid's
 keys, hence the split (`data.split_seed`), and the training budget: a grid may not vary
-the split, the epochs, the patience or the seed (`comparison.SWEEP_FIXED_KEYS`).
+the split, the epochs, the patience or the seed (`sweeps.SWEEP_FIXED_KEYS`).
 
 Every cell is trained once per seed in `<workdir>/<cell>/seed_<s>` (`<workdir>/<cell>`
 without --seeds), the cell's name made of its overrides, e.g.
@@ -31,10 +31,10 @@ is trained.
 """
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from experiments import common
-from xtal2dos_jax import allocator, comparison
+from xtal2dos_jax import allocator, comparison, sweeps
 from xtal2dos_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -75,11 +75,11 @@ def main(argv):
   del argv
   allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/allocator.py)
   with common.user_errors():
-    grid = comparison.parse_grid(FLAGS.grid)
-    cells = comparison.grid_cells(grid)
+    grid = sweeps.parse_grid(FLAGS.grid)
+    cells = sweeps.grid_cells(grid)
     configs = [load_cell_config(FLAGS.config, FLAGS.config_overrides, cell)
                for cell in cells]                          # all parsed before any training
-    names = [comparison.cell_name(cell) for cell in cells]
+    names = [sweeps.cell_name(cell) for cell in cells]
     if len(set(names)) != len(names):
       raise InputError("--grid", "two cells get the same run directory name; write the "
                        "values with letters, digits and ._+- only")
@@ -99,10 +99,10 @@ def main(argv):
         logging.warning("%s", e)
         sys.exit(143)
       finished.append((cell, dirs))
-    table = comparison.build_sweep_table(grid, finished)
-  markdown = comparison.sweep_to_markdown(table)
-  json_path, md_path = comparison.write_table(table, FLAGS.workdir, comparison.SWEEP_JSON,
-                                              comparison.SWEEP_MARKDOWN, markdown)
+    table = sweeps.build_sweep_table(grid, finished)
+  markdown = sweeps.sweep_to_markdown(table)
+  json_path, md_path = comparison.write_table(table, FLAGS.workdir, sweeps.SWEEP_JSON,
+                                              sweeps.SWEEP_MARKDOWN, markdown)
   print(markdown)
   print(f"wrote {json_path} and {md_path}")
 

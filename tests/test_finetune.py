@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from configs import smoke
-from xtal2dos_jax import inference, optimizers, train
+from xtal2dos_jax import inference, model_setup, optimizers, train
 from xtal2dos_jax import workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
 
@@ -33,7 +33,7 @@ def source_run(tmp_path_factory) -> str:
 
 def _fresh_state(config, source_run):
   budget = workdir_lib.Workdir(source_run).load_setup().budget
-  return train.create_train_state(config, budget, steps_per_epoch=3)
+  return model_setup.create_train_state(config, budget, steps_per_epoch=3)
 
 
 def test_init_from_gives_the_source_runs_best_params(source_run):
@@ -42,7 +42,7 @@ def test_init_from_gives_the_source_runs_best_params(source_run):
   state = _fresh_state(_config(seed=5), source_run)
   with pytest.raises(AssertionError):  # a fresh initialisation differs
     chex.assert_trees_all_equal(state.params, best)
-  state = train.init_from_run(state, source_run)
+  state = model_setup.init_from_run(state, source_run)
   chex.assert_trees_all_equal(state.params, best)
   assert int(state.step) == 0
   # The optimizer state starts afresh (Adam moments zero).
@@ -54,7 +54,7 @@ def test_mismatched_shapes_are_one_line_naming_the_parameter(source_run):
   config = _config()
   config.model.ff_dim = 48
   with pytest.raises(InputError) as e:
-    train.init_from_run(_fresh_state(config, source_run), source_run)
+    model_setup.init_from_run(_fresh_state(config, source_run), source_run)
   message = str(e.value)
   assert e.value.name == "config.train.init_from" and "\n" not in message
   assert re.search(r": \['(decoder|encoder)'\]\S* has shape \((16, )?32,?\) in the source "
@@ -94,6 +94,6 @@ def test_finetune_run_frozen_encoder_and_resume_does_not_reinitialise(source_run
   def refuse(*args, **kwargs):
     raise AssertionError("init_from re-applied on resume")
 
-  monkeypatch.setattr(train, "init_from_run", refuse)
+  monkeypatch.setattr(model_setup, "init_from_run", refuse)
   train.train_and_evaluate(config, workdir)
   assert os.path.exists(os.path.join(workdir, "results.json"))

@@ -16,7 +16,7 @@ import numpy as np
 import jax
 from ase.build import bulk
 from configs import smoke
-from xtal2dos_jax import graph_cache, batching, labels, train
+from xtal2dos_jax import batching, graph_cache, labels, model_setup, train
 
 assert jax.local_device_count() == 4, jax.devices()
 config = smoke.get_config()
@@ -45,7 +45,7 @@ def run(num_devices):
   per_device = 8 // num_devices
   budget = batching.make_budget(graphs.n_node, graphs.n_edge, per_device)
   trainer = train.Trainer(config, scaler, devices=devices)
-  state = trainer.replicate(train.create_train_state(config, budget, steps_per_epoch=3))
+  state = trainer.replicate(model_setup.create_train_state(config, budget, steps_per_epoch=3))
   losses = []
   for step in order:
     groups = np.split(step, num_devices)

@@ -9,29 +9,29 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from xtal2dos_jax import comparison, optimizers, train
+from xtal2dos_jax import comparison, optimizers, sweeps, train
 from xtal2dos_jax.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_parse_grid_and_cells():
-  grid = comparison.parse_grid(" data.radius=2, 4,8 ; model.encoder_layers=3,4;")
+  grid = sweeps.parse_grid(" data.radius=2, 4,8 ; model.encoder_layers=3,4;")
   assert grid == [("data.radius", ["2", "4", "8"]), ("model.encoder_layers", ["3", "4"])]
-  cells = comparison.grid_cells(grid)
+  cells = sweeps.grid_cells(grid)
   assert len(cells) == 6
   assert cells[:3] == [{"data.radius": "2", "model.encoder_layers": "3"},
                        {"data.radius": "2", "model.encoder_layers": "4"},
                        {"data.radius": "4", "model.encoder_layers": "3"}]
-  assert comparison.cell_name(cells[1]) == "data.radius=2__model.encoder_layers=4"
+  assert sweeps.cell_name(cells[1]) == "data.radius=2__model.encoder_layers=4"
   # Commas inside brackets belong to one value.
-  assert comparison.parse_grid("model.decoder=mlp;train.learning_rate=(1,2),3") == [
+  assert sweeps.parse_grid("model.decoder=mlp;train.learning_rate=(1,2),3") == [
       ("model.decoder", ["mlp"]), ("train.learning_rate", ["(1,2)", "3"])]
-  assert comparison.cell_name({"a.b": "(1, 2)"}) == "a.b=_1__2_"
+  assert sweeps.cell_name({"a.b": "(1, 2)"}) == "a.b=_1__2_"
   # '' is the empty string (from scratch vs fine-tuned in one grid).
-  grid = comparison.parse_grid("train.init_from='',runs/pre")
+  grid = sweeps.parse_grid("train.init_from='',runs/pre")
   assert grid == [("train.init_from", ["", "runs/pre"])]
-  assert [comparison.cell_name(c) for c in comparison.grid_cells(grid)] == [
+  assert [sweeps.cell_name(c) for c in sweeps.grid_cells(grid)] == [
       "train.init_from=", "train.init_from=runs_pre"]
 
 
@@ -48,7 +48,7 @@ def test_parse_grid_and_cells():
 ])
 def test_bad_grid_is_refused(text, reason):
   with pytest.raises(InputError, match=reason) as e:
-    comparison.parse_grid(text)
+    sweeps.parse_grid(text)
   assert e.value.name == "--grid" and "\n" not in str(e.value)
 
 
@@ -81,16 +81,16 @@ def _fake_run(path, val_r2, test_r2, best_epoch, seed):
 
 
 def test_sweep_table_chooses_on_validation_and_reports_test_once(tmp_path):
-  grid = comparison.parse_grid("data.radius=4,8")
+  grid = sweeps.parse_grid("data.radius=4,8")
   cells = []
   # radius 8: the better validation R^2 (mean 0.6) but the worse test R^2.
-  for cell, vals, tests in zip(comparison.grid_cells(grid), ((0.5, 0.5), (0.7, 0.5)),
+  for cell, vals, tests in zip(sweeps.grid_cells(grid), ((0.5, 0.5), (0.7, 0.5)),
                                ((0.9, 0.9), (0.3, 0.5))):
-    dirs = comparison.run_dirs(str(tmp_path), comparison.cell_name(cell), [0, 1])
+    dirs = comparison.run_dirs(str(tmp_path), sweeps.cell_name(cell), [0, 1])
     for seed, (d, v, t) in enumerate(zip(dirs, vals, tests)):
       _fake_run(d, v, t, best_epoch=4 + 2 * seed, seed=seed)
     cells.append((cell, dirs))
-  table = comparison.build_sweep_table(grid, cells)
+  table = sweeps.build_sweep_table(grid, cells)
   assert table["chosen"] == "data.radius=8" and table["same_split"]
   assert table["test"]["r2"] == pytest.approx(0.4)
   assert table["test"]["r2_std"] == pytest.approx(np.std([0.3, 0.5], ddof=1))
@@ -98,7 +98,7 @@ def test_sweep_table_chooses_on_validation_and_reports_test_once(tmp_path):
     assert "r2" not in row and all("r2" not in r for r in row["runs"])
     assert row["best_epoch"] == 5.0 and row["train_seconds_per_epoch"] == 3.0
   assert table["rows"][1]["val_r2"] == pytest.approx(0.6)
-  markdown = comparison.sweep_to_markdown(table)
+  markdown = sweeps.sweep_to_markdown(table)
   lines = markdown.splitlines()
   assert lines[0] == "| data.radius | val R^2 | best epoch | s/epoch | params | chosen |"
   assert lines[2] == "| 4 | 0.5000 ± 0.0000 | 5.0 ± 1.4 | 3.00 | 100 |  |"

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax import batching, run_data, train
+from xtal2dos_jax import batching, model_setup, run_data, train
 
 # Fired by JAX around every XLA backend compilation (or persistent-cache load) of an
 # executable; see jax/_src/dispatch.py.
@@ -100,7 +100,7 @@ class EpochRecord:
 
 class TrainingRun:
   """A `Trainer` whose steps are counted, set up as `train_and_evaluate` does
-  (`train.create_train_state`, `Trainer.replicate`, shuffled epoch plans)."""
+  (`model_setup.create_train_state`, `Trainer.replicate`, shuffled epoch plans)."""
 
   def __init__(self, config: ml_collections.ConfigDict, rd: run_data.RunData,
                devices=None):
@@ -115,7 +115,7 @@ class TrainingRun:
     self.train_data = rd.splits["train"]
     self.steps_per_epoch = len(self.trainer.plan(self.train_data, rd.budget))
     self.state = self.trainer.replicate(
-        train.create_train_state(config, rd.budget, self.steps_per_epoch))
+        model_setup.create_train_state(config, rd.budget, self.steps_per_epoch))
     self.epoch = 0
     self.bin_width = rd.bin_width
 

@@ -2,7 +2,7 @@
 
 Both need only the workdir: config, split ids, label scaler, set-up (grid, padding
 budget), the evaluation splits' crystals and checkpoints are read from it (see
-`workdir.py`); the model is built from the config (`train.create_train_state`), never
+`workdir.py`); the model is built from the config (`model_setup.create_train_state`), never
 from the dataset. Only evaluating the train split reads the dataset, since the workdir
 keeps the validation and test crystals alone.
 """
@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xtal2dos_jax import (batching, datasets, graph_cache, physics, plotting, run_data,
-                          thermodynamics)
+from xtal2dos_jax import (batching, datasets, graph_cache, model_setup, physics, plotting,
+                          run_data, thermodynamics)
 from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import train as train_lib
 from xtal2dos_jax import workdir as workdir_lib
@@ -39,9 +39,9 @@ class LoadedRun:
 def restore_run(workdir: str, config: ml_collections.ConfigDict, scaler,
                 budget: batching.Budget) -> LoadedRun:
   """Builds the run's model from `config` and restores its best checkpoint into a
-  template of `budget`'s shapes (`train.abstract_train_state`)."""
+  template of `budget`'s shapes (`model_setup.abstract_train_state`)."""
   trainer = train_lib.Trainer(config, scaler)
-  template = train_lib.abstract_train_state(config, budget)
+  template = model_setup.abstract_train_state(config, budget)
   ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
   try:
     best = ckpt.restore_best(template)
