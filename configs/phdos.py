@@ -23,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.grid_unit = "cm^-1"
   data.kind = "phonon"            # phonon | electronic (selects the derived physics)
   data.radius = 8.0               # neighbour cutoff, Angstrom
-  data.max_num_nbr = 12           # nearest neighbours kept per atom
+  data.max_num_nbr = 12           # nearest neighbours kept per atom (0 = every neighbour
+                                  # within radius: the radius graph of configs/ablations/e3nn*)
   data.gaussian_step = 0.2        # Angstrom; edge feature = exp(-(d-mu)^2/step^2), mu = 0..radius
   data.scaling = "normalized_sum"  # normalized_sum | normalized_max | standardized
   data.split = (0.8, 0.1, 0.1)    # train / validation / test fractions (1,217/152/152 on
