@@ -5,7 +5,8 @@ Euclidean neural networks" (Adv. Sci. 2021) and of e3nn's point-convolution netw
 
   x^0_i      = Embed(Z_i)                                   scalars, mul x 0e
   Y_ij       = spherical harmonics l <= lmax of v_ij / |v_ij|  (v_ij = r_j + shift - r_i, Å)
-  w_ij       = MLP(Bessel basis of |v_ij|) * envelope(|v_ij| / r_max)
+  w_ij       = MLP(envelope(|v_ij|) * Bessel basis of |v_ij|)  MLP without biases: w -> 0
+                                                               smoothly at r_max
   m_ij       = w_ij (per output irrep) * (x_j (x) Y_ij)        tensor product, filtered to the
                                                                hidden irreps' l and parities
   x^{t+1}_i  = Gate(Linear(sum_j m_ij / sqrt(num_neighbors)) + Linear(x^t_i))
@@ -14,12 +15,12 @@ Euclidean neural networks" (Adv. Sci. 2021) and of e3nn's point-convolution netw
 Each Gate applies SiLU / tanh to the scalars (even / odd) and multiplies every l > 0
 irrep by a sigmoid of its own extra scalar, so the layer stays equivariant. The hidden
 irreps (`irreps`, e.g. 32x0e+32x0o+32x1e+32x1o) are filtered in each layer to what the
-tensor product can produce (the first layer's scalar input yields only 0e and the
-parity of the harmonics). The envelope goes smoothly to zero at r_max, so a neighbour
+tensor product can produce (from the first layer's 0e input only the harmonics'
+own irreps, 0e and 1o for lmax 1). The envelope goes smoothly to zero at r_max, so a neighbour
 crossing the cutoff changes nothing abruptly; the fixed `num_neighbors` (about the
 mean in-degree of the training graphs) keeps each crystal's output independent of its
-batch. Output h_i is invariant to rotations, translations and atom permutations of the
-crystal; only its rotation-invariant 0e part reaches the decoders.
+batch. Output h_i is invariant to rotations and translations of the crystal and moves
+with its atom under a permutation; only the invariant 0e part reaches the decoders.
 
 The element embedding is a learned table (one-hot -> Dense); the tutorial's mass-
 weighted one-hot is the same up to a per-element scale of the rows, which the learned
