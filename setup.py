@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "spglib==2.8.0",
     "vesin==0.6.2",
     "tqdm==4.70.1",
+    "e3nn-jax==0.21.0",   # the E3NN encoder (models/e3nn.py)
 ]
 TENSORBOARD_REQUIRES = ["tensorboardX==2.6.4"]
 # The pinned JAX version, for the CUDA extra.

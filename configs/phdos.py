@@ -23,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.grid_unit = "cm^-1"
   data.kind = "phonon"            # phonon | electronic (selects the derived physics)
   data.radius = 8.0               # neighbour cutoff, Angstrom
-  data.max_num_nbr = 12           # nearest neighbours kept per atom
+  data.max_num_nbr = 12           # nearest neighbours kept per atom (0 = every neighbour
+                                  # within radius: the radius graph of configs/ablations/e3nn*)
   data.gaussian_step = 0.2        # Angstrom; edge feature = exp(-(d-mu)^2/step^2), mu = 0..radius
   data.scaling = "normalized_sum"  # normalized_sum | normalized_max | standardized
   data.split = (0.8, 0.1, 0.1)    # train / validation / test fractions (1,217/152/152 on
@@ -37,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.limit = 0                  # use only the first N crystals (0 = all); for quick checks
 
   config.model = model = ml_collections.ConfigDict()
-  model.encoder = "unimp"         # unimp | gat
+  model.encoder = "unimp"         # unimp | gat | e3nn
   model.decoder = "transformer"   # transformer | rnn | rnn_attn | chunk_rnn | chunk_rnn_attn |
                                   # mlp | dostransformer
   model.d_model = 128
@@ -53,6 +54,12 @@ def get_config() -> ml_collections.ConfigDict:
   model.chunk_size = 8            # chunk_rnn / chunk_rnn_attn only
   model.mlp_energy_embedding = False  # mlp only: one MLP over [energy embedding; context]
   model.composition_activation = "none"  # none | leaky_relu (slope 0.2, as the public code)
+  model.e3nn_irreps = "32x0e+32x0o+32x1e+32x1o"  # e3nn only: hidden irreps of each layer
+  model.e3nn_lmax = 1             # e3nn only: spherical harmonics l <= lmax (1 or 2) of the edges
+  model.e3nn_num_basis = 10       # e3nn only: Bessel functions of the edge length (0..radius)
+  model.e3nn_radial_hidden = 64   # e3nn only: width of the radial MLPs
+  model.e3nn_num_neighbors = 28.0  # e3nn only: message sums / sqrt(this); ~ mean in-degree
+                                  # (28.3 on the DFPT set's 5 Å radius graph)
   model.dtype = "float32"         # float32 | bfloat16 | bf16_matmul (params stay float32)
 
   config.train = train = ml_collections.ConfigDict()

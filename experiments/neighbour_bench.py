@@ -73,7 +73,9 @@ def brute_force_graph(atoms: ase.Atoms, radius: float = 8.0,
   valid = np.isfinite(nbr_dist)
   receivers = np.repeat(np.arange(n, dtype=np.int32), k).reshape(n, k)[valid]
   senders = (order // shifts.shape[0]).astype(np.int32)[valid]
-  return CrystalGraph(numbers, senders, receivers, nbr_dist[valid].astype(np.float32))
+  vectors = np.take_along_axis(disp.reshape(n, -1, 3), order[..., None], axis=1)[valid]
+  return CrystalGraph(numbers, senders, receivers, nbr_dist[valid].astype(np.float32),
+                      vectors.astype(np.float32))
 
 
 def base_crystal() -> ase.Atoms:

@@ -3,8 +3,8 @@
 `reference_neighbours` (here) checks the physics: every periodic neighbour within the
 radius in a generous image box, compared up to ties. `brute_force_graph`
 (experiments/neighbour_bench.py, the all-image distance tensor) pins the exact graph:
-the featuriser must reproduce it bit for bit (senders, receivers, distances, edge
-order, truncation inside groups of equal distances) on special cells and on the
+the featuriser must reproduce it bit for bit (senders, receivers, distances,
+displacement vectors, edge order, truncation inside groups of equal distances) on special cells and on the
 shipped data sets.
 """
 import json
@@ -245,6 +245,37 @@ def test_translation_and_wrapping_invariance(crystals):
   g1 = featurize.featurize_crystal(moved)
   np.testing.assert_array_equal(g0.receivers, g1.receivers)
   np.testing.assert_allclose(g0.distances, g1.distances, atol=1e-5)
+  # Vectors per atom as a set (rounding decides the order among equal distances), on the
+  # radius graph, where no cut through equal distances picks among them.
+  r0, r1 = featurize.featurize_crystal(atoms, 6.0, 0), featurize.featurize_crystal(moved, 6.0, 0)
+  np.testing.assert_array_equal(r0.receivers, r1.receivers)
+  for i in range(len(atoms)):
+    v0, v1 = (np.round(g.vectors[g.receivers == i], 4) + 0.0 for g in (r0, r1))
+    np.testing.assert_allclose(v0[np.lexsort(v0.T)], v1[np.lexsort(v1.T)], atol=1e-3)
+
+
+@pytest.mark.parametrize("max_num_nbr", [12, 0])
+def test_displacement_vectors_reproduce_the_distances(crystals, max_num_nbr):
+  """|vector| = distance, and vector = r_j + lattice shift - r_i with an integer shift."""
+  for name, atoms in crystals.items():
+    graph = featurize.featurize_crystal(atoms, 6.0, max_num_nbr)
+    chex.assert_shape(graph.vectors, (len(graph.distances), 3))
+    assert graph.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(graph.vectors.astype(np.float64), axis=1),
+                               graph.distances, rtol=1e-6, atol=1e-6, err_msg=name)
+    pos = atoms.positions
+    shift = graph.vectors - (pos[graph.senders] - pos[graph.receivers])
+    frac = np.linalg.solve(atoms.cell.array.T, shift.T).T
+    np.testing.assert_allclose(frac, np.round(frac), atol=1e-4, err_msg=name)
+
+
+def test_radius_graph_keeps_every_neighbour_within_the_radius(crystals):
+  """max_num_nbr=0: the graph of an unbounded k (brute force with k above any count)."""
+  for name, atoms in crystals.items():
+    graph = featurize.featurize_crystal(atoms, 4.0, 0, name=name)
+    _assert_graphs_identical(graph, brute_force_graph(atoms, 4.0, 100_000), name)
+  with pytest.raises(InputError, match="max_num_nbr"):
+    featurize.featurize_crystal(crystals["NaCl_cubic"], 4.0, -1)
 
 
 # ----------------------------------------------------------------------------- exact graphs

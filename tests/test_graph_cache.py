@@ -51,8 +51,8 @@ def _assert_graph_equal(a, b):
 
 def _assert_sets_equal(a: GraphSet, b: GraphSet):
   assert list(a.ids) == list(b.ids)
-  for field in ("atomic_numbers", "senders", "receivers", "distances", "node_offsets",
-                "edge_offsets"):
+  for field in ("atomic_numbers", "senders", "receivers", "distances", "vectors",
+                "node_offsets", "edge_offsets"):
     x, y = getattr(a, field), getattr(b, field)
     assert x.dtype == y.dtype, field
     np.testing.assert_array_equal(x, y, err_msg=field)
@@ -70,6 +70,7 @@ def test_from_graphs_round_trip(structures, graphs):
   assert gs.node_offsets[0] == 0 and gs.node_offsets[-1] == len(gs.atomic_numbers)
   assert gs.edge_offsets[-1] == len(gs.distances)
   chex.assert_equal_shape([gs.senders, gs.receivers, gs.distances])
+  chex.assert_shape(gs.vectors, (len(gs.distances), 3))
   for i, g in enumerate(graphs):
     _assert_graph_equal(gs.graph(i), g)
 
@@ -88,6 +89,7 @@ def test_empty_graphset():
   gs = GraphSet.from_graphs([], [])
   assert len(gs) == 0
   np.testing.assert_array_equal(gs.node_offsets, [0])
+  chex.assert_shape(gs.vectors, (0, 3))
   assert gs.n_node.shape == (0,)
 
 
@@ -254,6 +256,41 @@ def test_cache_missing_array_is_rebuilt(tmp_path, structures, graphs):
   got, _, from_cache = graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
   assert not from_cache
   _assert_graph_equal(got.graph(0), graphs[0])
+
+
+def _drop_vectors(path):
+  """Rewrites a saved GraphSet as the featuriser without edge vectors wrote it."""
+  with np.load(path) as z:
+    arrays = {k: z[k] for k in z.files if k != "vectors"}
+  with open(path, "wb") as f:
+    np.savez(f, **arrays)
+
+
+def test_cache_without_vectors_is_rebuilt_with_warning(tmp_path, caplog, structures, graphs):
+  """A cache file lacking the edge vectors (an older layout under this key) never loads."""
+  ids, atoms = structures
+  cache = str(tmp_path)
+  graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
+  path = graph_cache.cache_path(cache, ids, atoms, RADIUS, MAX_NBR)
+  _drop_vectors(path)
+  with caplog.at_level(logging.WARNING):
+    got, _, from_cache = graph_cache.load_or_featurize(ids, atoms, RADIUS, MAX_NBR, cache)
+  assert not from_cache
+  assert any("vectors" in r.getMessage() for r in caplog.records)
+  _assert_graph_equal(got.graph(0), graphs[0])
+
+
+def test_saved_set_without_vectors_loads_with_nan_vectors(tmp_path, structures, graphs):
+  """A workdir's eval_data/ written before the vectors were stored still loads."""
+  ids, _ = structures
+  path = str(tmp_path / "graphs.npz")
+  GraphSet.from_graphs(ids, graphs).save(path)
+  _drop_vectors(path)
+  loaded, _ = GraphSet.load(path)
+  np.testing.assert_array_equal(loaded.distances, GraphSet.from_graphs(ids, graphs).distances)
+  assert loaded.vectors.shape == (len(loaded.distances), 3) and np.isnan(loaded.vectors).all()
+  with pytest.raises(KeyError, match="vectors"):
+    GraphSet.load(path, require_vectors=True)
 
 
 def test_failed_crystals_are_skipped_and_reported(tmp_path, monkeypatch, structures, graphs):

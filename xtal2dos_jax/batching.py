@@ -50,6 +50,9 @@ class Batch(NamedTuple):
   y: float32[G, l_y] scaled labels (zeros for padding or unlabelled inputs).
   y_scale: float32[G] per-crystal scale that maps y back to the original scale.
   crystal_system: int32[G] 0..6 (triclinic..cubic) when the model needs it, else 0.
+  edge_vectors: float32[E, 3] displacement of each edge's sender from its receiver
+    (neighbour + lattice shift - centre, Å; zeros for padding edges), for encoders that
+    set `uses_edge_vectors` (e3nn); 12 bytes per edge beside the 4 of the distance.
   """
   graph: jraph.GraphsTuple
   atom_index: np.ndarray
@@ -58,6 +61,7 @@ class Batch(NamedTuple):
   y: np.ndarray
   y_scale: np.ndarray
   crystal_system: np.ndarray
+  edge_vectors: np.ndarray
 
 
 class LabelledGraphs(NamedTuple):
@@ -151,6 +155,8 @@ def assemble(data: LabelledGraphs, idx: np.ndarray, budget: Budget) -> Batch:
   receivers[:e_real] = g.receivers[edge_src] + shift
   distances = np.zeros(budget.n_edge, np.float32)
   distances[:e_real] = g.distances[edge_src]
+  vectors = np.zeros((budget.n_edge, 3), np.float32)
+  vectors[:e_real] = g.vectors[edge_src]
   n_node = np.zeros(budget.n_graph, np.int32)
   n_edge = np.zeros(budget.n_graph, np.int32)
   n_node[:k], n_edge[:k] = nn, ne
@@ -174,7 +180,7 @@ def assemble(data: LabelledGraphs, idx: np.ndarray, budget: Budget) -> Batch:
     crystal_system[:k] = check_crystal_systems(data.crystal_system[idx])
   graph = jraph.GraphsTuple(nodes=atomic_numbers, edges=distances, senders=senders,
                             receivers=receivers, n_node=n_node, n_edge=n_edge, globals=None)
-  return Batch(graph, atom_index, atom_mask, graph_mask, y, y_scale, crystal_system)
+  return Batch(graph, atom_index, atom_mask, graph_mask, y, y_scale, crystal_system, vectors)
 
 
 def dummy_batch(budget: Budget, l_y: int) -> Batch:

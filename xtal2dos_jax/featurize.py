@@ -2,10 +2,13 @@
 
 A crystal becomes a directed graph: nodes are the atoms of the unit cell, and each
 atom i receives an edge from each of its `max_num_nbr` nearest periodic neighbours j
-within `radius` (message direction neighbour -> centre: sender j, receiver i). The
-host stores one int per node (atomic number) and one float per edge (distance, Å);
-the 92-d element vectors and the Gaussian distance expansion are computed on device
-(`atom_feature_table`, `gaussian_expansion`), so batches stay small.
+within `radius`, or from every neighbour within `radius` when `max_num_nbr` is 0 (the
+radius graph of equivariant models such as E3NN); message direction neighbour ->
+centre: sender j, receiver i. The host stores one int per node (atomic number) and per
+edge its distance (Å) and displacement vector r_j + image - r_i (Å, the geometry an
+equivariant encoder needs); the 92-d element vectors and the Gaussian distance
+expansion are computed on device (`atom_feature_table`, `gaussian_expansion`), so
+batches stay small.
 
 Structures are checked by `structures.validate_atoms` (the one definition of what the
 model accepts); neighbours come from vesin's cell-list neighbour search (C++), sorted
@@ -26,8 +29,8 @@ import vesin
 from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.structures import MIN_DISTANCE, validate_atoms
 
-# Bump whenever the featurisation changes: it is part of the cache key.
-FEATURIZER_VERSION = 1
+# Bump whenever the featurisation or its stored layout changes: it is part of the cache key.
+FEATURIZER_VERSION = 2
 NUM_COMPOSITION_ELEMENTS = 103
 MAX_Z = 100
 # Å added to the neighbour-search cutoff so that no pair at d <= radius is lost to
@@ -44,11 +47,14 @@ class CrystalGraph(NamedTuple):
   senders: int32[e] neighbour atom j of each edge (local index).
   receivers: int32[e] centre atom i of each edge, sorted ascending.
   distances: float32[e] |r_j + image - r_i| in Å.
+  vectors: float32[e, 3] displacement r_j + image - r_i in Å (Cartesian, the frame of
+    the input cell); `distances` is its norm, computed in float64 before rounding.
   """
   atomic_numbers: np.ndarray
   senders: np.ndarray
   receivers: np.ndarray
   distances: np.ndarray
+  vectors: np.ndarray
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,16 +101,21 @@ def featurize_crystal(atoms: ase.Atoms, radius: float = 8.0, max_num_nbr: int = 
 
   Neighbours of atom i are the `max_num_nbr` closest atoms (any periodic image,
   including i's own images) with 0 < d <= radius, ordered by distance and, at equal
-  distances, by neighbour index j. Candidates come from vesin's cell-list neighbour
-  search on the positions wrapped into the cell; their distances are recomputed here
-  as |pos_j + offset @ cell - pos_i| (float64, rounded to float32 at the end), so the
-  cutoff and the ties are decided by this one formula, not by the library's rounding.
+  distances, by neighbour index j; `max_num_nbr=0` keeps all of them (radius graph).
+  Candidates come from vesin's cell-list neighbour search on the positions wrapped into
+  the cell; their displacements pos_j + offset @ cell - pos_i and distances are
+  recomputed here (float64, rounded to float32 at the end), so the cutoff and the ties
+  are decided by this one formula, not by the library's rounding. Wrapping moves an
+  atom by a lattice vector, which changes no displacement.
 
   Raises:
     InputError: `structures.validate_atoms` rejects the structure (no atoms, Z outside
       1..MAX_Z, non-finite or non-periodic or zero-volume cell, atoms or an atom and its
       image closer than MIN_DISTANCE), or some atom has no neighbour within `radius`.
   """
+  if max_num_nbr < 0:
+    raise InputError("config.data.max_num_nbr", f"{max_num_nbr} must be >= 0 (0 = every "
+                     "neighbour within the radius)")
   validate_atoms(atoms, name, max_z=MAX_Z, check_overlap=False)
   numbers = np.asarray(atoms.numbers, np.int32)
   n = len(numbers)
@@ -124,17 +135,20 @@ def featurize_crystal(atoms: ase.Atoms, radius: float = 8.0, max_num_nbr: int = 
     # Possibly overlapping: validate_atoms decides, and names the atoms.
     validate_atoms(atoms, name, max_z=MAX_Z, check_overlap=True)
   keep = dist <= radius
-  centre, nbr, dist = centre[keep], nbr[keep], dist[keep]
-  # Receivers ascending; per receiver by distance, ties by neighbour index. (Images of
-  # one neighbour at one distance give identical edges, so their order does not matter.)
-  order = np.lexsort((nbr, dist, centre))
-  centre, nbr, dist = centre[order], nbr[order], dist[order]
+  centre, nbr, dist, disp, offset = (centre[keep], nbr[keep], dist[keep], disp[keep],
+                                     offset[keep])
+  # Receivers ascending; per receiver by distance, ties by neighbour index, then by the
+  # image's lattice shift. (Images of one neighbour at one distance give identical
+  # senders and distances; the shift only fixes which of their vectors the k-nearest
+  # cut keeps, independently of the library's output order.)
+  order = np.lexsort((offset[:, 2], offset[:, 1], offset[:, 0], nbr, dist, centre))
+  centre, nbr, dist, disp = centre[order], nbr[order], dist[order], disp[order]
   counts = np.bincount(centre, minlength=n)
   if (counts == 0).any():
     i = int(np.argmin(counts))
     raise InputError(name, f"atom {i} ({atoms.get_chemical_symbols()[i]}) has no neighbour "
                      f"within {radius} Å")
   rank = np.arange(len(centre)) - np.repeat(np.cumsum(counts) - counts, counts)
-  top = rank < max_num_nbr
+  top = rank < max_num_nbr if max_num_nbr > 0 else np.ones(len(centre), bool)
   return CrystalGraph(numbers, nbr[top].astype(np.int32), centre[top].astype(np.int32),
-                      dist[top].astype(np.float32))
+                      dist[top].astype(np.float32), disp[top].astype(np.float32))

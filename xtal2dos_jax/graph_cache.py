@@ -25,17 +25,23 @@ class GraphSet:
   """Featurised crystals: flat node/edge arrays plus per-crystal offsets.
 
   atomic_numbers int32[total_nodes]; senders/receivers int32[total_edges] (local
-  to their crystal); distances float32[total_edges]; node_offsets/edge_offsets
-  int64[n + 1]; ids: crystal ids in the same order.
+  to their crystal); distances float32[total_edges] (Å); vectors float32[total_edges, 3]
+  (displacements, Å; see `CrystalGraph`); node_offsets/edge_offsets int64[n + 1]; ids:
+  crystal ids in the same order.
+
+  A file written before the vectors were stored (a workdir's eval_data/) loads with
+  vectors NaN: the distance models never read them, and an equivariant model fed
+  them gives non-finite outputs instead of silently wrong ones.
   """
 
   def __init__(self, ids: Sequence[str], atomic_numbers, senders, receivers, distances,
-               node_offsets, edge_offsets):
+               vectors, node_offsets, edge_offsets):
     self.ids = list(ids)
     self.atomic_numbers = np.asarray(atomic_numbers, np.int32)
     self.senders = np.asarray(senders, np.int32)
     self.receivers = np.asarray(receivers, np.int32)
     self.distances = np.asarray(distances, np.float32)
+    self.vectors = np.asarray(vectors, np.float32).reshape(len(self.distances), 3)
     self.node_offsets = np.asarray(node_offsets, np.int64)
     self.edge_offsets = np.asarray(edge_offsets, np.int64)
 
@@ -55,16 +61,17 @@ class GraphSet:
   def graph(self, i: int) -> CrystalGraph:
     ns, ne = slice(*self.node_offsets[i:i + 2]), slice(*self.edge_offsets[i:i + 2])
     return CrystalGraph(self.atomic_numbers[ns], self.senders[ne], self.receivers[ne],
-                        self.distances[ne])
+                        self.distances[ne], self.vectors[ne])
 
   @classmethod
   def from_graphs(cls, ids: Sequence[str], graphs: Sequence[CrystalGraph]) -> "GraphSet":
-    def cat(field, dtype):
+    def cat(field, dtype, shape=(0,)):
       parts = [getattr(g, field) for g in graphs]
-      return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+      return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
     offsets = lambda sizes: np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     return cls(ids, cat("atomic_numbers", np.int32), cat("senders", np.int32),
                cat("receivers", np.int32), cat("distances", np.float32),
+               cat("vectors", np.float32, (0, 3)),
                offsets([len(g.atomic_numbers) for g in graphs]),
                offsets([len(g.distances) for g in graphs]))
 
@@ -85,16 +92,27 @@ class GraphSet:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, ids=np.asarray(self.ids, dtype=str), atomic_numbers=self.atomic_numbers,
                senders=self.senders, receivers=self.receivers, distances=self.distances,
-               node_offsets=self.node_offsets, edge_offsets=self.edge_offsets,
+               vectors=self.vectors, node_offsets=self.node_offsets, edge_offsets=self.edge_offsets,
                skipped=np.asarray(skipped, dtype=str).reshape(len(skipped), 2))
     os.replace(tmp, path)
 
   @classmethod
-  def load(cls, path: str) -> tuple["GraphSet", list[tuple[str, str]]]:
-    """(graphs, skipped) as written by `save`."""
+  def load(cls, path: str, require_vectors: bool = False
+           ) -> tuple["GraphSet", list[tuple[str, str]]]:
+    """(graphs, skipped) as written by `save`.
+
+    A file without edge vectors raises KeyError when `require_vectors` (the cache: it
+    is rebuilt), else loads with NaN vectors (see the class docstring).
+    """
     with np.load(path) as z:
+      if "vectors" in z:
+        vectors = z["vectors"]
+      elif require_vectors:
+        raise KeyError("vectors (featurised by an older version)")
+      else:
+        vectors = np.full((len(z["distances"]), 3), np.nan, np.float32)
       graphs = cls(z["ids"].tolist(), z["atomic_numbers"], z["senders"], z["receivers"],
-                   z["distances"], z["node_offsets"], z["edge_offsets"])
+                   z["distances"], vectors, z["node_offsets"], z["edge_offsets"])
       return graphs, [tuple(row) for row in z["skipped"].tolist()]
 
 
@@ -116,6 +134,9 @@ def default_cache_dir() -> str:
 
 
 def cache_path(cache_dir: str, ids, structures, radius: float, max_num_nbr: int) -> str:
+  """The cache file of these crystals featurised with these settings. The key includes
+  FEATURIZER_VERSION, so a cache of an older featurisation is never found (it is
+  rebuilt, and `load_or_featurize` logs that it featurised)."""
   key = hashlib.sha256(
       f"{structures_hash(ids, structures)}|r={radius!r}|k={max_num_nbr}|v={FEATURIZER_VERSION}"
       .encode()).hexdigest()[:24]
@@ -147,10 +168,13 @@ def load_or_featurize(ids: Sequence[str], structures: Sequence[ase.Atoms], radiu
   path = cache_path(cache_dir, ids, structures, radius, max_num_nbr) if use_cache else ""
   if path and os.path.exists(path):
     try:
-      graphs, skipped = GraphSet.load(path)
+      graphs, skipped = GraphSet.load(path, require_vectors=True)
       return graphs, skipped, True
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # a corrupt cache is rebuilt, never trusted
       logging.warning("featurisation cache %s unreadable (%s); rebuilding", path, e)
+  elif path:
+    logging.info("no featurisation cache for these crystals and settings (featuriser "
+                 "version %d); featurising", FEATURIZER_VERSION)
   graphs, skipped = featurize_structures(ids, structures, radius, max_num_nbr)
   if path:
     try:

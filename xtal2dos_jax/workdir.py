@@ -51,7 +51,10 @@ _ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0,
                "model.mlp_energy_embedding": False, "model.source_attention": True,
                "train.ema_decay": 0.0,
                "train.decay_rate": 0.95, "train.patience_warmup_epochs": 0,
-               "train.init_from": "", "train.freeze": "none"}
+               "train.init_from": "", "train.freeze": "none",
+               "model.e3nn_irreps": "32x0e+32x0o+32x1e+32x1o",
+               "model.e3nn_lmax": 1, "model.e3nn_num_basis": 10, "model.e3nn_radial_hidden": 64,
+               "model.e3nn_num_neighbors": 28.0}
 # Checkpoint step ids are epoch * STEPS_PER_EPOCH_ID + step in epoch
 # (`checkpoints.checkpoint_step`); `last_checkpoint` decodes them.
 STEPS_PER_EPOCH_ID = 1_000_000

@@ -21,7 +21,7 @@ import numpy as np
 
 from xtal2dos_jax.activations import apply_output_activation, output_activation_for
 from xtal2dos_jax.errors import InputError, check_choice
-from xtal2dos_jax.models import dostransformer, gat, mlp_decoder, rnn_decoders
+from xtal2dos_jax.models import dostransformer, e3nn, gat, mlp_decoder, rnn_decoders
 from xtal2dos_jax.models.transformer_decoder import (POSITION_EMBEDDINGS, AtomStates,
                                                      CausalTransformerDecoder, SequenceDecoder)
 from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
@@ -61,6 +61,7 @@ def _transformer(config: ml_collections.ConfigDict) -> nn.Module:
 ENCODERS: Dict[str, ModelFactory] = {
     "unimp": _unimp,
     "gat": gat.gat_encoder,
+    "e3nn": e3nn.e3nn_encoder,
 }
 
 # name (config.model.decoder) -> factory: config -> SequenceDecoder

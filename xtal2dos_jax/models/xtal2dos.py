@@ -1,6 +1,8 @@
 """The Xtal2DoS model: graph encoder -> crystal context -> sequence decoder (paper Sec. 2).
 
   node states = encoder(batch.graph)                              float[N, d]
+                (an encoder whose `uses_edge_vectors` is True gets the graph with
+                edges = batch.edge_vectors, float32[E, 3] Å, instead of distances)
   atoms       = AtomStates(node states, batch.atom_index, batch.atom_mask)
                 (each crystal's atoms, `atoms.dense()` = float[G, A, d])
   context     = [mean of real node states; act(Dense(composition))]  float[G, c]
@@ -70,7 +72,9 @@ class Xtal2DoS(nn.Module):
   """Crystal graph -> DoS sequence with any encoder / decoder pair.
 
   Attributes:
-    encoder: module mapping (graph, train=) -> float[N, d] node states.
+    encoder: module mapping (graph, train=) -> float[N, d] node states (graph.edges =
+      float32[E] distances, or float32[E, 3] displacement vectors when the encoder
+      class sets `uses_edge_vectors = True`).
     decoder: a `SequenceDecoder`, mapping (context, atoms, y_teacher, train=) ->
       float[G, l_y] (and given crystal_system= when its `uses_crystal_system` is True).
     output_activation: 'softmax' (over positions), 'softplus' or 'identity'.
@@ -92,7 +96,10 @@ class Xtal2DoS(nn.Module):
     `raw=True` returns the decoder output before the output activation (the logits of
     the softmax for `normalized_sum`), from which the losses take log-probabilities.
     """
-    node_states = self.encoder(batch.graph, train=train)
+    graph = batch.graph
+    if getattr(self.encoder, "uses_edge_vectors", False):
+      graph = graph._replace(edges=batch.edge_vectors)
+    node_states = self.encoder(graph, train=train)
     atoms = AtomStates(node_states, batch.atom_index, batch.atom_mask)
     context = CrystalContext(composition_activation=self.composition_activation,
                              **same_precision(self), name="context")(node_states, batch.graph)

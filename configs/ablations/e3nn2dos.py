@@ -1,0 +1,17 @@
+"""Encoder ablation: E3NN2DoS, the paper's Table 1 row with an E3NN encoder and the
+Xtal2DoS causal transformer decoder (with source attention to the atoms).
+
+The encoder is that of `configs/ablations/e3nn.py` (e3nn-jax point convolutions on the
+5 Å radius graph, 2 layers, scalar node outputs of width d_model); the decoder and the
+training recipe are the default config's.
+"""
+from configs import phdos
+
+
+def get_config():
+  config = phdos.get_config()
+  config.data.radius = 5.0
+  config.data.max_num_nbr = 0     # every neighbour within the radius
+  config.model.encoder = "e3nn"
+  config.model.encoder_layers = 2
+  return config

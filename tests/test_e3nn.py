@@ -1,0 +1,238 @@
+"""Tests for the E3NN encoder (xtal2dos_jax/models/e3nn.py) and the geometry it reads.
+
+The model is tiny (irreps 4x0e+4x0o+4x1e+4x1o, l <= 2 harmonics, 2 layers, d_model 16)
+on 4 Å radius graphs of 2-3 atom cells, and every batch shares one padding budget, so
+the jitted model compiles once. Symmetry checks featurise the transformed crystal
+itself (cell and positions), so they cover the featuriser's vectors as well.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import ase
+import ase.build
+import chex
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import common
+from xtal2dos_jax import batching, labels, train
+from xtal2dos_jax.featurize import featurize_crystal
+from xtal2dos_jax.graph_cache import GraphSet
+from xtal2dos_jax.models import create_model
+from xtal2dos_jax.models.e3nn import E3NNEncoder
+from xtal2dos_jax.models.mlp_decoder import MLPDecoder
+from xtal2dos_jax.models.transformer_decoder import CausalTransformerDecoder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RADIUS = 4.0
+IRREPS = "4x0e+4x0o+4x1e+4x1o"
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def _shrink(config):
+  """The smoke model sizes with a tiny E3NN encoder on the 4 Å radius graph."""
+  config.data.l_y = 12
+  config.data.radius = RADIUS
+  config.data.max_num_nbr = 0
+  m = config.model
+  m.encoder = "e3nn"
+  m.d_model, m.num_heads, m.ff_dim = 16, 2, 32
+  m.encoder_layers, m.decoder_layers = 2, min(m.decoder_layers, 1)
+  m.e3nn_irreps, m.e3nn_lmax, m.e3nn_num_basis, m.e3nn_radial_hidden = IRREPS, 2, 6, 16
+  m.e3nn_num_neighbors = 10.0
+  return config
+
+
+def _rotation(seed: int) -> np.ndarray:
+  """A random proper rotation, float64[3, 3]."""
+  q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+  q = q * np.sign(np.diag(r))
+  return q if np.linalg.det(q) > 0 else -q
+
+
+def _triclinic() -> ase.Atoms:
+  cell = [[4.2, 0.3, 0.2], [0.6, 4.0, 0.3], [0.4, 0.5, 4.4]]
+  scaled = [[0.0, 0.0, 0.0], [0.48, 0.31, 0.22], [0.21, 0.67, 0.59]]
+  return ase.Atoms("MgAlO", scaled_positions=scaled, cell=cell, pbc=True)
+
+
+R = _rotation(0)
+SHIFT = np.array([0.7, -1.3, 2.1])
+
+
+def _moved(atoms: ase.Atoms, rotate_cell: bool = True) -> ase.Atoms:
+  """`atoms` rotated by R and translated by SHIFT; with `rotate_cell=False` only the
+  positions move (a different crystal: the lattice keeps its orientation)."""
+  out = atoms.copy()
+  out.positions = atoms.positions @ R.T + SHIFT
+  if rotate_cell:
+    out.set_cell(atoms.cell.array @ R.T, scale_atoms=False)
+  return out
+
+
+@pytest.fixture(scope="module")
+def crystals() -> dict[str, ase.Atoms]:
+  tri, nacl, si = _triclinic(), ase.build.bulk("NaCl", "rocksalt", a=5.64), ase.build.bulk("Si")
+  return {"tri": tri, "nacl": nacl, "si": si,
+          "tri_moved": _moved(tri), "nacl_moved": _moved(nacl), "si_moved": _moved(si),
+          "tri_positions_only": _moved(tri, rotate_cell=False),
+          "tri_perm": tri[[2, 0, 1]]}
+
+
+@pytest.fixture(scope="module")
+def config():
+  from configs import smoke
+  return _shrink(smoke.get_config())
+
+
+@pytest.fixture(scope="module")
+def data(config, crystals) -> batching.LabelledGraphs:
+  names = list(crystals)
+  graphs = GraphSet.from_graphs(names, [featurize_crystal(a, RADIUS, 0, name=n)
+                                        for n, a in crystals.items()])
+  y = np.random.default_rng(0).dirichlet(np.ones(config.data.l_y), len(names))
+  return batching.LabelledGraphs(graphs, y.astype(np.float32), np.ones(len(names), np.float32))
+
+
+@pytest.fixture(scope="module")
+def budget(data) -> batching.Budget:
+  """Holds any three of the crystals, with padding left over."""
+  g = data.graphs
+  return batching.Budget(n_node=int(np.sort(g.n_node)[-3:].sum()) + 8,
+                         n_edge=int(np.sort(g.n_edge)[-3:].sum()) + 24, n_graph=4,
+                         max_atoms=int(g.n_node.max()))
+
+
+@pytest.fixture(scope="module")
+def run(config, data, budget):
+  """run(names) -> (raw outputs float[G, l_y], intermediates {features_i: IrrepsArray},
+  node states float[N, d]) of the crystals `names`, in order, in one batch."""
+  model = create_model(config)
+  params = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(0), jax.tree.map(jnp.asarray, batching.dummy_batch(budget, 12)))
+
+  @jax.jit
+  def apply(batch):
+    out, state = model.apply(params, batch, train=False, raw=True,
+                             mutable=["intermediates"])
+    graph = batch.graph._replace(edges=batch.edge_vectors)
+    states = model.encoder.apply({"params": params["params"]["encoder"]}, graph, train=False)
+    return out, {k: v[0] for k, v in state["intermediates"]["encoder"].items()}, states
+
+  ids = data.graphs.ids
+
+  def go(names, batch=None):
+    batch = batch or batching.assemble(data, np.array([ids.index(n) for n in names]), budget)
+    return apply(jax.tree.map(jnp.asarray, batch))
+  return go
+
+
+def _real(out, k):
+  return np.asarray(out)[:k]
+
+
+def test_registry_builds_the_e3nn_encoder(config):
+  model = create_model(config)
+  assert isinstance(model.encoder, E3NNEncoder) and model.encoder.uses_edge_vectors
+  assert model.encoder.r_max == RADIUS and model.encoder.irreps == IRREPS
+
+
+def test_batch_edge_vectors_reproduce_the_distances(data, budget):
+  batch = batching.assemble(data, np.array([0, 1, 2]), budget)
+  e_real = int(batch.graph.n_edge[:3].sum())
+  chex.assert_shape(batch.edge_vectors, (budget.n_edge, 3))
+  np.testing.assert_allclose(np.linalg.norm(batch.edge_vectors[:e_real], axis=1),
+                             batch.graph.edges[:e_real], rtol=1e-6)
+  np.testing.assert_array_equal(batch.edge_vectors[e_real:], 0.0)
+
+
+def test_output_invariant_to_rotation_and_translation_of_the_crystal(run):
+  out, _, _ = run(["tri", "nacl", "si"])
+  moved, _, _ = run(["tri_moved", "nacl_moved", "si_moved"])
+  chex.assert_tree_all_finite(out)
+  np.testing.assert_allclose(_real(moved, 3), _real(out, 3), **TOL)
+
+
+def test_rotating_only_the_positions_changes_the_output(run):
+  """Guards the test above: it would fail if the cell were left out of the rotation."""
+  out, _, _ = run(["tri"])
+  positions_only, _, _ = run(["tri_positions_only"])
+  with pytest.raises(AssertionError):
+    np.testing.assert_allclose(_real(positions_only, 1), _real(out, 1), **TOL)
+
+
+def test_output_invariant_to_atom_permutation(run):
+  out, _, states = run(["tri"])
+  perm, _, perm_states = run(["tri_perm"])
+  np.testing.assert_allclose(_real(perm, 1), _real(out, 1), **TOL)
+  # Node states follow their atoms: atom a of tri_perm is atom [2, 0, 1][a] of tri.
+  np.testing.assert_allclose(np.asarray(perm_states)[:3], np.asarray(states)[[2, 0, 1]], **TOL)
+
+
+def test_l1_features_rotate_with_the_crystal(run):
+  _, feats, _ = run(["tri"])
+  _, moved, _ = run(["tri_moved"])
+  for name, x in feats.items():
+    vectors = x.filter(keep=["1e", "1o"])
+    assert vectors.irreps.num_irreps > 0, name
+    rotated = np.asarray(vectors.transform_by_matrix(R).array)[:3]
+    got = np.asarray(moved[name].filter(keep=["1e", "1o"]).array)[:3]
+    assert np.abs(rotated).max() > 1e-3, f"{name}: l=1 features vanish"
+    np.testing.assert_allclose(got, rotated, **TOL, err_msg=name)
+    # They are not invariant: the check above would see a missing rotation.
+    assert np.abs(got - np.asarray(vectors.array)[:3]).max() > 1e-3, name
+
+
+def test_padding_does_not_change_a_crystals_output(run, data, budget):
+  alone, _, _ = run(["tri"])
+  crowded, _, _ = run(["si", "tri", "nacl"])
+  np.testing.assert_allclose(_real(crowded, 2)[1], _real(alone, 1)[0], **TOL)
+  # Padding edges given real-looking geometry and wired to a real atom change nothing.
+  batch = batching.assemble(data, np.array([data.graphs.ids.index("tri")]), budget)
+  e_real = int(batch.graph.n_edge[0])
+  vectors, senders = batch.edge_vectors.copy(), batch.graph.senders.copy()
+  vectors[e_real:], senders[e_real:] = [1.0, 2.0, -0.5], 0
+  rewired = batch._replace(edge_vectors=vectors, graph=batch.graph._replace(senders=senders))
+  out, _, _ = run(None, rewired)
+  np.testing.assert_allclose(_real(out, 1), _real(alone, 1), **TOL)
+
+
+@pytest.mark.parametrize("name,decoder", [("e3nn", MLPDecoder),
+                                          ("e3nn2dos", CausalTransformerDecoder)])
+def test_ablation_configs_build_and_take_a_train_step(name, decoder, crystals):
+  config = common.load_config_file(os.path.join(REPO, "configs", "ablations", f"{name}.py"))
+  assert config.model.encoder == "e3nn" and config.data.max_num_nbr == 0
+  full = create_model(config)
+  assert isinstance(full.encoder, E3NNEncoder) and type(full.decoder) is decoder
+  assert full.encoder.irreps == "32x0e+32x0o+32x1e+32x1o"
+  if name == "e3nn":
+    assert full.decoder.num_layers == 0   # one linear map of the pooled per-atom states
+  else:
+    assert full.decoder.source_attention and full.decoder.causal
+
+  config = _shrink(config)
+  config.model.decoder_layers = 0 if name == "e3nn" else 1
+  config.train.warmup_epochs = 0   # a non-zero learning rate at step 0
+  names = ["tri", "nacl", "si"]
+  graphs = GraphSet.from_graphs(names, [featurize_crystal(crystals[n], config.data.radius,
+                                                          config.data.max_num_nbr)
+                                        for n in names])
+  y = np.random.default_rng(1).random((3, config.data.l_y)).astype(np.float32)
+  scaler = labels.LabelScaler.fit(config.data.scaling, y)
+  ys, scale = scaler.transform(y)
+  data = batching.LabelledGraphs(graphs, np.asarray(ys, np.float32),
+                                 np.asarray(scale, np.float32))
+  budget = batching.make_budget(graphs.n_node, graphs.n_edge, 3)
+  trainer = train.Trainer(config, scaler, devices=jax.local_devices()[:1])
+  state = trainer.replicate(train.create_train_state(config, budget, steps_per_epoch=1))
+  batch = batching.stack([batching.assemble(data, np.arange(3), budget)])
+  before = jax.tree.map(np.asarray, state.params)
+  state, out = trainer.p_train_step(state, batch)
+  assert bool(out["finite"][0]) and np.isfinite(float(out["loss_sum"][0]))
+  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(b) - a).max(), before, state.params)
+  assert max(jax.tree.leaves(moved)) > 0
