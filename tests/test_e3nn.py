@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from experiments import common
-from xtal2dos_jax import batching, labels, train
+from xtal2dos_jax import batching, labels, model_setup, train
 from xtal2dos_jax.featurize import featurize_crystal
 from xtal2dos_jax.graph_cache import GraphSet
 from xtal2dos_jax.models import create_model
@@ -229,7 +229,7 @@ def test_ablation_configs_build_and_take_a_train_step(name, decoder, crystals):
                                  np.asarray(scale, np.float32))
   budget = batching.make_budget(graphs.n_node, graphs.n_edge, 3)
   trainer = train.Trainer(config, scaler, devices=jax.local_devices()[:1])
-  state = trainer.replicate(train.create_train_state(config, budget, steps_per_epoch=1))
+  state = trainer.replicate(model_setup.create_train_state(config, budget, steps_per_epoch=1))
   batch = batching.stack([batching.assemble(data, np.arange(3), budget)])
   before = jax.tree.map(np.asarray, state.params)
   state, out = trainer.p_train_step(state, batch)
