@@ -21,7 +21,7 @@ import numpy as np
 
 from xtal2dos_jax.activations import apply_output_activation, output_activation_for
 from xtal2dos_jax.errors import InputError, check_choice
-from xtal2dos_jax.models import dostransformer, e3nn, gat, mlp_decoder, rnn_decoders
+from xtal2dos_jax.models import dostransformer, gat, mlp_decoder, rnn_decoders
 from xtal2dos_jax.models.transformer_decoder import (POSITION_EMBEDDINGS, AtomStates,
                                                      CausalTransformerDecoder, SequenceDecoder)
 from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
@@ -57,11 +57,18 @@ def _transformer(config: ml_collections.ConfigDict) -> nn.Module:
                                   **precision_kwargs(config))
 
 
+def _e3nn(config: ml_collections.ConfigDict) -> nn.Module:
+  """The E3NN encoder; e3nn-jax (with sympy and scipy.signal, ~2 s) is imported only
+  when a model uses it, not by every binary that imports the registry."""
+  from xtal2dos_jax.models import e3nn
+  return e3nn.e3nn_encoder(config)
+
+
 # name (config.model.encoder) -> factory: config -> module(graph, train=) -> float[N, d].
 ENCODERS: Dict[str, ModelFactory] = {
     "unimp": _unimp,
     "gat": gat.gat_encoder,
-    "e3nn": e3nn.e3nn_encoder,
+    "e3nn": _e3nn,
 }
 
 # name (config.model.decoder) -> factory: config -> SequenceDecoder
