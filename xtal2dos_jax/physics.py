@@ -27,7 +27,8 @@ R_GAS = _N_A * _K_B        # J/(K mol), 8.314462618...
 HC_OVER_KB = _H * _C_CM / _K_B  # 1.438776877... cm K
 
 
-def _as_grid(x: Any, name: str) -> np.ndarray:
+def as_grid(x: Any, name: str) -> np.ndarray:
+  """`x` as a float64 1-d strictly ascending grid (>= 2 points), else InputError naming it."""
   x = np.asarray(x, np.float64)
   if x.ndim != 1 or x.size < 2:
     raise InputError(name, f"grid must be 1-d with >= 2 points, got shape {x.shape}")
@@ -36,7 +37,8 @@ def _as_grid(x: Any, name: str) -> np.ndarray:
   return x
 
 
-def _as_dos(dos: Any, grid: np.ndarray, name: str = "dos") -> np.ndarray:
+def as_dos(dos: Any, grid: np.ndarray, name: str = "dos") -> np.ndarray:
+  """`dos` as float64 [..., len(grid)], else InputError naming it."""
   dos = np.asarray(dos, np.float64)
   if dos.ndim == 0 or dos.shape[-1] != grid.shape[0]:
     raise InputError(name, f"last axis {dos.shape[-1:] or ()} != grid length {grid.shape[0]}")
@@ -82,8 +84,8 @@ def heat_capacity(freq_cm: Any,
   Returns:
     float64[...] for a scalar temperature, else float64[..., n_T].
   """
-  freq = _as_grid(freq_cm, "freq_cm")
-  g = _as_dos(dos, freq)
+  freq = as_grid(freq_cm, "freq_cm")
+  g = as_dos(dos, freq)
   t = np.asarray(temperature_K, np.float64)
   if t.ndim > 1:
     raise InputError("temperature_K", f"expected a scalar or 1-d array, got shape {t.shape}")
@@ -107,8 +109,8 @@ def mean_frequency(freq_cm: Any, dos: Any) -> np.ndarray:
 
   NaN for a DoS that integrates to 0.
   """
-  freq = _as_grid(freq_cm, "freq_cm")
-  g = _as_dos(dos, freq)
+  freq = as_grid(freq_cm, "freq_cm")
+  g = as_dos(dos, freq)
   num = _trapezoid(g * freq, freq)
   den = _trapezoid(g, freq)
   return np.divide(num, den, out=np.full(np.shape(num), np.nan), where=den != 0)
@@ -150,8 +152,8 @@ def band_gap(energies_ev: Any,
   Returns:
     float64[...] gap in eV (>= 0).
   """
-  e = _as_grid(energies_ev, "energies_ev")
-  d = _as_dos(dos, e)
+  e = as_grid(energies_ev, "energies_ev")
+  d = as_dos(dos, e)
   if threshold is None:
     thr = rel_threshold * np.max(d, axis=-1)
   else:
@@ -221,8 +223,8 @@ def rescale_to_modes(freq_cm: Any, dos: Any, n_atoms: Any) -> np.ndarray:
   Returns:
     float64[..., l] DoS in modes per cm^-1 per cell.
   """
-  freq = _as_grid(freq_cm, "freq_cm")
-  g = np.maximum(_as_dos(dos, freq), 0.0)
+  freq = as_grid(freq_cm, "freq_cm")
+  g = np.maximum(as_dos(dos, freq), 0.0)
   n = np.asarray(n_atoms, np.float64)
   total = _trapezoid(g, freq)
   ok = (total > 0) & np.isfinite(total)
@@ -251,7 +253,7 @@ def phonon_properties(freq_cm: Any, dos: Any, n_atoms: Any,
     {"cv_J_per_K_mol_atom": float64[...], "cv_J_per_K_mol_cell": float64[...] (= N times
     the former), "mean_freq_cm": float64[...]}.
   """
-  freq = _as_grid(freq_cm, "freq_cm")
+  freq = as_grid(freq_cm, "freq_cm")
   n = np.asarray(n_atoms, np.float64)
   if np.any(~(n > 0)):
     raise InputError("n_atoms", "numbers of atoms must be positive")

@@ -45,22 +45,6 @@ GAMMA_MJ_PER_MOL_K2_PER_STATE_EV = (np.pi ** 2 / 3.0) * R_GAS * K_B_EV * 1e3  # 
 DEFAULT_TEMPERATURES_K = np.linspace(0.0, 1000.0, 101)
 
 
-def _grid(x: Any, name: str) -> np.ndarray:
-  x = np.asarray(x, np.float64)
-  if x.ndim != 1 or x.size < 2:
-    raise InputError(name, f"grid must be 1-d with >= 2 points, got shape {x.shape}")
-  if np.any(np.diff(x) <= 0):
-    raise InputError(name, "grid must be strictly ascending")
-  return x
-
-
-def _dos(dos: Any, grid: np.ndarray) -> np.ndarray:
-  dos = np.asarray(dos, np.float64)
-  if dos.ndim == 0 or dos.shape[-1] != grid.shape[0]:
-    raise InputError("dos", f"last axis {dos.shape[-1:] or ()} != grid length {grid.shape[0]}")
-  return dos
-
-
 def _temperatures(temperature_K: Any) -> np.ndarray:
   t = np.asarray(temperature_K, np.float64)
   if t.ndim > 1:
@@ -106,8 +90,8 @@ def zero_point_energy(freq_cm: Any, dos: Any) -> np.ndarray:
   Returns:
     float64[...].
   """
-  freq = _grid(freq_cm, "freq_cm")
-  g = _positive_modes(freq, _dos(dos, freq))
+  freq = physics.as_grid(freq_cm, "freq_cm")
+  g = _positive_modes(freq, physics.as_dos(dos, freq))
   return R_GAS * np.trapezoid(g * (0.5 * HC_OVER_KB * freq), freq, axis=-1) / 1e3
 
 
@@ -124,8 +108,8 @@ def entropy(freq_cm: Any, dos: Any, temperature_K: Any) -> np.ndarray:
   Returns:
     float64[...] for a scalar temperature, else float64[..., n_T].
   """
-  freq = _grid(freq_cm, "freq_cm")
-  g, t = _dos(dos, freq), _temperatures(temperature_K)
+  freq = physics.as_grid(freq_cm, "freq_cm")
+  g, t = physics.as_dos(dos, freq), _temperatures(temperature_K)
 
   def per_mode(theta, tt):
     x = theta / tt
@@ -139,8 +123,8 @@ def internal_energy(freq_cm: Any, dos: Any, temperature_K: Any) -> np.ndarray:
 
   Shapes as `entropy`.
   """
-  freq = _grid(freq_cm, "freq_cm")
-  g, t = _dos(dos, freq), _temperatures(temperature_K)
+  freq = physics.as_grid(freq_cm, "freq_cm")
+  g, t = physics.as_dos(dos, freq), _temperatures(temperature_K)
   thermal = _integrate_over_modes(freq, g, t, lambda theta, tt: theta * _bose(theta / tt))
   zpe = zero_point_energy(freq, g)
   return (zpe[..., None] if t.ndim else zpe) + R_GAS * thermal / 1e3
@@ -152,8 +136,8 @@ def free_energy(freq_cm: Any, dos: Any, temperature_K: Any) -> np.ndarray:
 
   Shapes as `entropy`.
   """
-  freq = _grid(freq_cm, "freq_cm")
-  g, t = _dos(dos, freq), _temperatures(temperature_K)
+  freq = physics.as_grid(freq_cm, "freq_cm")
+  g, t = physics.as_dos(dos, freq), _temperatures(temperature_K)
   thermal = _integrate_over_modes(freq, g, t,
                                   lambda theta, tt: tt * np.log1p(-np.exp(-theta / tt)))
   zpe = zero_point_energy(freq, g)
@@ -172,8 +156,8 @@ def log_mean_frequency(freq_cm: Any, dos: Any) -> np.ndarray:
   Returns:
     float64[...].
   """
-  freq = _grid(freq_cm, "freq_cm")
-  g = _positive_modes(freq, _dos(dos, freq))
+  freq = physics.as_grid(freq_cm, "freq_cm")
+  g = _positive_modes(freq, physics.as_dos(dos, freq))
   log_w = np.log(np.where(freq > 0, freq, 1.0))
   num = np.trapezoid(g * log_w, freq, axis=-1)
   den = np.trapezoid(g, freq, axis=-1)
@@ -195,8 +179,8 @@ def debye_temperature_second_moment(freq_cm: Any, dos: Any) -> np.ndarray:
   Returns:
     float64[...].
   """
-  freq = _grid(freq_cm, "freq_cm")
-  g = _positive_modes(freq, _dos(dos, freq))
+  freq = physics.as_grid(freq_cm, "freq_cm")
+  g = _positive_modes(freq, physics.as_dos(dos, freq))
   num = np.trapezoid(g * freq ** 2, freq, axis=-1)
   den = np.trapezoid(g, freq, axis=-1)
   ok = den > 0
@@ -230,9 +214,9 @@ def debye_temperature_low_frequency(freq_cm: Any, dos: Any, n_atoms: Any,
   Returns:
     float64[...].
   """
-  freq = _grid(freq_cm, "freq_cm")
+  freq = physics.as_grid(freq_cm, "freq_cm")
   n = np.asarray(n_atoms, np.float64)
-  g = physics.rescale_to_modes(freq, _dos(dos, freq), n)        # NaN rows: no weight
+  g = physics.rescale_to_modes(freq, physics.as_dos(dos, freq), n)        # NaN rows: no weight
   positive = freq > 0
   first_two = positive & (np.cumsum(positive) <= 2)              # [l]
   if fit_max_cm is not None:
@@ -278,12 +262,12 @@ def phonon_thermodynamics(freq_cm: Any, dos: Any, n_atoms: Any,
       (`debye_temperature_low_frequency`), debye_temperature_moment_K
       (`debye_temperature_second_moment`).
   """
-  freq = _grid(freq_cm, "freq_cm")
+  freq = physics.as_grid(freq_cm, "freq_cm")
   t = _temperatures(temperature_K)
   n = np.asarray(n_atoms, np.float64)
   if np.any(~(n > 0)):
     raise InputError("n_atoms", "numbers of atoms must be positive")
-  g = physics.rescale_to_modes(freq, _dos(dos, freq), n)
+  g = physics.rescale_to_modes(freq, physics.as_dos(dos, freq), n)
   bad = np.isnan(g[..., 0])
   g0 = _positive_modes(freq, np.nan_to_num(g, nan=0.0))
   bad_t = bad[..., None] if t.ndim else bad
@@ -328,8 +312,8 @@ def dos_at_fermi_level(energies_ev: Any, dos: Any, fermi_level_ev: Any = 0.0) ->
   Returns:
     float64[...].
   """
-  e = _grid(energies_ev, "energies_ev")
-  d = _dos(dos, e)
+  e = physics.as_grid(energies_ev, "energies_ev")
+  d = physics.as_dos(dos, e)
   ef = np.broadcast_to(np.asarray(fermi_level_ev, np.float64), d.shape[:-1])
   if np.any(ef < e[0]) or np.any(ef > e[-1]):
     raise InputError("fermi_level_ev", f"must lie on the grid [{e[0]:g}, {e[-1]:g}] eV")
@@ -363,8 +347,8 @@ def electronic_properties(energies_ev: Any, dos: Any, fermi_level_ev: Any = 0.0,
   Returns:
     {"band_gap_eV", "dos_at_fermi_level", "gamma_mJ_per_mol_K2"}: float64[...] each.
   """
-  e = _grid(energies_ev, "energies_ev")
-  d = _dos(dos, e)
+  e = physics.as_grid(energies_ev, "energies_ev")
+  d = physics.as_dos(dos, e)
   ef = np.asarray(fermi_level_ev, np.float64)
   if ef.ndim == 0:
     gap = physics.band_gap(e - ef, d, **band_gap_kwargs)
