@@ -37,7 +37,9 @@ def pytest_configure(config):
   import tempfile
   root = os.path.join(tempfile.gettempdir(), "xtal2dos_jax_tests")
   os.environ.setdefault("XDG_CACHE_HOME", os.path.join(root, "xdg"))
-  enable_compilation_cache(os.path.join(root, "jax_compilation_cache"))
+  # The binaries' default cache under that XDG_CACHE_HOME, so programs compiled here and
+  # in the subprocess tests' binaries are compiled once.
+  enable_compilation_cache()
 
 
 def _triclinic() -> ase.Atoms:

@@ -55,6 +55,7 @@ def test_format_rows_has_header_and_one_line_per_row():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_quick_benchmark_runs_and_prints_the_table(tmp_path):
   env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PLATFORMS="cpu")
   # Reuse the test session's compiled executables (conftest), so reruns are fast.

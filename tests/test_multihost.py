@@ -150,6 +150,7 @@ def _start_children(tmp_path, mode: str, **env):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_processes_far_apart_at_their_first_collective_still_connect(tmp_path):
   """Gloo gives up on a peer that is not at the first collective within 30 s, which
   process 1 may miss while it compiles what process 0 loads from the persistent
@@ -169,6 +170,7 @@ def _wait_for(paths, timeout: float = 120):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_killed_process_is_reported_in_one_line(tmp_path):
   """kill -9 of process 1 while process 0 waits for it in a collective: process 0
   names the lost process and how to resume in one line, exit status 75, well before

@@ -107,6 +107,7 @@ def test_sweep_table_chooses_on_validation_and_reports_test_once(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_sweep_end_to_end_and_rerun_trains_nothing(tmp_path):
   workdir = str(tmp_path / "sweep")
   cmd = [sys.executable, "-m", "experiments.sweep", "--config=configs/smoke.py",
