@@ -575,6 +575,7 @@ def test_compare_table_over_seeds(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_compare_end_to_end(tmp_path):
   workdir = str(tmp_path / "compare")
   cmd = [sys.executable, "-m", "experiments.compare",

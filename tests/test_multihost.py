@@ -87,6 +87,7 @@ def _latest_params(workdir: str):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
   train = [sys.executable, "-m", "experiments.train", *ARGS]
   one = subprocess.run([*train, f"--workdir={tmp_path / 'one'}"], cwd=REPO, env=_env(4),

@@ -326,6 +326,7 @@ def _kill_at(tmp_path, hold: str, cmd_args, workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_sigkill_mid_epoch_and_mid_save_resumes_to_the_same_result(tmp_path):
   """SIGKILL in the middle of epoch 2, and then (in the resumed run) while the epoch-2
   checkpoint is being committed; the run resumed after both ends exactly as a run that
