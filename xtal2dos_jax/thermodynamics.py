@@ -144,6 +144,16 @@ def free_energy(freq_cm: Any, dos: Any, temperature_K: Any) -> np.ndarray:
   return (zpe[..., None] if t.ndim else zpe) + R_GAS * thermal / 1e3
 
 
+def _mean_over_positive_modes(freq: np.ndarray, dos: Any, f: np.ndarray) -> np.ndarray:
+  """<f> = ∫_{ω>0} f g dω / ∫_{ω>0} g dω over float[l] `f` on the grid; NaN where the DoS
+  has no weight at ω > 0."""
+  g = _positive_modes(freq, physics.as_dos(dos, freq))
+  num = np.trapezoid(g * f, freq, axis=-1)
+  den = np.trapezoid(g, freq, axis=-1)
+  ok = den > 0
+  return np.where(ok, num / np.where(ok, den, 1.0), np.nan)
+
+
 def log_mean_frequency(freq_cm: Any, dos: Any) -> np.ndarray:
   """Logarithmic-average frequency, cm^-1: ω_log = exp(∫_{ω>0} g ln ω dω / ∫_{ω>0} g dω)
   (the ω_log of the Allen-Dynes formula, here with the phonon DoS as weight). NaN for a DoS
@@ -157,12 +167,7 @@ def log_mean_frequency(freq_cm: Any, dos: Any) -> np.ndarray:
     float64[...].
   """
   freq = physics.as_grid(freq_cm, "freq_cm")
-  g = _positive_modes(freq, physics.as_dos(dos, freq))
-  log_w = np.log(np.where(freq > 0, freq, 1.0))
-  num = np.trapezoid(g * log_w, freq, axis=-1)
-  den = np.trapezoid(g, freq, axis=-1)
-  ok = den > 0
-  return np.where(ok, np.exp(num / np.where(ok, den, 1.0)), np.nan)
+  return np.exp(_mean_over_positive_modes(freq, dos, np.log(np.where(freq > 0, freq, 1.0))))
 
 
 def debye_temperature_second_moment(freq_cm: Any, dos: Any) -> np.ndarray:
@@ -180,11 +185,7 @@ def debye_temperature_second_moment(freq_cm: Any, dos: Any) -> np.ndarray:
     float64[...].
   """
   freq = physics.as_grid(freq_cm, "freq_cm")
-  g = _positive_modes(freq, physics.as_dos(dos, freq))
-  num = np.trapezoid(g * freq ** 2, freq, axis=-1)
-  den = np.trapezoid(g, freq, axis=-1)
-  ok = den > 0
-  return np.where(ok, HC_OVER_KB * np.sqrt(5.0 / 3.0 * num / np.where(ok, den, 1.0)), np.nan)
+  return HC_OVER_KB * np.sqrt(5.0 / 3.0 * _mean_over_positive_modes(freq, dos, freq ** 2))
 
 
 def debye_temperature_low_frequency(freq_cm: Any, dos: Any, n_atoms: Any,
