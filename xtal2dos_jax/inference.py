@@ -50,6 +50,13 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, scaler,
   return LoadedRun(config, trainer, trainer.replicate(best.state.eval_params), ckpt.restored)
 
 
+def predict_members(loaded: LoadedRun, part: batching.LabelledGraphs,
+                    budget: batching.Budget) -> np.ndarray:
+  """Scaled predictions of every ensemble member, float32[K, n, l_y] in the order of
+  part.graphs (K = 1 for a single model)."""
+  return loaded.trainer.predict(loaded.params, part, budget)[None]
+
+
 def _saved_scaler(run: workdir_lib.Workdir):
   scaler = run.load_scaler()
   if scaler is None:
@@ -229,7 +236,7 @@ def predict_structures(workdir: str, structures: str, outdir: str | None = None
       graphs.n_node, graphs.n_edge,
       run_data.per_device_batch_size(config.train.batch_size, jax.device_count()))
   loaded = restore_run(workdir, config, scaler, budget)
-  y_scaled = loaded.trainer.predict(loaded.params, part, budget)
+  y_scaled = predict_members(loaded, part, budget).mean(0)
   n_atoms = graphs.n_node.astype(np.float64)
   y_phys = original_scale_for_prediction(config, scaler, y_scaled, n_atoms, grid)
 

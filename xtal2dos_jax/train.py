@@ -34,6 +34,11 @@ from xtal2dos_jax.progress import ProgressBar
 from xtal2dos_jax.reporting import format_table
 
 AXIS = "batch"
+# Flax collection of extra training-loss terms: a module may `self.sow(AUX_LOSS, name,
+# value)` with value float32[G], one term per crystal of the batch (e.g. a latent-space
+# KL), which the train step adds to the per-crystal loss before masking and summing.
+# Evaluation reports the DoS loss alone.
+AUX_LOSS = "aux_loss"
 
 
 def update_ema(ema_params, params, step: jax.Array, decay: float):
@@ -48,7 +53,8 @@ def train_step(state: TrainState, batch: batching.Batch, *, loss_fn: Callable,
   """One data-parallel step (inside pmap over AXIS).
 
   `loss_fn(y, raw)` is the per-crystal loss of the raw model output
-  (`losses.loss_on_raw_outputs`). Returns the new state and the global loss sum, crystal
+  (`losses.loss_on_raw_outputs`), plus any per-crystal terms the model sows into
+  `AUX_LOSS`. Returns the new state and the global loss sum, crystal
   count and `finite` (bool: the loss and every gradient were finite; the host stops
   the run at the first step where it is False).
   """
@@ -58,9 +64,10 @@ def train_step(state: TrainState, batch: batching.Batch, *, loss_fn: Callable,
   count = jax.lax.psum(jnp.sum(mask.astype(jnp.float32)), AXIS)
 
   def loss(params):
-    raw = state.apply_fn({"params": params}, batch, train=True, raw=True,
-                         rngs={"dropout": dropout_rng})
-    total = jnp.sum(jnp.where(mask, loss_fn(batch.y, raw), 0.0))
+    raw, extra = state.apply_fn({"params": params}, batch, train=True, raw=True,
+                                rngs={"dropout": dropout_rng}, mutable=[AUX_LOSS])
+    per_crystal = loss_fn(batch.y, raw) + sum(jax.tree.leaves(extra.get(AUX_LOSS, {})))
+    total = jnp.sum(jnp.where(mask, per_crystal, 0.0))
     return total / jnp.maximum(count, 1.0), total
 
   (_, total), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
