@@ -88,4 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.progress = True
   train.init_from = ""            # fine-tuning: a workdir whose best weights start this run
   train.freeze = "none"           # none | encoder (no updates to the graph encoder)
+  train.ensemble_size = 1         # > 1: K members (seeds seed..seed+K-1, own init, dropout and
+                                  # data order) trained as one vmapped program; evaluate and
+                                  # predict report their mean and spread
   return config

@@ -255,14 +255,40 @@ def epoch_plan(data: LabelledGraphs, budget: Budget, num_devices: int, *, seed: 
   return steps
 
 
+def ensemble_plan(member_plans: Sequence[list[list[np.ndarray]]]) -> list[list[list[np.ndarray]]]:
+  """One plan from K members' epoch plans: step s, device d holds the K members'
+  groups [plan_k[s][d] for k]. A member whose plan is shorter gets empty groups for the
+  extra steps, steps in which the train step leaves its state unchanged."""
+  length = max(len(p) for p in member_plans)
+  num_devices = len(member_plans[0][0])
+  empty = [np.zeros(0, np.int64)] * num_devices
+  padded = [p + [empty] * (length - len(p)) for p in member_plans]
+  return [[[p[s][d] for p in padded] for d in range(num_devices)] for s in range(length)]
+
+
+def step_crystals(step) -> float:
+  """Crystals of one plan step (for an ensemble step, per member: the mean over members)."""
+  sizes = [len(g) if isinstance(g, np.ndarray) else np.mean([len(i) for i in g]) for g in step]
+  return float(sum(sizes))
+
+
 def step_batches(data: LabelledGraphs, budget: Budget, plan: list[list[np.ndarray]],
                  devices: slice = slice(None), prefetch: int = 2) -> Iterator[Batch]:
   """Stacked batches for each step of `plan` (only the `devices` slice of each step,
   e.g. this process's devices in multi-host runs), assembled in a background thread
-  so the host pipeline overlaps the device step."""
+  so the host pipeline overlaps the device step.
+
+  A device's group is an index array (one batch), or a list of K index arrays for
+  an ensemble's members (`ensemble_plan`), stacked as [K, ...] under the device axis.
+  """
+  def device_batch(group) -> Batch:
+    if isinstance(group, np.ndarray):
+      return assemble(data, group, budget)
+    return stack([assemble(data, idx, budget) for idx in group])  # [K members, ...]
+
   def produce():
     for step in plan:
-      yield stack([assemble(data, idx, budget) for idx in step[devices]])
+      yield stack([device_batch(group) for group in step[devices]])
 
   if prefetch <= 0:
     yield from produce()

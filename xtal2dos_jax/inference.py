@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xtal2dos_jax import (batching, datasets, graph_cache, model_setup, physics, plotting,
-                          run_data, thermodynamics)
+from xtal2dos_jax import (batching, calibration, datasets, graph_cache, model_setup, physics,
+                          plotting, run_data, thermodynamics)
 from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import train as train_lib
 from xtal2dos_jax import workdir as workdir_lib
@@ -54,7 +54,45 @@ def predict_members(loaded: LoadedRun, part: batching.LabelledGraphs,
                     budget: batching.Budget) -> np.ndarray:
   """Scaled predictions of every ensemble member, float32[K, n, l_y] in the order of
   part.graphs (K = 1 for a single model)."""
-  return loaded.trainer.predict(loaded.params, part, budget)[None]
+  out = loaded.trainer.predict(loaded.params, part, budget)
+  return out if loaded.trainer.ensemble_size > 1 else out[None]
+
+
+def metric_scale_members(loaded: LoadedRun, part: batching.LabelledGraphs,
+                         budget: batching.Budget, scaler) -> tuple[np.ndarray, np.ndarray,
+                                                                   np.ndarray]:
+  """(mean float32[n, l_y], std float32[n, l_y], members float32[K, n, l_y]) on the
+  original label scale as the metrics compare them (`LabelScaler.metric_predictions`):
+  the mean is that of the members' mean prediction, the std the spread of the members'
+  own predictions (0 for a single model)."""
+  members = predict_members(loaded, part, budget)
+  _, mean = scaler.metric_predictions(members.mean(0), part.y_scale)
+  _, each = scaler.metric_predictions(members, part.y_scale[None])
+  each = np.asarray(each, np.float32)
+  return np.asarray(mean, np.float32), each.std(0), each
+
+
+def _derived_calibration(kind: str, grid, y_true, members, n_atoms, validation
+                         ) -> dict[str, Any]:
+  """`calibration.calibration_report` of each per-crystal derived property (C_v(300 K),
+  mean frequency; or the band gap), its spread over the members' DoS; the factor is
+  fitted on `validation` = (y_true, members, n_atoms) of the validation split."""
+  def per_member(y, ms, n):
+    values = [physics.derived_property_errors(kind, grid, y, m, n)[1] for m in ms]
+    return {key.replace("_pred_", "_"): (values[0][key.replace("_pred_", "_true_")],
+                                         np.stack([v[key] for v in values]))
+            for key in values[0] if "_pred_" in key}
+  test, val = per_member(y_true, members, n_atoms), per_member(*validation)
+  out = {}
+  for name, (truth, each) in test.items():
+    v_truth, v_each = val[name]
+    v_ok = np.isfinite(v_truth) & np.all(np.isfinite(v_each), 0)
+    ok = np.isfinite(truth) & np.all(np.isfinite(each), 0)
+    factor = calibration.recalibration_factor(v_truth[v_ok], v_each[:, v_ok].mean(0),
+                                              v_each[:, v_ok].std(0))
+    out[name] = calibration.calibration_report(truth[ok], each[:, ok].mean(0),
+                                               each[:, ok].std(0), factor)
+  return out
 
 
 def _saved_scaler(run: workdir_lib.Workdir):
@@ -117,7 +155,15 @@ def _x_label(config) -> str:
 
 def evaluate_run(workdir: str, split: str = "test") -> dict[str, Any]:
   """Metrics of the best checkpoint on `split`; writes eval_<split>.json, predictions
-  (npz: ids, grid, y_true, y_pred on the original scale) and a best/median/worst PNG.
+  (npz: ids, grid, y_true, y_pred on the original scale; y_std and y_members [K, n,
+  l_y], the ensemble's spread and members, std 0 for one model) and a best/median/worst
+  PNG.
+
+  For an ensemble, out[split]["calibration"] says how far its spread is to be trusted
+  (`calibration.calibration_report`): coverage of the true DoS points by mean +- 1 and
+  2 std, the rank correlation of each crystal's spread with its error, a one-scalar
+  recalibration factor fitted on the validation split and the coverage after it; and
+  the same for the derived properties under "physics" (C_v(300 K), mean frequency).
 
   Besides the DoS metrics, out[split]["physics"] holds the errors of properties derived
   from the predicted vs the true DoS (`physics.derived_property_errors`): for phonons
@@ -143,15 +189,25 @@ def evaluate_run(workdir: str, split: str = "test") -> dict[str, Any]:
     part, y_true = rd.splits[split], rd.labels[split]
   config, scaler, grid = loaded.config, data.scaler, data.grid
   result = loaded.trainer.evaluate(loaded.params, part, data.budget, data.bin_width)
-  _, y_pred = scaler.metric_predictions(
-      loaded.trainer.predict(loaded.params, part, data.budget), part.y_scale)
-  y_pred = np.asarray(y_pred)
+  y_pred, y_std, y_members = metric_scale_members(loaded, part, data.budget, scaler)
   ids = np.asarray(part.graphs.ids)
   n_atoms = part.graphs.n_node.astype(np.int64)
   result["physics"], per_crystal = physics.derived_property_errors(
       config.data.kind, grid, y_true, y_pred, n_atoms)
+  if len(y_members) > 1:
+    val_part = data.splits["validation"]
+    val_mean, val_std, val_members = metric_scale_members(loaded, val_part, data.budget, scaler)
+    val_true = data.labels["validation"]
+    result["calibration"] = {
+        **calibration.calibration_report(
+            y_true, y_pred, y_std, calibration.recalibration_factor(val_true, val_mean,
+                                                                   val_std)),
+        "members": len(y_members),
+        "physics": _derived_calibration(
+            config.data.kind, grid, y_true, y_members, n_atoms,
+            (val_true, val_members, val_part.graphs.n_node.astype(np.int64)))}
   np.savez(run.file(f"predictions_{split}.npz"), ids=ids, grid=grid, y_true=y_true,
-           y_pred=y_pred, n_atoms=n_atoms, **per_crystal)
+           y_pred=y_pred, y_std=y_std, y_members=y_members, n_atoms=n_atoms, **per_crystal)
   per_crystal_mae = np.abs(y_true - y_pred).mean(1)
   order = np.argsort(per_crystal_mae)
   picks = {"best": order[:3], "median": order[len(order) // 2 - 1:len(order) // 2 + 2],

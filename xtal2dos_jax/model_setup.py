@@ -5,7 +5,8 @@ predict: model + optimizer + initial state from the config, initialised on an
 all-padding batch of the budget's shapes (`batching.dummy_batch`), never on a sample of
 the data. `abstract_train_state` is its shapes, the template checkpoints restore into.
 `init_from_run` (`config.train.init_from`) replaces a fresh state's parameters by another
-run's best weights, shapes checked.
+run's best weights, shapes checked. An ensemble's state is its members' states stacked
+on a leading axis.
 """
 from __future__ import annotations
 
@@ -39,6 +40,21 @@ class TrainState(train_state.TrainState):
     return self.params if self.ema_params is None else self.ema_params
 
 
+def ensemble_size(config: ml_collections.ConfigDict) -> int:
+  """Members of the run (`config.train.ensemble_size`); 1 is a single model, whose state
+  has no member axis."""
+  k = int(config.train.ensemble_size)
+  if k < 1:
+    raise InputError("config.train.ensemble_size", f"must be at least 1, got {k}")
+  return k
+
+
+def member_seeds(config: ml_collections.ConfigDict) -> list[int]:
+  """Seed of each ensemble member: config.seed + k for member k, so member k starts,
+  drops out and orders its data exactly as a single run with seed config.seed + k."""
+  return [int(config.seed) + k for k in range(ensemble_size(config))]
+
+
 def create_train_state(config: ml_collections.ConfigDict, budget: batching.Budget,
                        steps_per_epoch: int) -> TrainState:
   """Model, optimizer and initial train state from the config alone.
@@ -48,11 +64,27 @@ def create_train_state(config: ml_collections.ConfigDict, budget: batching.Budge
   `steps_per_epoch` sizes the learning-rate schedule (`optimizers.create_learning_rate_fn`).
   Training, the benchmark, evaluation and prediction all build their state here;
   restore templates are its `jax.eval_shape` (`abstract_train_state`).
+
+  An ensemble (`config.train.ensemble_size` = K > 1) is the K members' states (seeds
+  `member_seeds`) stacked on a leading member axis of every array leaf (params [K, ...],
+  optimizer state, step [K], rng [K, 2]); the train step maps over that axis.
   """
+  seeds = member_seeds(config)
+  if len(seeds) == 1:
+    return _member_state(config, budget, steps_per_epoch, seeds[0])
+  members = [_member_state(config, budget, steps_per_epoch, s) for s in seeds]
+  treedef = jax.tree.structure(members[0])  # members differ only in array values
+  return jax.tree.unflatten(treedef, [jnp.stack(xs) for xs in
+                                      zip(*(jax.tree.leaves(m) for m in members))])
+
+
+def _member_state(config: ml_collections.ConfigDict, budget: batching.Budget,
+                  steps_per_epoch: int, seed: int) -> TrainState:
+  """The train state of one model initialised with `seed`."""
   model = models.create_model(config)
   tx = optimizers.create_optimizer(
       config.train, optimizers.create_learning_rate_fn(config, steps_per_epoch))
-  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
   params = jax.jit(functools.partial(model.init, train=False))(
       {"params": init_rng},
       jax.tree.map(jnp.asarray, batching.dummy_batch(budget, config.data.l_y)))["params"]
@@ -85,6 +117,9 @@ def init_from_run(state: TrainState, source_workdir: str) -> TrainState:
   values); the step count, the dropout stream and the label scaler are this run's own,
   so the scaler is fitted on this run's data.
 
+  An ensemble starts every member from a single-model source, or member k from member
+  k of an ensemble source of the same size.
+
   Raises InputError naming `config.train.init_from` when the source is no training
   workdir holding a checkpoint, or (one line) the first parameter whose shape differs
   between the two models.
@@ -107,12 +142,20 @@ def init_from_run(state: TrainState, source_workdir: str) -> TrainState:
     raise InputError(name, f"{source_workdir}: {e.reason}") from None
   finally:
     ckpt.close()
+  k, source_k = ensemble_size_of_state(state), ensemble_size(source_config)
+  if k > 1 and source_k == 1:  # every member starts from the single source model
+    restored = jax.tree.map(lambda x: np.broadcast_to(x, (k,) + np.shape(x)), restored)
   mismatch = _first_mismatch(restored, state.params)
   if mismatch:
     raise InputError(name, f"{source_workdir} cannot initialise this model: {mismatch}")
   params = jax.tree.map(lambda x, like: jnp.asarray(x, like.dtype), restored, state.params)
   ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
   return state.replace(params=params, opt_state=state.tx.init(params), ema_params=ema)
+
+
+def ensemble_size_of_state(state: TrainState) -> int:
+  """K of a stacked ensemble state (its step is int[K]), 1 for a single model."""
+  return 1 if np.ndim(state.step) == 0 else int(np.shape(state.step)[0])
 
 
 def abstract_train_state(config: ml_collections.ConfigDict,

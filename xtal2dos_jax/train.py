@@ -81,33 +81,64 @@ def train_step(state: TrainState, batch: batching.Batch, *, loss_fn: Callable,
   return state, {"loss_sum": loss_sum, "count": count, "finite": finite}
 
 
+def member_train_step(state: TrainState, batch: batching.Batch, *, loss_fn: Callable,
+                      ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`train_step` for one ensemble member (mapped over the member axis by jax.vmap):
+  a step in which the member has no crystal (its epoch plan was shorter than another
+  member's, `batching.ensemble_plan`) leaves its state unchanged, so each member
+  follows exactly the steps a single run with its seed takes."""
+  new_state, out = train_step(state, batch, loss_fn=loss_fn, ema_decay=ema_decay)
+  keep = out["count"] > 0
+  state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
+  return state, out
+
+
 def eval_step(params, batch: batching.Batch, shift_normalized, shift_original, *,
-              apply_fn, loss_fn, scaler, output_activation: str) -> dict[str, Any]:
+              apply_fn, loss_fn, scaler, output_activation: str,
+              ensemble: bool = False) -> dict[str, Any]:
   """Additive loss and metric sums of one step, on both label scales (inside pmap).
 
   The loss is the training loss of the raw output; the metrics compare the predictions
-  as `LabelScaler.metric_predictions` gives them on each scale.
+  as `LabelScaler.metric_predictions` gives them on each scale. For an ensemble
+  (`params` stacked on a member axis) the loss is the members' mean loss and the
+  metrics are those of the members' mean prediction.
   """
-  raw = apply_fn({"params": params}, batch, train=False, raw=True)
-  pred, pred_orig = scaler.metric_predictions(
-      models.apply_output_activation(raw, output_activation), batch.y_scale)
+  if ensemble:
+    raw = jax.vmap(lambda p: apply_fn({"params": p}, batch, train=False, raw=True))(params)
+    per_crystal_loss = jax.vmap(lambda r: loss_fn(batch.y, r))(raw).mean(0)
+    output = models.apply_output_activation(raw, output_activation).mean(0)
+  else:
+    raw = apply_fn({"params": params}, batch, train=False, raw=True)
+    per_crystal_loss = loss_fn(batch.y, raw)
+    output = models.apply_output_activation(raw, output_activation)
+  pred, pred_orig = scaler.metric_predictions(output, batch.y_scale)
   mask = batch.graph_mask
   y_orig = scaler.inverse(batch.y, batch.y_scale)
   out = {
-      "loss_sum": jnp.sum(jnp.where(mask, loss_fn(batch.y, raw), 0.0)),
+      "loss_sum": jnp.sum(jnp.where(mask, per_crystal_loss, 0.0)),
       "normalized": metrics.batch_stats(batch.y, pred, mask, shift_normalized),
       "original": metrics.batch_stats(y_orig, pred_orig, mask, shift_original),
   }
   return jax.lax.psum(out, AXIS)
 
 
-def predict_step(params, batch: batching.Batch, *, apply_fn) -> jax.Array:
-  """Model output on the scaled label scale, float[G, l_y] per device."""
+def predict_step(params, batch: batching.Batch, *, apply_fn, ensemble: bool = False
+                 ) -> jax.Array:
+  """Model output on the scaled label scale, float[G, l_y] per device (float[K, G, l_y]
+  for an ensemble's K members)."""
+  if ensemble:
+    return jax.vmap(lambda p: apply_fn({"params": p}, batch, train=False))(params)
   return apply_fn({"params": params}, batch, train=False)
 
 
 class Trainer:
-  """Compiled steps for one model/config, shared by train, evaluate and predict."""
+  """Compiled steps for one model/config, shared by train, evaluate and predict.
+
+  For an ensemble (`config.train.ensemble_size` K > 1) the state carries a member axis
+  after the device axis; the train step is `member_train_step` mapped over it (each
+  member its own batch, from its own epoch plan), evaluation and prediction map the
+  model over the members on shared batches.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, scaler, devices=None):
     """`devices`: a subset of this process's devices (single-process only); by
@@ -119,15 +150,24 @@ class Trainer:
     self.output_activation = models.output_activation_for(config.data.scaling)
     self.loss_fn = losses.loss_on_raw_outputs(config.train.loss, self.output_activation)
     self.scaler = scaler
-    self.p_train_step = jax.pmap(functools.partial(train_step, loss_fn=self.loss_fn,
-                                                   ema_decay=config.train.ema_decay),
+    self.member_seeds = model_setup.member_seeds(config)
+    ensemble = self.ensemble_size > 1
+    step = functools.partial(member_train_step if ensemble else train_step,
+                             loss_fn=self.loss_fn, ema_decay=config.train.ema_decay)
+    self.p_train_step = jax.pmap(jax.vmap(step) if ensemble else step,
                                  axis_name=AXIS, devices=pmap_devices, donate_argnums=(0,))
     self.p_eval_step = jax.pmap(
         functools.partial(eval_step, apply_fn=self.model.apply, loss_fn=self.loss_fn,
-                          scaler=scaler, output_activation=self.output_activation),
+                          scaler=scaler, output_activation=self.output_activation,
+                          ensemble=ensemble),
         axis_name=AXIS, devices=pmap_devices, in_axes=(0, 0, None, None))
-    self.p_predict_step = jax.pmap(functools.partial(predict_step, apply_fn=self.model.apply),
+    self.p_predict_step = jax.pmap(functools.partial(predict_step, apply_fn=self.model.apply,
+                                                     ensemble=ensemble),
                                    axis_name=AXIS, devices=pmap_devices)
+
+  @property
+  def ensemble_size(self) -> int:
+    return len(self.member_seeds)
 
   @property
   def num_local_devices(self) -> int:
@@ -152,8 +192,14 @@ class Trainer:
 
   def plan(self, data, budget, *, epoch: int = 0, shuffle: bool = False):
     """Steps of one group per participating device: every device of every process, or
-    the `devices` subset given to a single-process Trainer."""
+    the `devices` subset given to a single-process Trainer. A shuffled (training) plan
+    of an ensemble holds every member's groups, each member shuffled with its own seed
+    (`batching.ensemble_plan`)."""
     num_devices = self.num_local_devices * jax.process_count()
+    if shuffle and self.ensemble_size > 1:
+      return batching.ensemble_plan([
+          batching.epoch_plan(data, budget, num_devices, seed=seed, epoch=epoch, shuffle=True)
+          for seed in self.member_seeds])
     return batching.epoch_plan(data, budget, num_devices, seed=self.config.seed,
                                      epoch=epoch, shuffle=shuffle)
 
@@ -176,19 +222,22 @@ class Trainer:
     }
 
   def predict(self, params_repl, data: batching.LabelledGraphs, budget) -> np.ndarray:
-    """Scaled predictions float32[n, l_y] in the order of data.graphs.
+    """Scaled predictions float32[n, l_y] in the order of data.graphs (float32[K, n,
+    l_y] for an ensemble's K members).
 
     In a multi-process run each process fills only the rows its own devices predicted
     (the others stay 0); the evaluate and predict binaries run as one process.
     """
     plan = self.plan(data, budget)
-    out = np.zeros_like(data.y)
+    k = self.ensemble_size
+    out = np.zeros((k,) + data.y.shape, data.y.dtype)
     local = self._device_slice()
     for step, batch in zip(plan, self.batches(data, budget, plan)):
       pred = np.asarray(self.p_predict_step(params_repl, batch))
+      pred = pred if k > 1 else pred[:, None]     # [devices, K, G, l_y]
       for d, idx in enumerate(step[local]):
-        out[idx] = pred[d, :len(idx)]
-    return out
+        out[:, idx] = pred[d, :, :len(idx)]
+    return out if k > 1 else out[0]
 
 
 # What checkpoint selection and early stopping minimise (`config.train.select_on`):
@@ -229,13 +278,24 @@ class Diverged(InputError):
 _CHECK_LAG = 2
 
 
+def _step_finite(out) -> bool:
+  """Whether one train step's loss and gradients were finite (every member's, for an
+  ensemble); every device holds the same psum-ed flag: read device 0."""
+  return bool(np.all(np.asarray(out["finite"][0])))
+
+
 def _first_non_finite(outs: list, upto: int | None = None) -> int | None:
   """Index in `outs` (train-step outputs) of the first step whose loss or gradient was
   not finite, looking at outs[:upto]; None if all were finite."""
   for k, out in enumerate(outs[:upto]):
-    if not bool(out["finite"][0]):
+    if not _step_finite(out):
       return k
   return None
+
+
+def _summed(outs: list, key: str) -> float:
+  """Sum of a psum-ed train-step output over steps (and over an ensemble's members)."""
+  return float(sum(np.sum(np.asarray(o[key][0], np.float64)) for o in outs))
 
 
 def count_bad_epochs(bad_epochs: int, improved: bool, epoch: int, warmup_epochs: int) -> int:
@@ -305,8 +365,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if _is_lead():
     run.truncate_metrics(resume.epoch)
   n_params = models.count_params(state.params)
-  logging.info("model: %s encoder, %s decoder, %d parameters; %d train / %d val / %d test; "
+  logging.info("model: %s encoder, %s decoder, %d parameters%s; %d train / %d val / %d test; "
                "budget %s; %d devices", config.model.encoder, config.model.decoder, n_params,
+               f" ({trainer.ensemble_size} members)" if trainer.ensemble_size > 1 else "",
                len(train_data.graphs), len(val_data.graphs), len(rd.splits["test"].graphs),
                rd.budget, jax.device_count())
   state_repl = trainer.replicate(state)
@@ -333,17 +394,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 start=start_step):
         state_repl, out = trainer.p_train_step(state_repl, batch)
         outs.append(out)
-        if len(outs) > _CHECK_LAG and not bool(outs[-1 - _CHECK_LAG]["finite"][0]):
+        if len(outs) > _CHECK_LAG and not _step_finite(outs[-1 - _CHECK_LAG]):
           raise diverged(_first_non_finite(outs))
-        bar.update(sum(len(idx) for idx in plan[s]))
+        bar.update(batching.step_crystals(plan[s]))
         if stop.requested:
           done = jax.device_get(outs)
           if _first_non_finite(done) is not None:
             raise diverged(_first_non_finite(done))
           resume = resume.replace(
               epoch=epoch, step_in_epoch=s + 1,
-              epoch_loss_sum=resume.epoch_loss_sum + float(sum(o["loss_sum"][0] for o in done)),
-              epoch_count=resume.epoch_count + float(sum(o["count"][0] for o in done)))
+              epoch_loss_sum=resume.epoch_loss_sum + _summed(done, "loss_sum"),
+              epoch_count=resume.epoch_count + _summed(done, "count"))
           ckpt.save(flax.jax_utils.unreplicate(state_repl), resume)
           ckpt.close()
           raise Preempted(f"preempted at epoch {epoch + 1} step {s + 1}; rerun to resume")
@@ -351,8 +412,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if _first_non_finite(outs) is not None:
         raise diverged(_first_non_finite(outs))
       # (plus what the steps before a preemption of this epoch contributed)
-      loss_sum = resume.epoch_loss_sum + float(sum(o["loss_sum"][0] for o in outs))
-      count = resume.epoch_count + float(sum(o["count"][0] for o in outs))
+      loss_sum = resume.epoch_loss_sum + _summed(outs, "loss_sum")
+      count = resume.epoch_count + _summed(outs, "count")
       train_seconds = time.perf_counter() - t0
       val = trainer.evaluate(state_repl.eval_params, val_data, rd.budget, bin_width)
       if not _all_finite(val):
@@ -370,12 +431,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           best_epoch=epoch if improved else resume.best_epoch,
           bad_epochs=count_bad_epochs(resume.bad_epochs, improved, epoch,
                                       config.train.patience_warmup_epochs))
-      record = {"epoch": epoch, "step": int(state_repl.step[0]),
+      step = int(np.max(state_repl.step[0]))  # an ensemble's members may differ by a step
+      record = {"epoch": epoch, "step": step,
                 "train_loss": loss_sum / max(count, 1.0), "val_loss": val["loss"],
                 "val": {k: val[k] for k in ("normalized", "original")},
-                "learning_rate": float(learning_rate_fn(int(state_repl.step[0]))),
+                "learning_rate": float(learning_rate_fn(step)),
                 "train_seconds": train_seconds,
-                "train_crystals_per_s": count / max(train_seconds, 1e-9),
+                "train_crystals_per_s": count / trainer.ensemble_size / max(train_seconds, 1e-9),
                 "rss_mb": _resident_mb(), "wall_time": time.time()}
       # Metrics first, checkpoint second: a kill in between repeats this epoch on
       # resume, and the resumed run first drops lines past its checkpoint.

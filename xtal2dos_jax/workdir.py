@@ -51,7 +51,7 @@ _ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0,
                "model.mlp_energy_embedding": False, "model.source_attention": True,
                "train.ema_decay": 0.0,
                "train.decay_rate": 0.95, "train.patience_warmup_epochs": 0,
-               "train.init_from": "", "train.freeze": "none",
+               "train.init_from": "", "train.freeze": "none", "train.ensemble_size": 1,
                "model.e3nn_irreps": "32x0e+32x0o+32x1e+32x1o",
                "model.e3nn_lmax": 1, "model.e3nn_num_basis": 10, "model.e3nn_radial_hidden": 64,
                "model.e3nn_num_neighbors": 28.0}
