@@ -23,6 +23,7 @@ from xtal2dos_jax.activations import apply_output_activation
 from xtal2dos_jax.models import DECODERS, ENCODERS, AtomStates, SequenceDecoder, create_model
 from xtal2dos_jax.models.dostransformer import DOSTransformerDecoder
 from xtal2dos_jax.models.gat import GATEncoder
+from xtal2dos_jax.models.gatgnn import GATGNNHead
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
 from xtal2dos_jax.models.rnn_decoders import (ChunkRNNAttentionDecoder, ChunkRNNDecoder,
                                               RNNAttentionDecoder, RNNDecoder)
@@ -36,7 +37,8 @@ from test_equations import REF_TOL, as_numpy, dostransformer_reference, mlp_refe
 TOL = dict(rtol=1e-4, atol=1e-6)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NEW_DECODERS = ("rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn", "mlp", "dostransformer")
+NEW_DECODERS = ("rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn", "mlp", "dostransformer",
+                "gatgnn_head")
 AUTOREGRESSIVE = ("rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn")
 CHUNK = 5   # does not divide the tiny l_y = 12: 3 chunks, the last padded by 3
 
@@ -450,14 +452,16 @@ def test_xtal2dos_passes_crystal_system_to_decoders_that_use_it(tiny_batch):
 
 @pytest.mark.parametrize("path", ["rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn", "mlp",
                                   "gat_transformer", "dostransformer", "unmasked",
-                                  "no_source_attention"])
+                                  "no_source_attention", "gatgnn", "graph_network",
+                                  "graph_network_energy"])
 def test_ablation_configs_build(path):
   config = common.load_config_file(os.path.join(REPO, "configs", "ablations", f"{path}.py"))
   model = create_model(config)
   assert model.decoder.l_y == config.data.l_y == 51
   expected = {"rnn": RNNDecoder, "rnn_attn": RNNAttentionDecoder, "chunk_rnn": ChunkRNNDecoder,
               "chunk_rnn_attn": ChunkRNNAttentionDecoder, "mlp": MLPDecoder,
-              "dostransformer": DOSTransformerDecoder}
+              "dostransformer": DOSTransformerDecoder, "gatgnn": GATGNNHead,
+              "graph_network": MLPDecoder, "graph_network_energy": MLPDecoder}
   if path in expected:
     assert type(model.decoder) is expected[path]
   assert (config.model.encoder == "gat") == (path == "gat_transformer")

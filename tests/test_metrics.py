@@ -85,6 +85,7 @@ class MetricsTest(parameterized.TestCase):
     assert 0.3 < got["r2"] < 0.99  # a non-trivial case
     np.testing.assert_allclose(got["mae"], np.abs(y64 - p64).mean(), rtol=1e-9)
     np.testing.assert_allclose(got["mse"], ((y64 - p64) ** 2).mean(), rtol=1e-9)
+    np.testing.assert_allclose(got["rmse"], np.sqrt(((y64 - p64) ** 2).mean()), rtol=1e-9)
     wd = _wd_scipy(y64, p64).mean()
     np.testing.assert_allclose(got["wd"], 0.0625 * wd, rtol=1e-9)
     np.testing.assert_allclose(got["wd_physical"], 20.0 * wd, rtol=1e-9)
@@ -109,6 +110,7 @@ class MetricsTest(parameterized.TestCase):
     np.testing.assert_allclose(got["r2"], _r2_sklearn(y64, p64), rtol=1e-5)
     np.testing.assert_allclose(got["mae"], np.abs(y64 - p64).mean(), rtol=1e-5)
     np.testing.assert_allclose(got["mse"], ((y64 - p64) ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(got["rmse"], np.sqrt(((y64 - p64) ** 2).mean()), rtol=1e-5)
     np.testing.assert_allclose(got["wd"], 0.0625 * wd, rtol=1e-5)
     np.testing.assert_allclose(got["wd_physical"], 0.0625 * wd, rtol=1e-5)
 
@@ -133,7 +135,7 @@ class MetricsTest(parameterized.TestCase):
     one = metrics.finalize(fn(*_pad(y, y_hat, 64, rng)))
     three = metrics.finalize(metrics.sum_stats(
         [fn(*_pad(y[a:b], y_hat[a:b], 32, rng)) for a, b in [(0, 7), (7, 32), (32, 50)]]))
-    for k in ("r2", "mae", "mse", "wd", "wd_physical"):
+    for k in ("r2", "mae", "mse", "rmse", "wd", "wd_physical"):
       np.testing.assert_allclose(three[k], one[k], rtol=1e-5, err_msg=k)
     assert three["count"] == one["count"] == 50
 
@@ -204,6 +206,16 @@ class MetricsTest(parameterized.TestCase):
     y, y_hat = _data(8, n=3, normalized=True)
     got = metrics.finalize(_batch_stats(y, y_hat, np.zeros(3, bool)))
     assert got["count"] == 0 and np.isnan(got["r2"]) and np.isnan(got["wd"])
+    assert np.isnan(got["rmse"])
+
+  def test_rmse_is_the_root_of_the_mean_over_crystals_and_positions(self):
+    """Not the mean of per-crystal RMSEs: crystals with unequal errors tell them apart."""
+    y = np.zeros((2, 4), np.float32)
+    y_hat = np.array([[1.0, 1.0, 1.0, 1.0], [3.0, 3.0, 3.0, 3.0]], np.float32)
+    got = metrics.compute_metrics(y, y_hat)
+    np.testing.assert_allclose(got["rmse"], np.sqrt(5.0), rtol=1e-12)   # sqrt((4 + 36) / 8)
+    assert abs(got["rmse"] - 2.0) > 0.1                                  # mean of 1 and 3
+    np.testing.assert_allclose(got["rmse"] ** 2, got["mse"], rtol=1e-12)
 
 
 class JitVariantsTest(chex.TestCase):

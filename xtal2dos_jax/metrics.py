@@ -15,6 +15,8 @@ Definitions (y, y_hat: [N crystals, l_y positions]):
   (their SSE_t is left out, as in scikit-learn), and if every SST_t is 0 the score is the
   fraction of positions predicted exactly (scikit-learn's `force_finite` rule).
 - mae, mse: means of |err| and err^2 over all crystals and positions.
+- rmse: sqrt(mse), the root of that same mean over crystals and positions (the
+  DOSTransformer comparison reports it).
 - wd: per crystal the 1-Wasserstein distance between y and y_hat viewed as weights on
   the bin-index grid 0..l_y-1, each normalised to sum 1
   (= sum_t |CDF_y(t) - CDF_y_hat(t)|, unit spacing; equal to
@@ -132,8 +134,8 @@ def finalize(stats: Dict[str, Any], bin_width: float = 1.0) -> Dict[str, float]:
     bin_width: spacing of the DoS grid in physical units, for `wd_physical`.
 
   Returns:
-    dict with float r2, mae, mse, wd (x 0.0625), wd_physical (x bin_width) and int
-    count. Metrics are NaN when the split holds no crystal.
+    dict with float r2, mae, mse, rmse (sqrt of mse), wd (x 0.0625), wd_physical
+    (x bin_width) and int count. Metrics are NaN when the split holds no crystal.
   """
   s = {k: np.asarray(stats[k], np.float64) for k in STAT_KEYS}
   if s["count"].ndim != 0:
@@ -145,8 +147,8 @@ def finalize(stats: Dict[str, Any], bin_width: float = 1.0) -> Dict[str, float]:
   l_y = s["sse"].shape[-1]
   out = {"count": int(round(n))}
   if n <= 0:
-    out.update(r2=float("nan"), mae=float("nan"), mse=float("nan"), wd=float("nan"),
-               wd_physical=float("nan"))
+    out.update(r2=float("nan"), mae=float("nan"), mse=float("nan"), rmse=float("nan"),
+               wd=float("nan"), wd_physical=float("nan"))
     return out
   sst = np.maximum(s["sum_y2"] - s["sum_y"] ** 2 / n, 0.0)
   sse = s["sse"]
@@ -156,10 +158,12 @@ def finalize(stats: Dict[str, Any], bin_width: float = 1.0) -> Dict[str, float]:
   else:
     r2 = float(np.mean(sse == 0.0))
   wd_mean = s["sum_wd"] / n
+  mse = s["sum_sq_err"] / (n * l_y)
   out.update(
       r2=float(r2),
       mae=float(s["sum_abs_err"] / (n * l_y)),
-      mse=float(s["sum_sq_err"] / (n * l_y)),
+      mse=float(mse),
+      rmse=float(np.sqrt(mse)),
       wd=float(wd_mean * WD_REPORT_FACTOR),
       wd_physical=float(wd_mean * bin_width),
   )

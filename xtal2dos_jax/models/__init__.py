@@ -21,7 +21,8 @@ import numpy as np
 
 from xtal2dos_jax.activations import apply_output_activation, output_activation_for
 from xtal2dos_jax.errors import InputError, check_choice
-from xtal2dos_jax.models import dostransformer, gat, mlp_decoder, rnn_decoders
+from xtal2dos_jax.models import (dostransformer, gat, gatgnn, graph_network, mlp_decoder,
+                                 rnn_decoders)
 from xtal2dos_jax.models.transformer_decoder import (POSITION_EMBEDDINGS, AtomStates,
                                                      CausalTransformerDecoder, SequenceDecoder)
 from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
@@ -69,6 +70,8 @@ ENCODERS: Dict[str, ModelFactory] = {
     "unimp": _unimp,
     "gat": gat.gat_encoder,
     "e3nn": _e3nn,
+    "gatgnn": gatgnn.gatgnn_encoder,
+    "graph_network": graph_network.graph_network_encoder,
 }
 
 # name (config.model.decoder) -> factory: config -> SequenceDecoder
@@ -81,6 +84,7 @@ DECODERS: Dict[str, ModelFactory] = {
     "chunk_rnn_attn": rnn_decoders.chunk_rnn_attention_decoder,
     "mlp": mlp_decoder.mlp_decoder,
     "dostransformer": dostransformer.dostransformer_decoder,
+    "gatgnn_head": gatgnn.gatgnn_head,
 }
 
 
