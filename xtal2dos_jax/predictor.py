@@ -157,6 +157,12 @@ def x_label(kind: str) -> str:
   return "frequency (cm$^{-1}$)" if kind == "phonon" else "energy (eV)"
 
 
+def y_label(kind: str, physical_units: bool) -> str:
+  if not physical_units:
+    return "DoS (scaled)"
+  return "DoS (modes / cm$^{-1}$ / cell)" if kind == "phonon" else "DoS"
+
+
 class Predictor:
   """One trained model (workdir or export) that predicts DoS and derived properties."""
 
@@ -383,7 +389,7 @@ def write_outputs(pred: Prediction, outdir: str, max_plots: int = MAX_STRUCTURE_
   if n_plots:
     os.makedirs(os.path.join(outdir, "plots"), exist_ok=True)
   phonon = pred.kind == "phonon"
-  ylabel = "DoS" if pred.physical_units else "DoS (scaled)"
+  ylabel = y_label(pred.kind, pred.physical_units)
   for k in range(n_plots):
     plotting.plot_prediction(
         os.path.join(outdir, "plots", _file_stem(k, pred.ids[k]) + ".png"), pred.grid,
