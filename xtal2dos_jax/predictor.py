@@ -14,7 +14,8 @@ is derived from each member and summarised as the mean and the standard deviatio
 members (numpy's std, ddof 0: 0 for K = 1).
 
 `write_outputs` writes what a person reads (predictions.csv, predictions.npz, a PNG per
-structure, predictions.png); `predict_structures` is the predict binary's path.
+structure, predictions.png); `predict_to_dir` is the predict binary's path and
+`predict_structures` its workdir form.
 """
 from __future__ import annotations
 
