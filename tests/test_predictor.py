@@ -226,3 +226,31 @@ def test_model_and_workdir_together_is_a_one_line_error(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: --model: give --model or --workdir, not both")
+
+
+@pytest.mark.slow
+def test_export_and_predict_binaries(run, tmp_path):
+  """export writes the model dir (and refuses to overwrite it); predict with --model
+  writes predict-1 under the current directory; no exported model: one line, exit 2."""
+  env = dict(os.environ, PYTHONPATH=REPO, XTAL2DOS_PRETRAINED_DIR=str(tmp_path / "models"))
+
+  def binary(name, *args):
+    return subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+  ase.io.write(tmp_path / "si.cif", bulk("Si", "diamond", a=5.43))
+  proc = binary("predict", "--structures=si.cif")
+  assert proc.returncode == 2
+  assert "no exported model in" in proc.stderr.strip().splitlines()[-1]
+  model = str(tmp_path / "models" / "tiny")
+  proc = binary("export", f"--workdir={run}", f"--outdir={model}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert pretrained.is_model_dir(model)
+  proc = binary("export", f"--workdir={run}", f"--outdir={model}")
+  assert proc.returncode == 2 and "already exists" in proc.stderr.strip().splitlines()[-1]
+  proc = binary("predict", "--structures=si.cif", "--model=tiny", "--temperatures=0:500:100")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "predicted 1 structures" in proc.stdout
+  with np.load(tmp_path / "predict-1" / "predictions.npz") as z:
+    np.testing.assert_array_equal(z["temperature_K"], [0, 100, 200, 300, 400, 500])
+    chex.assert_shape(z["cv_J_per_K_mol_std"], (1, 6))
