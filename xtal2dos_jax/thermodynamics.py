@@ -41,7 +41,7 @@ HC_OVER_KB = physics.HC_OVER_KB    # cm K: θ[K] = HC_OVER_KB * ω[cm^-1]
 K_B_EV = 1.380649e-23 / 1.602176634e-19
 # γ per state/eV at E_F: (π²/3) k_B[J/K] k_B[eV/K] N_A, in mJ/(mol K²) per (states/eV/cell).
 GAMMA_MJ_PER_MOL_K2_PER_STATE_EV = (np.pi ** 2 / 3.0) * R_GAS * K_B_EV * 1e3  # 2.357...
-# Temperatures of the curves `inference.predict_structures` writes (0, 10, ..., 1000 K).
+# Default temperatures of the curves the predictor reports (0, 10, ..., 1000 K).
 DEFAULT_TEMPERATURES_K = np.linspace(0.0, 1000.0, 101)
 
 
