@@ -8,9 +8,7 @@ keeps the validation and test crystals alone.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -18,8 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xtal2dos_jax import (batching, calibration, datasets, graph_cache, model_setup, physics,
-                          plotting, run_data, thermodynamics)
+from xtal2dos_jax import batching, calibration, model_setup, physics, plotting, run_data
 from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import train as train_lib
 from xtal2dos_jax import workdir as workdir_lib

@@ -35,7 +35,8 @@ import numpy as np
 from absl import logging
 from flax import serialization
 
-from xtal2dos_jax import batching, labels, models
+from xtal2dos_jax import batching, labels, model_setup, models
+from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import workdir as workdir_lib
 from xtal2dos_jax.errors import InputError, check_choice
 
@@ -52,11 +53,6 @@ STORAGE_DTYPES = ("float32", "float16")
 # threshold (only for ensembles: a single model has no spread).
 SPREAD_QUANTILE = 0.95
 _FILES = ("config.json", "label_scaler.json", "setup.json", "test_ids.json", PARAMS_FILE)
-
-
-def ensemble_size(config: ml_collections.ConfigDict) -> int:
-  """K of a config: config.train.ensemble_size, 1 when absent."""
-  return int(config.train.get("ensemble_size", 1) or 1)
 
 
 def models_dir(directory: str | None = None) -> str:
@@ -192,7 +188,7 @@ def load_exported(path: str) -> ExportedModel:
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise InputError(os.path.join(path, "setup.json"), f"unreadable model set-up ({e})") from None
   params = load_params(os.path.join(path, PARAMS_FILE))
-  k = ensemble_size(config)
+  k = model_setup.ensemble_size(config)
   if k > 1:
     leading = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(params)}
     if leading != {k}:
@@ -209,7 +205,6 @@ def load_exported(path: str) -> ExportedModel:
 def _best_eval_params(workdir: str, config: ml_collections.ConfigDict,
                       budget: batching.Budget) -> tuple[Any, int]:
   """The best checkpoint's evaluation parameters (host arrays) and its epoch."""
-  from xtal2dos_jax import checkpoints as checkpoints_lib, model_setup
   template = model_setup.abstract_train_state(config, budget)
   ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
   try:
@@ -287,6 +282,22 @@ def model_card(name: str, config: ml_collections.ConfigDict, results: dict[str, 
                    + f" | {s.get('count', 'n/a')} |")
   else:
     lines.append("No results.json in the workdir (the run did not finish): no test metrics.")
+  cal = setup.get("calibration")
+  if cal:
+    lines += ["", "## Calibration (test split)", "",
+              f"Ensemble spread (std over {cal['members']} members) against the true DoS: "
+              f"{100 * cal['coverage_1sigma']:.1f} % of points within +-1 std, "
+              f"{100 * cal['coverage_2sigma']:.1f} % within +-2 std (a calibrated Gaussian: "
+              f"68.3 %, 95.4 %); rank correlation of each crystal's spread with its error "
+              f"{cal['spread_error_correlation']:.2f}. Scale fitted on validation: "
+              f"{cal['recalibration_factor']:.2f} (std x it gives "
+              f"{100 * cal.get('coverage_1sigma_recalibrated', float('nan')):.1f} % / "
+              f"{100 * cal.get('coverage_2sigma_recalibrated', float('nan')):.1f} %)."]
+    for prop, c in cal.get("physics", {}).items():
+      lines.append(f"- {prop}: {100 * c['coverage_1sigma']:.1f} % within +-1 std, "
+                   f"{100 * c['coverage_2sigma']:.1f} % within +-2 std, spread-error rank "
+                   f"correlation {c['spread_error_correlation']:.2f}, validation scale "
+                   f"{c['recalibration_factor']:.2f}")
   if setup.get("spread_threshold") is not None:
     lines += ["", f"Predictions whose relative ensemble spread exceeds "
               f"{setup['spread_threshold']:.4g} (the {100 * SPREAD_QUANTILE:.0f}th percentile "
@@ -313,7 +324,7 @@ def export_run(workdir: str, outdir: str, name: str | None = None,
   data = inference.load_eval_data(workdir)
   splits = run.load_splits() or {}
   params, epoch = _best_eval_params(workdir, config, data.budget)
-  k = ensemble_size(config)
+  k = model_setup.ensemble_size(config)
   results = None
   if os.path.exists(run.file("results.json")):
     with open(run.file("results.json")) as f:
@@ -324,7 +335,11 @@ def export_run(workdir: str, outdir: str, name: str | None = None,
       "kind": str(config.data.kind), "scaling": str(config.data.scaling),
       "training_elements": training_elements(config, splits.get("train", [])),
       "spread_threshold": None, "best_epoch": epoch,
-      "exported": datetime.date.today().isoformat(), "name": name}
+      "exported": datetime.date.today().isoformat(), "name": name,
+      "test_metrics": None if results is None else results["metrics"]["test"]}
+  if os.path.exists(run.file("eval_test.json")):  # the ensemble's calibration, if evaluated
+    with open(run.file("eval_test.json")) as f:
+      setup["calibration"] = json.load(f)["test"].get("calibration")
   os.makedirs(os.path.dirname(outdir), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(outdir)}-", dir=os.path.dirname(outdir))
   try:
