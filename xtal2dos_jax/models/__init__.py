@@ -21,7 +21,7 @@ import numpy as np
 
 from xtal2dos_jax.activations import apply_output_activation, output_activation_for
 from xtal2dos_jax.errors import InputError, check_choice
-from xtal2dos_jax.models import dostransformer, gat, mlp_decoder, rnn_decoders
+from xtal2dos_jax.models import dostransformer, gat, mat2spec, mlp_decoder, rnn_decoders
 from xtal2dos_jax.models.transformer_decoder import (POSITION_EMBEDDINGS, AtomStates,
                                                      CausalTransformerDecoder, SequenceDecoder)
 from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
@@ -81,6 +81,7 @@ DECODERS: Dict[str, ModelFactory] = {
     "chunk_rnn_attn": rnn_decoders.chunk_rnn_attention_decoder,
     "mlp": mlp_decoder.mlp_decoder,
     "dostransformer": dostransformer.dostransformer_decoder,
+    "mat2spec": mat2spec.mat2spec_decoder,
 }
 
 
