@@ -36,7 +36,8 @@ from test_equations import REF_TOL, as_numpy, dostransformer_reference, mlp_refe
 TOL = dict(rtol=1e-4, atol=1e-6)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NEW_DECODERS = ("rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn", "mlp", "dostransformer")
+NEW_DECODERS = ("rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn", "mlp", "dostransformer",
+                "mat2spec")
 AUTOREGRESSIVE = ("rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn")
 CHUNK = 5   # does not divide the tiny l_y = 12: 3 chunks, the last padded by 3
 
