@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.encoder = "unimp"         # unimp | gat | e3nn
   model.decoder = "transformer"   # transformer | rnn | rnn_attn | chunk_rnn | chunk_rnn_attn |
-                                  # mlp | dostransformer
+                                  # mlp | dostransformer | mat2spec
   model.d_model = 128
   model.num_heads = 4
   model.encoder_layers = 3
@@ -60,6 +60,13 @@ def get_config() -> ml_collections.ConfigDict:
   model.e3nn_radial_hidden = 64   # e3nn only: width of the radial MLPs
   model.e3nn_num_neighbors = 28.0  # e3nn only: message sums / sqrt(this); ~ mean in-degree
                                   # (28.3 on the DFPT set's 5 Å radius graph)
+  model.mat2spec_latent_dim = 128  # mat2spec only: width D of each Gaussian latent
+  model.mat2spec_num_components = 10  # mat2spec only: K Gaussians of the crystal mixture
+  model.mat2spec_emb_size = 512   # mat2spec only: decoded embedding / energy-level embedding width
+  model.mat2spec_label_weight = 1.0  # mat2spec only: weight of the label branch's DoS loss
+  model.mat2spec_kl_weight = 1.1  # mat2spec only: weight of the crystal/label latent KL
+  model.mat2spec_contrastive_weight = 0.1  # mat2spec only: weight of the contrastive loss
+  model.mat2spec_temperature = 1.0  # mat2spec only: tau of the contrastive loss
   model.dtype = "float32"         # float32 | bfloat16 | bf16_matmul (params stay float32)
 
   config.train = train = ml_collections.ConfigDict()

@@ -38,7 +38,7 @@ TOL = dict(rtol=1e-4, atol=1e-6)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NEW_DECODERS = ("rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn", "mlp", "dostransformer",
-                "gatgnn_head")
+                "gatgnn_head", "mat2spec")
 AUTOREGRESSIVE = ("rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn")
 CHUNK = 5   # does not divide the tiny l_y = 12: 3 chunks, the last padded by 3
 

@@ -21,8 +21,8 @@ import numpy as np
 
 from xtal2dos_jax.activations import apply_output_activation, output_activation_for
 from xtal2dos_jax.errors import InputError, check_choice
-from xtal2dos_jax.models import (dostransformer, gat, gatgnn, graph_network, mlp_decoder,
-                                 rnn_decoders)
+from xtal2dos_jax.models import (dostransformer, gat, gatgnn, graph_network, mat2spec,
+                                 mlp_decoder, rnn_decoders)
 from xtal2dos_jax.models.transformer_decoder import (POSITION_EMBEDDINGS, AtomStates,
                                                      CausalTransformerDecoder, SequenceDecoder)
 from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
@@ -85,6 +85,7 @@ DECODERS: Dict[str, ModelFactory] = {
     "mlp": mlp_decoder.mlp_decoder,
     "dostransformer": dostransformer.dostransformer_decoder,
     "gatgnn_head": gatgnn.gatgnn_head,
+    "mat2spec": mat2spec.mat2spec_decoder,
 }
 
 
