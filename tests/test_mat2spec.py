@@ -17,7 +17,7 @@ from xtal2dos_jax import batching, labels, model_setup, train
 from xtal2dos_jax.featurize import featurize_crystal
 from xtal2dos_jax.graph_cache import GraphSet
 from xtal2dos_jax.models import AtomStates, DECODERS, create_model
-from xtal2dos_jax.models.gat import GATEncoder
+from xtal2dos_jax.models.gatgnn import GATGNNEncoder
 from xtal2dos_jax.models.mat2spec import (AUX_LOSS, AUX_TERMS, Mat2SpecDecoder, contrastive_loss,
                                           diagonal_gaussian_kl, mixture_latent_kl)
 
@@ -208,7 +208,7 @@ def test_config_builds_and_takes_a_train_step(tiny_crystals):
   config = common.load_config_file(os.path.join(REPO, "configs", "ablations", "mat2spec.py"))
   model = create_model(config)
   assert "mat2spec" in DECODERS and type(model.decoder) is Mat2SpecDecoder
-  assert isinstance(model.encoder, GATEncoder)
+  assert isinstance(model.encoder, GATGNNEncoder)
   decoder = model.decoder
   assert (decoder.l_y, decoder.latent_dim, decoder.num_components, decoder.emb_size) == (
       51, 128, 10, 512)
