@@ -38,9 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.limit = 0                  # use only the first N crystals (0 = all); for quick checks
 
   config.model = model = ml_collections.ConfigDict()
-  model.encoder = "unimp"         # unimp | gat | e3nn
+  model.encoder = "unimp"         # unimp | gat | e3nn | gatgnn | graph_network
   model.decoder = "transformer"   # transformer | rnn | rnn_attn | chunk_rnn | chunk_rnn_attn |
-                                  # mlp | dostransformer | mat2spec
+                                  # mlp | dostransformer | mat2spec | gatgnn_head
   model.d_model = 128
   model.num_heads = 4
   model.encoder_layers = 3
