@@ -136,3 +136,22 @@ def test_single_model_fine_tunes_every_member(runs):
   one = jax.tree.map(lambda x: np.asarray(x[0]), source.params)
   for k in range(2):
     chex.assert_trees_all_close(jax.tree.map(lambda x, k=k: x[k], tuned.params), one)
+
+
+def test_recalibration_factor_restores_one_sigma_coverage():
+  """Errors drawn with 3x the predicted spread: the factor is ~3, and ignores values
+  whose spread is 0; the coverage is counted as in numpy."""
+  from xtal2dos_jax import calibration
+  rng = np.random.default_rng(0)
+  std = rng.uniform(0.5, 2.0, 20000)
+  err = 3.0 * std * rng.standard_normal(20000)
+  std_with_zero = np.concatenate([std, np.zeros(5)])
+  err_with_zero = np.concatenate([err, np.ones(5)])
+  factor = calibration.recalibration_factor(err_with_zero, np.zeros(20005), std_with_zero)
+  assert factor == pytest.approx(3.0, rel=0.03)
+  assert calibration.coverage(err, 0.0, factor * std, 1) == pytest.approx(0.6827, abs=1e-3)
+  assert calibration.coverage(err, 0.0, std, 1) == pytest.approx(np.mean(np.abs(err) <= std))
+  report = calibration.calibration_report(err[:, None], np.zeros((20000, 1)), std[:, None],
+                                          factor)
+  assert report["coverage_2sigma_recalibrated"] == pytest.approx(0.9545, abs=0.01)
+  assert report["spread_error_correlation"] > 0.2   # bigger spread, bigger error
