@@ -261,6 +261,7 @@ def test_output_independent_of_the_rest_of_the_batch(make_tiny_batch, predict):
   assert np.abs(np.asarray(moved)[0] - np.asarray(alone)[0]).max() > 1e-5
 
 
+@pytest.mark.long
 def test_ablation_config_builds_and_takes_a_train_step(tiny_crystals):
   config = common.load_config_file(os.path.join(REPO, "configs", "ablations", "gatgnn.py"))
   full = create_model(config)

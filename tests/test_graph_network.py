@@ -173,6 +173,7 @@ def test_output_independent_of_the_rest_of_the_batch(make_tiny_batch, predict):
   np.testing.assert_allclose(np.asarray(out)[0], np.asarray(alone)[0], **TOL)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name,layers,energy", [("graph_network", 4, False),
                                                 ("graph_network_energy", 3, True)])
 def test_ablation_configs_build_and_take_a_train_step(name, layers, energy, tiny_crystals):

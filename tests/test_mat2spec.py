@@ -204,6 +204,7 @@ def test_training_samples_and_sows_the_three_terms(small):
 # The baseline config
 
 
+@pytest.mark.long
 def test_config_builds_and_takes_a_train_step(tiny_crystals):
   config = common.load_config_file(os.path.join(REPO, "configs", "ablations", "mat2spec.py"))
   model = create_model(config)

@@ -228,6 +228,7 @@ def test_model_and_workdir_together_is_a_one_line_error(tmp_path):
       "error: --model: give --model or --workdir, not both")
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_export_and_predict_binaries(run, tmp_path):
   """export writes the model dir (and refuses to overwrite it); predict with --model
