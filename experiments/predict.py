@@ -4,7 +4,8 @@ r"""Predict DoS for new structures:
 
 Any ase-readable file (CIF, POSCAR, extxyz, ...) or pymatgen-dict JSON. Unreadable
 inputs are reported and skipped; the rest are predicted. Writes predictions.csv (per
-structure: formula, C_v / S / F at 300 K with their ensemble std, mean frequency, Debye
+structure: formula, C_v / S / F at 300 K with their std (the ensemble's spread times the
+factor fitted on validation that the exported model carries), mean frequency, Debye
 temperatures, flags, then the mean DoS; electronic DoS: the band gap), predictions.npz
 (mean, std and members' DoS, thermodynamic curves over --temperatures), a PNG per
 structure (the first 50) and predictions.png to --outdir (default: a new predict-N under

@@ -4,6 +4,7 @@ mean; predictions carry the member axis."""
 import json
 import os
 
+import ase.build
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from xtal2dos_jax import batching, inference, model_setup, train
+from xtal2dos_jax import (Predictor, batching, inference, model_setup, pretrained,
+                          thermodynamics, train)
 from xtal2dos_jax import checkpoints as checkpoints_lib
 from xtal2dos_jax import workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
@@ -136,6 +138,36 @@ def test_single_model_fine_tunes_every_member(runs):
   one = jax.tree.map(lambda x: np.asarray(x[0]), source.params)
   for k in range(2):
     chex.assert_trees_all_close(jax.tree.map(lambda x, k=k: x[k], tuned.params), one)
+
+
+def test_exported_ensemble_carries_its_validation_spread(runs, tmp_path):
+  """Export fits the high-spread threshold and the std factors on the validation split;
+  a prediction's stds are the members' std times those factors."""
+  path = pretrained.export_run(runs["ensemble"], str(tmp_path / "ens"))
+  model = pretrained.load_exported(path)
+  data = inference.load_eval_data(runs["ensemble"])
+  val = data.splits["validation"]
+  members = model.predict_members(val, data.budget)
+  n = val.graphs.n_node.astype(np.float64)
+  to_modes = (3.0 * n / float(model.grid[1] - model.grid[0]))[:, None]
+  true, phys = val.y * to_modes, members * to_modes[None]
+  spread = phys.std(0).sum(1) / phys.mean(0).sum(1)
+  assert model.spread_threshold == pytest.approx(np.quantile(spread, 0.95), rel=1e-5)
+  m, s = phys.mean(0), phys.std(0)
+  keep = s > 0
+  assert model.std_scale["dos"] == pytest.approx(
+      np.quantile(np.abs(true - m)[keep] / s[keep], 0.6827), rel=1e-4)
+  assert "cv300_J_per_K_mol" in model.std_scale
+  assert "validation split" in open(os.path.join(path, "model_card.md")).read()
+  structures = [ase.build.bulk("NaCl", "rocksalt", a=5.64), ase.build.bulk("Si", "diamond", a=5.43)]
+  pred = Predictor.from_exported(path).predict(structures)
+  assert pred.std_scale == model.std_scale
+  chex.assert_trees_all_close(pred.dos_std, pred.dos_members.std(0) * model.std_scale["dos"],
+                              rtol=1e-5)
+  cv = np.stack([thermodynamics.phonon_thermodynamics(pred.grid, x, pred.n_atoms, 300.0)
+                 ["cv_J_per_K_mol"] for x in pred.dos_members])
+  chex.assert_trees_all_close(pred.thermodynamics_std["cv300_J_per_K_mol"],
+                              cv.std(0) * model.std_scale["cv300_J_per_K_mol"], rtol=1e-5)
 
 
 def test_recalibration_factor_restores_one_sigma_coverage():

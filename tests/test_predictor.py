@@ -255,3 +255,28 @@ def test_export_and_predict_binaries(run, tmp_path):
   with np.load(tmp_path / "predict-1" / "predictions.npz") as z:
     np.testing.assert_array_equal(z["temperature_K"], [0, 100, 200, 300, 400, 500])
     chex.assert_shape(z["cv_J_per_K_mol_std"], (1, 6))
+
+
+def test_fit_std_scales_is_the_quantile_of_error_over_spread():
+  """Members whose spread is a third of their error: the DoS factor is numpy's 68.27 %
+  quantile of |error| / std over the points with std > 0, C_v(300 K)'s the same over the
+  crystals' C_v values, and the per-cell and per-atom forms share a factor."""
+  rng = np.random.default_rng(1)
+  grid = np.linspace(0.0, 1000.0, 51)
+  n_atoms = rng.integers(1, 9, 40)
+  true = rng.dirichlet(np.ones(51), 40) * (3 * n_atoms / 20.0)[:, None]
+  members = np.clip(true[None] * (1 + 0.2 * rng.standard_normal((4, 40, 51))), 0, None)
+  scales = predictor_lib.fit_std_scales("phonon", grid, true, members, n_atoms)
+  m, s = members.mean(0), members.std(0)
+  keep = s > 0
+  assert scales["dos"] == pytest.approx(
+      np.quantile(np.abs(true - m)[keep] / s[keep], 0.6827), rel=1e-9)
+  cv = lambda d: thermodynamics.phonon_thermodynamics(grid, d, n_atoms, 300.0)["cv_J_per_K_mol"]
+  cv_true, cv_members = cv(true), np.stack([cv(x) for x in members])
+  expect = np.quantile(np.abs(cv_true - cv_members.mean(0)) / cv_members.std(0), 0.6827)
+  assert scales["cv300_J_per_K_mol"] == pytest.approx(expect, rel=1e-6)
+  assert scales["cv_J_per_K_mol"] == pytest.approx(expect, rel=1e-6)
+  assert scales["cv_J_per_K_mol_atom"] == pytest.approx(expect, rel=1e-6)
+  assert {"mean_frequency_cm", "s300_J_per_K_mol", "zpe_kJ_per_mol"} <= set(scales)
+  assert set(predictor_lib.fit_std_scales("electronic", np.linspace(-4, 4, 51), true[:, :51],
+                                          members, n_atoms)) <= {"dos", "band_gap_eV"}

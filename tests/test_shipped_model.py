@@ -37,3 +37,4 @@ def test_shipped_model_reproduces_its_card_on_the_test_split(shipped):
   assert r2 == pytest.approx(card["r2"], abs=5e-3)
   assert np.abs(y - pred).mean() == pytest.approx(card["mae"], rel=2e-2)
   assert shipped.num_members > 1 and shipped.spread_threshold is not None
+  assert {"dos", "cv300_J_per_K_mol"} <= set(shipped.std_scale)

@@ -30,8 +30,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from xtal2dos_jax import (batching, datasets, graph_cache, inference, physics, plotting,
-                          pretrained, run_data, thermodynamics)
+from xtal2dos_jax import (batching, calibration, datasets, graph_cache, inference, physics,
+                          plotting, pretrained, run_data, thermodynamics)
 from xtal2dos_jax import structures as structures_lib
 from xtal2dos_jax import workdir as workdir_lib
 from xtal2dos_jax.errors import InputError
@@ -74,9 +74,11 @@ class Prediction:
   dos_members float32[K, n, l_y]: each member's DoS, in physical units when
   `physical_units` (phonons: modes per grid unit per cell, ∫ = 3N; see
   `inference.original_scale_for_prediction`), else on the scaled label scale.
-  dos_mean / dos_std float32[n, l_y]: mean and standard deviation over members.
+  dos_mean / dos_std float32[n, l_y]: mean and standard deviation over members, the std
+  multiplied by std_scale["dos"].
   temperatures float64[n_T] (K). thermodynamics / thermodynamics_std: the mean and the
-  std over members of each derived quantity, per structure. Phonons: the curves of
+  std over members of each derived quantity, per structure, each std multiplied by
+  std_scale[key] where there is one. Phonons: the curves of
   `thermodynamics.phonon_thermodynamics` ([n, n_T] over `temperatures`: cv_J_per_K_mol,
   s_J_per_K_mol, f_kJ_per_mol, u_kJ_per_mol per mole of cells and their `_atom` forms),
   [n] values (zpe_kJ_per_mol(_atom), mean_frequency_cm, log_mean_frequency_cm,
@@ -87,6 +89,9 @@ class Prediction:
   training data, when the model recorded them) and "high_spread" (relative_spread above
   the model's threshold, when it has one); "" otherwise.
   skipped: (id, reason) of every input that could not be predicted.
+  std_scale: the factors the stds carry (`fit_std_scales`, fitted on the validation split
+  when the model was exported; empty, so the raw spread, for a workdir or a single model).
+  The raw spread is dos_members' std.
   """
   ids: list[str]
   formulas: list[str]
@@ -103,6 +108,7 @@ class Prediction:
   relative_spread: np.ndarray
   flags: list[str]
   skipped: list[tuple[str, str]]
+  std_scale: dict[str, float] = dataclasses.field(default_factory=dict)
 
   @property
   def num_members(self) -> int:
@@ -126,22 +132,69 @@ def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return values.mean(0), values.std(0)
 
 
-def _phonon_summary(grid: np.ndarray, dos_members: np.ndarray, n_atoms: np.ndarray,
-                    temperatures: np.ndarray) -> tuple[dict, dict]:
-  """`Prediction.thermodynamics` / `thermodynamics_std` of phonon members [K, n, l_y]."""
+def derived_members(kind: str, grid: np.ndarray, dos_members: np.ndarray, n_atoms: np.ndarray,
+                    temperatures: np.ndarray) -> dict[str, np.ndarray]:
+  """What `Prediction.thermodynamics` reports, for each member: float[K, n, n_T] curves over
+  `temperatures` (K) and float[K, n] values, from DoS members float[K, n, l_y] (phonons:
+  in modes per grid unit per cell; electrons: any scale)."""
+  if kind != "phonon":
+    return {"band_gap_eV": np.stack([physics.band_gap(grid, m) for m in dos_members])}
   t_all = np.union1d(temperatures, [REPORT_TEMPERATURE_K])
   curve_at = np.searchsorted(t_all, temperatures)
   report_at = int(np.searchsorted(t_all, REPORT_TEMPERATURE_K))
   with np.errstate(invalid="ignore", divide="ignore"):
     per_member = thermodynamics.phonon_thermodynamics(grid, dos_members, n_atoms, t_all)
-  mean, std = {}, {}
-  for key, v in per_member.items():
-    if key == "temperature_K":
-      continue
-    mean[key], std[key] = _mean_std(v[..., curve_at] if key in _CURVES else v)
+  out = {key: v[..., curve_at] if key in _CURVES else v
+         for key, v in per_member.items() if key != "temperature_K"}
   for key, curve in _AT_REPORT_T.items():
-    mean[key], std[key] = _mean_std(per_member[curve][..., report_at])
-  return mean, std
+    out[key] = per_member[curve][..., report_at]
+  return out
+
+
+def _labelled_values(kind: str, grid: np.ndarray, dos_true: np.ndarray,
+                     dos_members: np.ndarray, n_atoms: np.ndarray):
+  """(name, truth float[m], members float[K, m]) for the DoS points ("dos", all of them)
+  and each `derived_members` quantity (a curve by its value at REPORT_TEMPERATURE_K), over
+  the crystals where truth and members are finite."""
+  m = np.asarray(dos_members, np.float64)
+  yield "dos", np.asarray(dos_true, np.float64).ravel(), m.reshape(len(m), -1)
+  at = np.asarray([REPORT_TEMPERATURE_K])
+  truth = derived_members(kind, grid, np.asarray(dos_true)[None], n_atoms, at)
+  for key, v in derived_members(kind, grid, m, n_atoms, at).items():
+    t = truth[key][0]
+    if key in _CURVES:
+      t, v = t[..., 0], v[..., 0]
+    ok = np.isfinite(t) & np.all(np.isfinite(v), 0)
+    yield key, t[ok], v[:, ok]
+
+
+def fit_std_scales(kind: str, grid: np.ndarray, dos_true: np.ndarray, dos_members: np.ndarray,
+                   n_atoms: np.ndarray) -> dict[str, float]:
+  """The factor each reported std is multiplied by, fitted on labelled crystals (the
+  validation split): `calibration.recalibration_factor` of the DoS points ("dos") and of
+  every `derived_members` quantity (`_labelled_values`). dos_true float[n, l_y] and
+  dos_members float[K, n, l_y] on the same scale. Quantities whose members never
+  disagree (no factor) are left out."""
+  scales = {key: calibration.recalibration_factor(t, v.mean(0), v.std(0))
+            for key, t, v in _labelled_values(kind, grid, dos_true, dos_members, n_atoms)}
+  return {k: float(v) for k, v in scales.items() if np.isfinite(v)}
+
+
+def std_coverage(kind: str, grid: np.ndarray, dos_true: np.ndarray, dos_members: np.ndarray,
+                 n_atoms: np.ndarray, std_scale: Mapping[str, float]
+                 ) -> dict[str, dict[str, float]]:
+  """Per quantity of `_labelled_values`: the fraction of true values inside the reported
+  mean +- 1 and +- 2 std (std x std_scale[key], 1 where absent), on labelled crystals
+  other than those the scales were fitted on (the test split), and for the per-crystal
+  quantities the Spearman correlation of the spread with the error."""
+  out = {}
+  for key, t, v in _labelled_values(kind, grid, dos_true, dos_members, n_atoms):
+    std = v.std(0) * std_scale.get(key, 1.0)
+    out[key] = {f"coverage_{k}sigma": calibration.coverage(t, v.mean(0), std, k)
+                for k in (1, 2)}
+    if key != "dos":
+      out[key]["spread_error_correlation"] = calibration.spearman(std, np.abs(t - v.mean(0)))
+  return out
 
 
 def _new_output_dir(base: str, prefix: str = "predict") -> str:
@@ -180,6 +233,7 @@ class Predictor:
       self.train_budget: batching.Budget | None = exported.budget
       self.training_elements = exported.training_elements
       self.spread_threshold = exported.spread_threshold
+      self.std_scale: dict[str, float] = dict(exported.std_scale)
       return
     run = workdir_lib.Workdir(workdir)
     self.config = workdir_lib.load_config(workdir)
@@ -195,6 +249,7 @@ class Predictor:
     # The workdir keeps the training crystals' ids, not their structures: no element check.
     self.training_elements: list[str] | None = None
     self.spread_threshold: float | None = None
+    self.std_scale: dict[str, float] = {}  # raw spread: a workdir has no fitted scales
 
   @classmethod
   def pretrained(cls, name: str | None = None, dir: str | None = None) -> "Predictor":
@@ -316,11 +371,10 @@ class Predictor:
     is_physical = all(p is not None for p in physical)
     dos = np.stack(physical).astype(np.float32) if is_physical else members
     grid = np.asarray(self.grid)
-    if self.kind == "phonon":
-      mean, std = _phonon_summary(grid, dos, n_atoms, temperatures)
-    else:
-      mean, std = _mean_std(np.stack([physics.band_gap(grid, m) for m in dos]))
-      mean, std = {"band_gap_eV": mean}, {"band_gap_eV": std}
+    mean, std = {}, {}
+    for key, v in derived_members(self.kind, grid, dos, n_atoms, temperatures).items():
+      mean[key], std[key] = _mean_std(v)
+      std[key] = std[key] * self.std_scale.get(key, 1.0)
     spread = pretrained.relative_spread(dos)
     flags = []
     for k, atoms in enumerate(kept):
@@ -335,9 +389,9 @@ class Predictor:
     return Prediction(
         ids=list(graphs.ids), formulas=[a.get_chemical_formula() for a in kept],
         n_atoms=n_atoms, grid=grid, kind=self.kind, physical_units=is_physical,
-        dos_members=dos, dos_mean=dos.mean(0), dos_std=dos.std(0), temperatures=temperatures,
-        thermodynamics=mean, thermodynamics_std=std, relative_spread=spread, flags=flags,
-        skipped=skipped)
+        dos_members=dos, dos_mean=dos.mean(0),
+        dos_std=dos.std(0) * self.std_scale.get("dos", 1.0), temperatures=temperatures, thermodynamics=mean, thermodynamics_std=std,
+        relative_spread=spread, flags=flags, skipped=skipped, std_scale=dict(self.std_scale))
 
 
 # ---------------------------------------------------------------- outputs
@@ -361,7 +415,8 @@ def write_outputs(pred: Prediction, outdir: str, max_plots: int = MAX_STRUCTURE_
     mean DoS at each grid point (`dos@<x>`);
   - predictions.npz: ids, formulas, n_atoms, grid, dos_mean, dos_std, dos_members,
     temperature_K, every entry of `thermodynamics` (mean) and `<key>_std`,
-    relative_spread, flags, physical_units;
+    relative_spread, flags, physical_units, std_scale_keys / std_scale_values (the
+    factors the stds carry);
   - plots/<index>_<id>.png for the first `max_plots` structures (DoS with its ±2σ band,
     and C_v(T) with its band for phonons) and predictions.png, the first 12 DoS;
   - skipped.json: [[id, reason], ...].
@@ -385,6 +440,8 @@ def write_outputs(pred: Prediction, outdir: str, max_plots: int = MAX_STRUCTURE_
       dos_mean=pred.dos_mean, dos_std=pred.dos_std, dos_members=pred.dos_members,
       temperature_K=pred.temperatures, relative_spread=pred.relative_spread,
       flags=np.asarray(pred.flags, str), physical_units=np.asarray(pred.physical_units),
+      std_scale_keys=np.asarray(list(pred.std_scale), str),
+      std_scale_values=np.asarray(list(pred.std_scale.values()), np.float64),
       **pred.thermodynamics, **arrays)
   n_plots = min(len(pred.ids), max_plots)
   if n_plots:

@@ -8,7 +8,9 @@ look-up elsewhere, e.g. at a test's temporary exports).
     <model>/config.json        the run's config (`workdir.load_config` reads it)
     <model>/label_scaler.json  the label scaling and its statistics
     <model>/setup.json         grid, training padding budget, l_y, ensemble size, storage
-                               dtype, training elements, spread threshold, best epoch
+                               dtype, training elements, best epoch; for ensembles the
+                               spread threshold and std scales (fitted on the validation
+                               split) and the test coverage under them
     <model>/test_ids.json      ids of the run's test split (what the card's metrics cover)
     <model>/params.msgpack     the best checkpoint's evaluation parameters (the EMA ones
                                when the run kept an average), flax msgpack; no optimizer
@@ -49,8 +51,8 @@ DEFAULT = "phdos_dfpt"
 PARAMS_FILE = "params.msgpack"
 # Storage dtypes of the exported parameters (computation is always float32).
 STORAGE_DTYPES = ("float32", "float16")
-# Quantile of the test crystals' ensemble spread that becomes the model's "high_spread"
-# threshold (only for ensembles: a single model has no spread).
+# Quantile of the validation crystals' ensemble spread that becomes the model's
+# "high_spread" threshold (only for ensembles: a single model has no spread).
 SPREAD_QUANTILE = 0.95
 _FILES = ("config.json", "label_scaler.json", "setup.json", "test_ids.json", PARAMS_FILE)
 
@@ -133,6 +135,8 @@ class ExportedModel:
   training_elements: element symbols of the training crystals (None when not recorded).
   spread_threshold: relative ensemble spread above which a prediction is flagged
     "high_spread" (None: never flagged).
+  std_scale: the factor each reported std is multiplied by (`predictor.fit_std_scales`
+    on the validation split; empty: the raw spread).
   """
   path: str
   config: ml_collections.ConfigDict
@@ -144,6 +148,7 @@ class ExportedModel:
   training_elements: list[str] | None
   spread_threshold: float | None
   setup: dict[str, Any]
+  std_scale: dict[str, float] = dataclasses.field(default_factory=dict)
   _apply: Any = dataclasses.field(default=None, repr=False)
 
   def predict_members(self, part: batching.LabelledGraphs, budget: batching.Budget
@@ -197,7 +202,8 @@ def load_exported(path: str) -> ExportedModel:
   threshold = setup.get("spread_threshold")
   return ExportedModel(path, config, scaler, grid, budget, params, k,
                        setup.get("training_elements"),
-                       None if threshold is None else float(threshold), setup)
+                       None if threshold is None else float(threshold), setup,
+                       {str(key): float(v) for key, v in (setup.get("std_scale") or {}).items()})
 
 
 # ---------------------------------------------------------------- export
@@ -242,6 +248,39 @@ def relative_spread(members: np.ndarray) -> np.ndarray:
   return np.where(den > 0, m.std(0).sum(-1) / np.where(den > 0, den, 1.0), 0.0)
 
 
+def _physical_labels_and_members(model: ExportedModel, part: batching.LabelledGraphs,
+                                 budget: batching.Budget
+                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(true DoS float[n, l_y], members float[K, n, l_y], n_atoms int64[n]) of a labelled
+  split as the exported (stored-precision) model predicts it, in physical units where
+  the scaling has them (`inference.original_scale_for_prediction`), else scaled."""
+  from xtal2dos_jax import inference
+  members = model.predict_members(part, budget)
+  n_atoms = part.graphs.n_node.astype(np.int64)
+  to_physical = lambda y: inference.original_scale_for_prediction(  # noqa: E731
+      model.config, model.scaler, y, n_atoms.astype(np.float64), model.grid)
+  true = to_physical(part.y)
+  if true is None:
+    return part.y, members, n_atoms
+  return true, np.stack([to_physical(m) for m in members]), n_atoms
+
+
+def ensemble_spread(model: ExportedModel, validation: batching.LabelledGraphs,
+                    test: batching.LabelledGraphs, budget: batching.Budget) -> dict[str, Any]:
+  """What an ensemble's reported spread rests on. From the validation split:
+  "spread_threshold" (the SPREAD_QUANTILE of the crystals' `relative_spread`) and
+  "std_scale" (`predictor.fit_std_scales`); from the test split, "std_coverage"
+  (`predictor.std_coverage` with those scales)."""
+  from xtal2dos_jax import predictor  # predictor imports this module
+  kind, grid = str(model.config.data.kind), np.asarray(model.grid)
+  true, members, n_atoms = _physical_labels_and_members(model, validation, budget)
+  scales = predictor.fit_std_scales(kind, grid, true, members, n_atoms)
+  threshold = float(np.quantile(relative_spread(members), SPREAD_QUANTILE))
+  true, members, n_atoms = _physical_labels_and_members(model, test, budget)
+  return {"spread_threshold": threshold, "std_scale": scales,
+          "std_coverage": predictor.std_coverage(kind, grid, true, members, n_atoms, scales)}
+
+
 def _fmt_metric(m: dict[str, Any], key: str) -> str:
   v = m.get(key)
   return "n/a" if v is None else f"{v:.4g}"
@@ -257,18 +296,18 @@ def model_card(name: str, config: ml_collections.ConfigDict, results: dict[str, 
            f"parameters stored as {setup['param_dtype']}, {size_mb:.2f} MB).", "",
            "## Data", "",
            f"- {d.kind} DoS, format `{d.format}`, source `{d.path or 'embedded'}`"
-           + (f" (first {d.limit} crystals)" if d.get("limit") else ""),
+           + (f" (first {d.limit} crystals)" if d.limit else ""),
            f"- grid: {len(setup['grid'])} points, {setup['grid'][0]:g} .. {setup['grid'][-1]:g}"
            f" ({'cm^-1' if d.kind == 'phonon' else 'eV'}); label scaling `{d.scaling}`",
            "- splits: " + ", ".join(f"{k} {v}" for k, v in split_sizes.items()),
            "- training elements: " + (", ".join(setup["training_elements"])
                                       if setup.get("training_elements") else "not recorded"),
            "", "## Recipe", ""]
-  recipe = {"encoder": m.get("encoder"), "decoder": m.get("decoder"), "d_model": m.d_model,
+  recipe = {"encoder": m.encoder, "decoder": m.decoder, "d_model": m.d_model,
             "num_heads": m.num_heads, "encoder_layers": m.encoder_layers,
-            "decoder_layers": m.decoder_layers, "loss": t.loss, "optimizer": t.get("optimizer"),
-            "learning_rate": t.get("learning_rate"), "batch_size": t.batch_size,
-            "num_epochs": t.num_epochs, "ema_decay": t.get("ema_decay"), "seed": config.seed,
+            "decoder_layers": m.decoder_layers, "loss": t.loss, "optimizer": t.optimizer,
+            "learning_rate": t.learning_rate, "batch_size": t.batch_size,
+            "num_epochs": t.num_epochs, "ema_decay": t.ema_decay, "seed": config.seed,
             "ensemble_size": setup["num_members"], "best_epoch": setup.get("best_epoch")}
   lines += [f"- {k}: {v}" for k, v in recipe.items() if v is not None]
   lines += ["", "## Test metrics", ""]
@@ -293,15 +332,26 @@ def model_card(name: str, config: ml_collections.ConfigDict, results: dict[str, 
               f"{cal['recalibration_factor']:.2f} (std x it gives "
               f"{100 * cal.get('coverage_1sigma_recalibrated', float('nan')):.1f} % / "
               f"{100 * cal.get('coverage_2sigma_recalibrated', float('nan')):.1f} %)."]
-    for prop, c in cal.get("physics", {}).items():
-      lines.append(f"- {prop}: {100 * c['coverage_1sigma']:.1f} % within +-1 std, "
-                   f"{100 * c['coverage_2sigma']:.1f} % within +-2 std, spread-error rank "
-                   f"correlation {c['spread_error_correlation']:.2f}, validation scale "
-                   f"{c['recalibration_factor']:.2f}")
+  if setup.get("std_scale"):
+    coverage = setup.get("std_coverage", {})
+    lines += ["", "## Reported spread", "",
+              "Every std a prediction reports is the members' std times a factor fitted on "
+              "the validation split (a curve's is that of its value at 300 K). The share of "
+              "test values inside the reported +-1 / +-2 std (a calibrated Gaussian: 68.3 % / "
+              "95.4 %), and the rank correlation of each crystal's spread with its error:",
+              "", "| quantity | factor | within 1 std | within 2 std | spread-error rank "
+              "correlation |", "|---|---:|---:|---:|---:|"]
+    for key, v in sorted(setup["std_scale"].items()):
+      c = coverage.get(key, {})
+      cells = [f"{100 * c[f]:.1f} %" if f in c else "n/a"
+               for f in ("coverage_1sigma", "coverage_2sigma")]
+      rho = c.get("spread_error_correlation")
+      cells.append("n/a" if rho is None else f"{rho:.2f}")
+      lines.append(f"| {key} | {v:.2f} | " + " | ".join(cells) + " |")
   if setup.get("spread_threshold") is not None:
     lines += ["", f"Predictions whose relative ensemble spread exceeds "
               f"{setup['spread_threshold']:.4g} (the {100 * SPREAD_QUANTILE:.0f}th percentile "
-              "on the test split) are flagged high_spread."]
+              "on the validation split) are flagged high_spread."]
   return "\n".join(lines) + "\n"
 
 
@@ -351,10 +401,8 @@ def export_run(workdir: str, outdir: str, name: str | None = None,
     save_params(os.path.join(tmp, PARAMS_FILE), params, dtype)
     if k > 1:
       workdir_lib.write_json_atomic(os.path.join(tmp, "setup.json"), setup)
-      exported = load_exported(tmp)
-      test = data.splits["test"]
-      members = exported.predict_members(test, data.budget)
-      setup["spread_threshold"] = float(np.quantile(relative_spread(members), SPREAD_QUANTILE))
+      setup.update(ensemble_spread(load_exported(tmp), data.splits["validation"],
+                                   data.splits["test"], data.budget))
     workdir_lib.write_json_atomic(os.path.join(tmp, "setup.json"), setup)
     size_mb = os.path.getsize(os.path.join(tmp, PARAMS_FILE)) / 2**20
     sizes = {s: len(splits[s]) for s in ("train", "validation", "test") if s in splits}
