@@ -1,26 +1,30 @@
-"""The phonon model shipped in the package: it loads with no workdir and no training, and
-predicts the shipped DFPT test split to the metrics its model card states."""
+"""The models shipped in the package: each loads with no workdir and no training, and
+predicts its own test split (read from the shipped dataset by the ids the model keeps) to
+the metrics its model card states."""
 import json
+import os
 
 import chex
 import numpy as np
 import pytest
+from ase.build import bulk
 
-from xtal2dos_jax import pretrained, run_data
+from xtal2dos_jax import Predictor, pretrained, run_data, thermodynamics
 
-
-@pytest.fixture(scope="module")
-def shipped():
-  if pretrained.DEFAULT not in pretrained.available():
-    pytest.fail(f"no shipped model {pretrained.DEFAULT!r} in the package")
-  return pretrained.load_exported(pretrained.model_path(pretrained.DEFAULT))
+SHIPPED = pretrained.available(pretrained.PACKAGE_DIR)
 
 
-def test_shipped_model_reproduces_its_card_on_the_test_split(shipped):
-  """The test crystals are read from the shipped dataset by the ids the model keeps;
-  R^2 and MAE (normalised scale, the mean of the members) are recomputed in numpy."""
+def test_the_default_and_the_electronic_sample_are_shipped():
+  assert pretrained.DEFAULT in SHIPPED and "edos_sample" in SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_reproduces_its_card_on_the_test_split(name):
+  """R^2 and MAE (normalised scale, the mean of the members) recomputed in numpy."""
+  path = pretrained.model_path(name, pretrained.PACKAGE_DIR)
+  shipped = pretrained.load_exported(path)
   config = shipped.config
-  with open(pretrained.model_path(pretrained.DEFAULT) + "/test_ids.json") as f:
+  with open(os.path.join(path, "test_ids.json")) as f:
     test_ids = json.load(f)
   rd = run_data.prepare_run_data(config, 1, scaler=shipped.scaler)
   assert sorted(map(str, rd.splits["test"].graphs.ids)) == sorted(test_ids)
@@ -37,4 +41,21 @@ def test_shipped_model_reproduces_its_card_on_the_test_split(shipped):
   assert r2 == pytest.approx(card["r2"], abs=5e-3)
   assert np.abs(y - pred).mean() == pytest.approx(card["mae"], rel=2e-2)
   assert shipped.num_members > 1 and shipped.spread_threshold is not None
-  assert {"dos", "cv300_J_per_K_mol"} <= set(shipped.std_scale)
+  assert "dos" in shipped.std_scale
+
+
+def test_electronic_sample_predicts_gaps_and_the_fermi_level_dos():
+  """The eDoS sample model: band gap and DoS at 0 eV per member are
+  `thermodynamics.electronic_properties` of that member's DoS; stds carry the model's
+  factors."""
+  p = Predictor.pretrained("edos_sample", dir=pretrained.PACKAGE_DIR)
+  pred = p.predict([bulk("Si", "diamond", a=5.43), bulk("Cu", "fcc", a=3.61)])
+  assert pred.kind == "electronic" and pred.num_members == p.exported.num_members
+  each = [thermodynamics.electronic_properties(pred.grid, m) for m in pred.dos_members]
+  for key in ("band_gap_eV", "dos_at_fermi_level"):
+    values = np.stack([e[key] for e in each])
+    chex.assert_trees_all_close(pred.thermodynamics[key], values.mean(0), rtol=1e-9)
+    chex.assert_trees_all_close(pred.thermodynamics_std[key],
+                                values.std(0) * p.std_scale.get(key, 1.0), rtol=1e-9)
+  assert ("gamma_mJ_per_mol_K2" in pred.thermodynamics) == pred.physical_units
+  assert set(pred.columns()) >= {"band_gap_eV", "band_gap_eV_std", "dos_at_fermi_level"}

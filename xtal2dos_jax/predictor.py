@@ -83,7 +83,10 @@ class Prediction:
   s_J_per_K_mol, f_kJ_per_mol, u_kJ_per_mol per mole of cells and their `_atom` forms),
   [n] values (zpe_kJ_per_mol(_atom), mean_frequency_cm, log_mean_frequency_cm,
   debye_temperature_nu2_K, debye_temperature_moment_K) and the 300 K values
-  cv300_J_per_K_mol, s300_J_per_K_mol, f300_kJ_per_mol. Electrons: band_gap_eV [n].
+  cv300_J_per_K_mol, s300_J_per_K_mol, f300_kJ_per_mol. Electrons
+  (`thermodynamics.electronic_properties`, E_F / VBM at 0 eV): band_gap_eV and
+  dos_at_fermi_level [n] (states / eV / cell when physical_units, else on the scaled
+  label scale), and gamma_mJ_per_mol_K2 [n] (metals; only when physical_units).
   relative_spread float64[n]: Σ_l std / Σ_l |mean| (`pretrained.relative_spread`).
   flags: per structure, ";"-joined "unseen_elements:X,Y" (elements absent from the
   training data, when the model recorded them) and "high_spread" (relative_spread above
@@ -124,7 +127,9 @@ class Prediction:
       for key in ("mean_frequency_cm", "debye_temperature_nu2_K", "debye_temperature_moment_K"):
         out[key] = t[key]
       return out
-    return {"band_gap_eV": t["band_gap_eV"], "band_gap_eV_std": s["band_gap_eV"]}
+    return {f"{key}{suffix}": (s if suffix else t)[key]
+            for key in ("band_gap_eV", "dos_at_fermi_level", "gamma_mJ_per_mol_K2")
+            if key in t for suffix in ("", "_std")}
 
 
 def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,12 +138,16 @@ def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def derived_members(kind: str, grid: np.ndarray, dos_members: np.ndarray, n_atoms: np.ndarray,
-                    temperatures: np.ndarray) -> dict[str, np.ndarray]:
+                    temperatures: np.ndarray, absolute: bool = True) -> dict[str, np.ndarray]:
   """What `Prediction.thermodynamics` reports, for each member: float[K, n, n_T] curves over
   `temperatures` (K) and float[K, n] values, from DoS members float[K, n, l_y] (phonons:
-  in modes per grid unit per cell; electrons: any scale)."""
+  in modes per grid unit per cell; electrons: states per eV per cell when `absolute`,
+  else any scale, and then no Sommerfeld coefficient)."""
   if kind != "phonon":
-    return {"band_gap_eV": np.stack([physics.band_gap(grid, m) for m in dos_members])}
+    each = [thermodynamics.electronic_properties(grid, m) for m in dos_members]
+    keys = ("band_gap_eV", "dos_at_fermi_level") + (("gamma_mJ_per_mol_K2",) if absolute
+                                                    else ())
+    return {key: np.stack([e[key] for e in each]) for key in keys}
   t_all = np.union1d(temperatures, [REPORT_TEMPERATURE_K])
   curve_at = np.searchsorted(t_all, temperatures)
   report_at = int(np.searchsorted(t_all, REPORT_TEMPERATURE_K))
@@ -372,7 +381,8 @@ class Predictor:
     dos = np.stack(physical).astype(np.float32) if is_physical else members
     grid = np.asarray(self.grid)
     mean, std = {}, {}
-    for key, v in derived_members(self.kind, grid, dos, n_atoms, temperatures).items():
+    for key, v in derived_members(self.kind, grid, dos, n_atoms, temperatures,
+                                  absolute=is_physical).items():
       mean[key], std[key] = _mean_std(v)
       std[key] = std[key] * self.std_scale.get(key, 1.0)
     spread = pretrained.relative_spread(dos)
@@ -390,8 +400,9 @@ class Predictor:
         ids=list(graphs.ids), formulas=[a.get_chemical_formula() for a in kept],
         n_atoms=n_atoms, grid=grid, kind=self.kind, physical_units=is_physical,
         dos_members=dos, dos_mean=dos.mean(0),
-        dos_std=dos.std(0) * self.std_scale.get("dos", 1.0), temperatures=temperatures, thermodynamics=mean, thermodynamics_std=std,
-        relative_spread=spread, flags=flags, skipped=skipped, std_scale=dict(self.std_scale))
+        dos_std=dos.std(0) * self.std_scale.get("dos", 1.0), temperatures=temperatures,
+        thermodynamics=mean, thermodynamics_std=std, relative_spread=spread, flags=flags,
+        skipped=skipped, std_scale=dict(self.std_scale))
 
 
 # ---------------------------------------------------------------- outputs
