@@ -12,7 +12,8 @@ original's inputs:
           Y(u) = [1, sqrt(3) u_x, sqrt(3) u_y, sqrt(3) u_z] ("component" normalisation),
           times the smooth cutoff s(x) = (1 - cos(pi u)) / 2 with u = 2 (x - 1), which is
           1 for x <= 1/2 and 0 for x >= 1; r_ij = r_i - r_j (+ lattice shift) points from
-          the sender j to the receiver i, r_c = config.data.radius
+          the sender j to the receiver i, r_c = config.data.radius (the order of the
+          three l = 1 components is immaterial: the first Dense mixes them)
   self edges                                   one edge i -> i per real atom (r = 0, so
                                                a = [1, 0, 0, 0]), as the public graph is
                                                built with self-interaction
