@@ -38,7 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.limit = 0                  # use only the first N crystals (0 = all); for quick checks
 
   config.model = model = ml_collections.ConfigDict()
-  model.encoder = "unimp"         # unimp | gat | e3nn | gatgnn | graph_network
+  model.encoder = "unimp"         # unimp | gat | e3nn | gatgnn | graph_network |
+                                  # dostransformer_gnn
   model.decoder = "transformer"   # transformer | rnn | rnn_attn | chunk_rnn | chunk_rnn_attn |
                                   # mlp | dostransformer | mat2spec | gatgnn_head
   model.d_model = 128
@@ -67,6 +68,11 @@ def get_config() -> ml_collections.ConfigDict:
   model.mat2spec_kl_weight = 1.1  # mat2spec only: weight of the crystal/label latent KL
   model.mat2spec_contrastive_weight = 0.1  # mat2spec only: weight of the contrastive loss
   model.mat2spec_temperature = 1.0  # mat2spec only: tau of the contrastive loss
+  model.dostransformer_prompt = "system"  # dostransformer only: the output returned, with the
+                                  # crystal-system prompt ("system") or without ("none")
+  model.dostransformer_prompt_free_weight = 0.0  # dostransformer only: > 0 also trains the
+                                  # prompt-free output, its DoS loss x this added (the public
+                                  # code's joint loss: 1.0); needs prompt "system"
   model.dtype = "float32"         # float32 | bfloat16 | bf16_matmul (params stay float32)
 
   config.train = train = ml_collections.ConfigDict()

@@ -28,7 +28,7 @@ Then one table, one row per variant, printed as markdown and written to
 `<workdir>/compare.json` and `<workdir>/compare.md`:
 
   model | val R^2                         validation split, normalised scale (choose on this)
-  R^2 | MAE | MSE | WD                    test split, normalised label scale
+  R^2 | MAE | MSE | RMSE | WD             test split, normalised label scale
   R^2 (orig)                              test split, original label scale
   params                                  trainable parameters
   s/epoch                                 median training seconds per epoch from

@@ -23,7 +23,7 @@ One table, printed as markdown and written to `<workdir>/sweep.json` and
 `<workdir>/sweep.md`: per cell its grid values, validation R^2 (normalised scale,
 mean ± std over the seeds), best epoch (mean ± std), median s/epoch and parameter
 count; the cell with the highest mean validation R^2 is chosen, and only its test
-metrics (R^2, MAE, MSE, WD normalised, R^2 on the original scale; mean ± std) are
+metrics (R^2, MAE, MSE, RMSE, WD normalised, R^2 on the original scale; mean ± std) are
 reported, so the choice never looks at the test split.
 
 A bad --grid ends with one line `error: --grid: ...` and exit status 2, before anything

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import subprocess
@@ -453,7 +454,8 @@ def test_xtal2dos_passes_crystal_system_to_decoders_that_use_it(tiny_batch):
 @pytest.mark.parametrize("path", ["rnn", "rnn_attn", "chunk_rnn", "chunk_rnn_attn", "mlp",
                                   "gat_transformer", "dostransformer", "unmasked",
                                   "no_source_attention", "gatgnn", "graph_network",
-                                  "graph_network_energy"])
+                                  "graph_network_energy", "dostransformer_own_encoder",
+                                  "dostransformer_no_prompt"])
 def test_ablation_configs_build(path):
   config = common.load_config_file(os.path.join(REPO, "configs", "ablations", f"{path}.py"))
   model = create_model(config)
@@ -461,11 +463,17 @@ def test_ablation_configs_build(path):
   expected = {"rnn": RNNDecoder, "rnn_attn": RNNAttentionDecoder, "chunk_rnn": ChunkRNNDecoder,
               "chunk_rnn_attn": ChunkRNNAttentionDecoder, "mlp": MLPDecoder,
               "dostransformer": DOSTransformerDecoder, "gatgnn": GATGNNHead,
-              "graph_network": MLPDecoder, "graph_network_energy": MLPDecoder}
+              "graph_network": MLPDecoder, "graph_network_energy": MLPDecoder,
+              "dostransformer_own_encoder": DOSTransformerDecoder,
+              "dostransformer_no_prompt": DOSTransformerDecoder}
   if path in expected:
     assert type(model.decoder) is expected[path]
   assert (config.model.encoder == "gat") == (path == "gat_transformer")
   assert config.model.causal == (path != "unmasked")
+  if path.startswith("dostransformer"):
+    assert model.decoder.prompt == ("none" if path == "dostransformer_no_prompt" else "system")
+    assert model.decoder.prompt_free_weight == (1.0 if path == "dostransformer_own_encoder"
+                                                else 0.0)
   if path in ("unmasked", "no_source_attention"):
     assert model.decoder.source_attention == (path != "no_source_attention")
 
@@ -522,6 +530,10 @@ def test_compare_table_from_run_dirs(tmp_path):
           "mlp": str(tmp_path / "mlp")}
   _fake_run(runs["phdos"], "transformer", 0.7, [30.0, 2.0, 4.0, 3.0], ["x", "y"])
   _fake_run(runs["chunk"], "chunk_rnn_attn", 0.6, [10.0], ["y", "x"], chunk_size=8)
+  results_path = os.path.join(runs["chunk"], "results.json")
+  results = json.load(open(results_path))
+  results["metrics"]["test"]["normalized"]["rmse"] = 0.02
+  json.dump(results, open(results_path, "w"))
   _fake_run(runs["mlp"], "mlp", 0.5, [9.0, 1.0], ["x", "y"], speed=False)
   table = compare.build_table(runs)
   assert table["same_split"]
@@ -538,8 +550,11 @@ def test_compare_table_from_run_dirs(tmp_path):
 
   markdown = compare.to_markdown(table)
   lines = markdown.splitlines()
-  assert lines[0].startswith("| variant | model | val R^2 | R^2 | MAE | MSE | WD | R^2 (orig) "
-                             "| params")
+  assert lines[0].startswith("| variant | model | val R^2 | R^2 | MAE | MSE | RMSE | WD "
+                             "| R^2 (orig) | params")
+  # RMSE: results.json's value, or sqrt(MSE) for a run saved before results.json held it.
+  assert rows["phdos"]["rmse"] == pytest.approx(math.sqrt(2e-4))
+  assert rows["chunk"]["rmse"] == 0.02 and "| 0.0002 | 0.02 | 0.0700 |" in lines[3]
   assert lines[2].startswith("| phdos | unimp + transformer | 0.7500 | 0.7000 |")
   assert "±" not in markdown and "seed" not in markdown
   assert "12,345" in lines[2] and "| 250.0 |" in lines[2] and "n/a" in lines[4]
@@ -553,6 +568,34 @@ def test_compare_table_from_run_dirs(tmp_path):
   _fake_run(str(tmp_path / "other"), "rnn", 0.4, [5.0], ["z", "y"])
   table = compare.build_table({**runs, "other": str(tmp_path / "other")})
   assert not table["same_split"] and "warning" in compare.to_markdown(table)
+
+
+def test_model_label_from_plain_dict_configs(tmp_path):
+  """Labels from a run's config.json: keys added since a run was saved take their
+  `workdir._ADDED_KEYS` defaults; any other missing key names the file and the key."""
+  label = lambda model: compare._model_label({"model": model}, "run/config.json")
+  assert label({"encoder": "unimp", "decoder": "transformer", "causal": False}) == (
+      "unimp + transformer (unmasked)")
+  assert label({"encoder": "unimp", "decoder": "mlp"}) == "unimp + mlp"
+  assert label({"encoder": "unimp", "decoder": "dostransformer"}) == "unimp + dostransformer"
+  assert label({"encoder": "dostransformer_gnn", "decoder": "dostransformer",
+                "dostransformer_prompt_free_weight": 1.0}) == (
+      "dostransformer_gnn + dostransformer (+ prompt-free loss x1)")
+  assert label({"encoder": "unimp", "decoder": "dostransformer",
+                "dostransformer_prompt": "none"}) == "unimp + dostransformer (no prompt)"
+  for model, key in (({"decoder": "mlp"}, "model.encoder"),
+                     ({"encoder": "unimp", "decoder": "transformer"}, "model.causal"),
+                     ({"encoder": "unimp", "decoder": "chunk_rnn_attn"}, "model.chunk_size")):
+    with pytest.raises(InputError, match=rf"^run/config.json: the run's config has no {key}$"):
+      label(model)
+  with pytest.raises(InputError, match="has no model.decoder"):
+    compare._model_label({}, "run/config.json")
+  # The row names the run's own config.json.
+  _fake_run(str(tmp_path / "a"), "mlp", 0.5, [1.0], ["x"])
+  config_path = tmp_path / "a" / "config.json"
+  json.dump({"seed": 0, "model": {"decoder": "mlp"}}, open(config_path, "w"))
+  with pytest.raises(InputError, match=rf"^{re.escape(str(config_path))}: .* model.encoder$"):
+    compare.build_table({"a": str(tmp_path / "a")})
 
 
 def test_compare_table_over_seeds(tmp_path):
@@ -629,7 +672,7 @@ def test_compare_over_cross_validation_folds(tmp_path):
   assert row["r2"] == pytest.approx(0.6) and row["r2_std"] == pytest.approx(0.1)
   markdown = compare.to_markdown(table)
   assert "trained 3 times (folds 0, 1, 2)" in markdown
-  assert "| Xtal2DoS | published |  | 0.7340 | 0.00663 | 0.000193 | 0.0631 |" in markdown
+  assert "| Xtal2DoS | published |  | 0.7340 | 0.00663 | 0.000193 |  | 0.0631 |" in markdown
   # Folds of one variant against one split of the other are not the same test crystals.
   single = str(tmp_path / "single")
   _fake_run(single, "mlp", 0.5, [9.0], ["t0"])

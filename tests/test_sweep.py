@@ -72,8 +72,8 @@ def _fake_run(path, val_r2, test_r2, best_epoch, seed):
     json.dump({"metrics": {"validation": val, "test": split}, "best_epoch": best_epoch,
                "epochs_run": 9, "num_params": 100}, f)
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump({"seed": seed, "data": {}, "model": {"encoder": "unimp",
-                                                   "decoder": "transformer"}}, f)
+    json.dump({"seed": seed, "data": {}, "model": {"encoder": "unimp", "decoder": "transformer",
+                                                   "causal": True}}, f)
   with open(os.path.join(path, "splits.json"), "w") as f:
     json.dump({"test": ["a", "b"]}, f)
   with open(os.path.join(path, "metrics.jsonl"), "w") as f:
@@ -104,6 +104,8 @@ def test_sweep_table_chooses_on_validation_and_reports_test_once(tmp_path):
   assert lines[2] == "| 4 | 0.5000 ± 0.0000 | 5.0 ± 1.4 | 3.00 | 100 |  |"
   assert lines[3].startswith("| 8 | 0.6000 ± 0.1414 |") and lines[3].endswith("| yes |")
   assert "0.4000 ± 0.1414" in markdown and "0.9000" not in markdown
+  assert table["test"]["rmse"] == pytest.approx(np.sqrt(1e-3))   # sqrt(MSE): no stored RMSE
+  assert "| R^2 | MAE | MSE | RMSE | WD | R^2 (orig) |" in lines
 
 
 @pytest.mark.slow

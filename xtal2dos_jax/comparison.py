@@ -36,6 +36,7 @@ ACCURACY = {
     "r2": ("test", "normalized", "r2"),
     "mae": ("test", "normalized", "mae"),
     "mse": ("test", "normalized", "mse"),
+    "rmse": ("test", "normalized", "rmse"),
     "wd": ("test", "normalized", "wd"),
     "r2_original": ("test", "original", "r2"),
 }
@@ -72,6 +73,7 @@ COLUMNS = (
     ("r2", "R^2", "{:.4f}"),
     ("mae", "MAE", "{:.4g}"),
     ("mse", "MSE", "{:.4g}"),
+    ("rmse", "RMSE", "{:.4g}"),
     ("wd", "WD", "{:.4f}"),
     ("r2_original", "R^2 (orig)", "{:.4f}"),
     ("num_params", "params", "{:,}"),
@@ -188,16 +190,50 @@ def _train_seconds_per_epoch(metrics_path: str) -> float:
   return statistics.median(seconds) if seconds else math.nan
 
 
-def _model_label(config: Mapping[str, Any]) -> str:
-  model = config.get("model", {})
-  label = f"{model.get('encoder', '?')} + {model.get('decoder', '?')}"
-  if model.get("decoder") == "transformer" and model.get("causal") is False:
+def _config_value(config: Mapping[str, Any], key: str, source: str) -> Any:
+  """The value of dotted `key` (e.g. "model.decoder") in a run's plain-dict config (its
+  config.json): the saved value, else the default `workdir._ADDED_KEYS` gives a key added
+  after the run was saved; raises InputError naming `source` and the key otherwise."""
+  from xtal2dos_jax.errors import InputError
+  from xtal2dos_jax.workdir import _ADDED_KEYS
+  section: Any = config
+  for name in key.split("."):
+    if not isinstance(section, Mapping) or name not in section:
+      if key in _ADDED_KEYS:
+        return _ADDED_KEYS[key]
+      raise InputError(source, f"the run's config has no {key}")
+    section = section[name]
+  return section
+
+
+def _model_label(config: Mapping[str, Any], source: str) -> str:
+  """"<encoder> + <decoder>" and the decoder's departures from its default form, from
+  a run's plain-dict config; `source` (its config.json) names it in errors."""
+  value = lambda key: _config_value(config, f"model.{key}", source)
+  decoder = value("decoder")
+  label = f"{value('encoder')} + {decoder}"
+  if decoder == "transformer" and value("causal") is False:
     label += " (unmasked)"
-  if model.get("decoder") == "chunk_rnn_attn":
-    label += f" (chunk {model.get('chunk_size')})"
-  if model.get("decoder") == "mlp" and model.get("mlp_energy_embedding"):
+  if decoder == "chunk_rnn_attn":
+    label += f" (chunk {value('chunk_size')})"
+  if decoder == "mlp" and value("mlp_energy_embedding"):
     label += " (energy emb.)"
+  if decoder == "dostransformer":
+    if value("dostransformer_prompt") == "none":
+      label += " (no prompt)"
+    weight = value("dostransformer_prompt_free_weight")
+    if weight > 0:
+      label += f" (+ prompt-free loss x{weight:g})"
   return label
+
+
+def _accuracy(results: Mapping[str, Any], split: str, scale: str, metric: str) -> float:
+  """One metric of results.json; a run saved before results.json held "rmse" gets
+  sqrt(mse), its definition (`metrics.finalize`)."""
+  values = results["metrics"][split][scale]
+  if metric == "rmse" and metric not in values:
+    return math.sqrt(values["mse"])
+  return values[metric]
 
 
 def _run_record(run_dir: str) -> dict[str, Any]:
@@ -205,7 +241,7 @@ def _run_record(run_dir: str) -> dict[str, Any]:
   metrics.jsonl)."""
   results = _read_json(os.path.join(run_dir, "results.json"))
   config = _read_json(os.path.join(run_dir, "config.json"))
-  record = {key: results["metrics"][split][scale][metric]
+  record = {key: _accuracy(results, split, scale, metric)
             for key, (split, scale, metric) in ACCURACY.items()}
   record.update(
       run_dir=run_dir, seed=config.get("seed"), config=config,
@@ -215,6 +251,10 @@ def _run_record(run_dir: str) -> dict[str, Any]:
       best_epoch=results.get("best_epoch"),
       train_seconds_per_epoch=_train_seconds_per_epoch(os.path.join(run_dir, "metrics.jsonl")))
   return record
+
+
+def _config_path(record: Mapping[str, Any]) -> str:
+  return os.path.join(record["run_dir"], "config.json")
 
 
 def collect_row(name: str, dirs: Sequence[str]) -> dict[str, Any]:
@@ -229,7 +269,8 @@ def collect_row(name: str, dirs: Sequence[str]) -> dict[str, Any]:
   speed = next((_read_json(os.path.join(d, INFERENCE_JSON)) for d in dirs
                 if os.path.exists(os.path.join(d, INFERENCE_JSON))), {})
   row = {"name": name, "run_dir": dirs[0] if len(dirs) == 1 else os.path.dirname(dirs[0]),
-         "model": _model_label(records[0]["config"]), "num_runs": len(records),
+         "model": _model_label(records[0]["config"], _config_path(records[0])),
+         "num_runs": len(records),
          "seeds": sorted({r["seed"] for r in records}),
          "folds": sorted({r["fold"] for r in records if r["fold"] is not None})}
   row["runs_label"] = ", ".join(
@@ -289,7 +330,8 @@ def ensemble_row(name: str, dirs: Sequence[str], members: int) -> dict[str, Any]
     scored.append({key: result[split][scale][metric]
                    for key, (split, scale, metric) in ACCURACY.items()})
   row = {"name": f"{name} (mean of {members})", "run_dir": os.path.dirname(dirs[0]),
-         "model": _model_label(records[0]["config"]) + f", ensemble of {members}",
+         "model": (_model_label(records[0]["config"], _config_path(records[0]))
+                   + f", ensemble of {members}"),
          "num_runs": len(scored), "seeds": sorted({r["seed"] for r in records}),
          "folds": sorted(f for f in by_fold if f is not None)}
   row["runs_label"] = (f"folds {', '.join(map(str, row['folds']))}" if row["folds"]
@@ -366,8 +408,10 @@ def to_markdown(table: Mapping[str, Any]) -> str:
     seeds += (" Published rows: " + table["published"][0]["source"] + ".")
   lines += ["", f"val R^2: validation split, normalised scale, at the selected checkpoint "
             f"(compare variants on this). Test split ({', '.join(map(str, sorted(n)))} "
-            "crystals); R^2, MAE, MSE, WD on the normalised label scale, R^2 (orig) on the "
-            "original scale; s/epoch: median training time per epoch (first epoch excluded); "
+            "crystals); R^2, MAE, MSE, RMSE, WD on the normalised label scale, R^2 (orig) "
+            "on the original scale; RMSE is the root of the MSE over all crystals and "
+            "points (the DOSTransformer paper averages per-crystal RMSEs, which is at most "
+            "this); s/epoch: median training time per epoch (first epoch excluded); "
             "crystals/s: Trainer.predict throughput, best of the timed runs after warm-up."
             + seeds]
   return "\n".join(lines)

@@ -25,7 +25,7 @@ SWEEP_FIXED_KEYS = ("seed", "data.split", "data.split_seed", "data.num_folds", "
                     "data.limit", "data.train_fraction", "train.num_epochs", "train.patience",
                     "train.patience_warmup_epochs")
 # The test columns reported for the cell chosen on validation.
-SWEEP_TEST_KEYS = ("r2", "mae", "mse", "wd", "r2_original")
+SWEEP_TEST_KEYS = ("r2", "mae", "mse", "rmse", "wd", "r2_original")
 
 
 def _split_top_level(text: str, sep: str) -> list[str]:
@@ -161,5 +161,5 @@ def sweep_to_markdown(table: Mapping[str, Any]) -> str:
             "cell with the highest mean is chosen, on validation only. best epoch: the "
             "epoch of the selected checkpoint; s/epoch: median training time per epoch "
             f"(first epoch excluded). Test split: {test['test_count']} crystals; R^2, MAE, "
-            "MSE, WD on the normalised label scale, R^2 (orig) on the original scale." + seeds]
+            "MSE, RMSE, WD on the normalised label scale, R^2 (orig) on the original scale." + seeds]
   return "\n".join(lines)

@@ -21,8 +21,8 @@ import numpy as np
 
 from xtal2dos_jax.activations import apply_output_activation, output_activation_for
 from xtal2dos_jax.errors import InputError, check_choice
-from xtal2dos_jax.models import (dostransformer, gat, gatgnn, graph_network, mat2spec,
-                                 mlp_decoder, rnn_decoders)
+from xtal2dos_jax.models import (dostransformer, dostransformer_encoder, gat, gatgnn,
+                                 graph_network, mat2spec, mlp_decoder, rnn_decoders)
 from xtal2dos_jax.models.transformer_decoder import (POSITION_EMBEDDINGS, AtomStates,
                                                      CausalTransformerDecoder, SequenceDecoder)
 from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
@@ -72,6 +72,7 @@ ENCODERS: Dict[str, ModelFactory] = {
     "e3nn": _e3nn,
     "gatgnn": gatgnn.gatgnn_encoder,
     "graph_network": graph_network.graph_network_encoder,
+    "dostransformer_gnn": dostransformer_encoder.dostransformer_gnn_encoder,
 }
 
 # name (config.model.decoder) -> factory: config -> SequenceDecoder
