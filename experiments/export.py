@@ -1,5 +1,6 @@
 r"""Export a trained run as a model prediction can load without the workdir:
-`python -m experiments.export --workdir=runs/phdos --name=phdos_dfpt [--dtype=float16]`.
+`python -m experiments.export --workdir=runs/phdos --name=phdos_dfpt [--dtype=float16]
+[--description="..."]`.
 
 Writes xtal2dos_jax/pretrained/NAME/ (or --outdir): config, label scaler, set-up (grid,
 budget, training elements), test split ids, the best checkpoint's evaluation parameters
@@ -20,6 +21,8 @@ flags.DEFINE_string("outdir", None, "Write the model here instead (default: the 
                     "pretrained/NAME).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "float16"],
                   "Storage dtype of the parameters (always restored to float32).")
+flags.DEFINE_string("description", "", "One paragraph at the top of the model card (what "
+                    "the model is for, and what it is not).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -33,7 +36,8 @@ def main(argv):
   from xtal2dos_jax import pretrained
   with common.user_errors():
     outdir = FLAGS.outdir or os.path.join(pretrained.PACKAGE_DIR, FLAGS.name)
-    pretrained.export_run(FLAGS.workdir, outdir, FLAGS.name, FLAGS.dtype)
+    pretrained.export_run(FLAGS.workdir, outdir, FLAGS.name, FLAGS.dtype,
+                          description=FLAGS.description)
   print(f"exported {FLAGS.workdir} -> {outdir}")
 
 

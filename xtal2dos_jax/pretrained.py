@@ -250,10 +250,11 @@ def relative_spread(members: np.ndarray) -> np.ndarray:
 
 def _physical_labels_and_members(model: ExportedModel, part: batching.LabelledGraphs,
                                  budget: batching.Budget
-                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(true DoS float[n, l_y], members float[K, n, l_y], n_atoms int64[n]) of a labelled
-  split as the exported (stored-precision) model predicts it, in physical units where
-  the scaling has them (`inference.original_scale_for_prediction`), else scaled."""
+                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+  """(true DoS float[n, l_y], members float[K, n, l_y], n_atoms int64[n], physical) of a
+  labelled split as the exported (stored-precision) model predicts it, in physical units
+  where the scaling has them (`inference.original_scale_for_prediction`; physical True),
+  else scaled."""
   from xtal2dos_jax import inference
   members = model.predict_members(part, budget)
   n_atoms = part.graphs.n_node.astype(np.int64)
@@ -261,8 +262,8 @@ def _physical_labels_and_members(model: ExportedModel, part: batching.LabelledGr
       model.config, model.scaler, y, n_atoms.astype(np.float64), model.grid)
   true = to_physical(part.y)
   if true is None:
-    return part.y, members, n_atoms
-  return true, np.stack([to_physical(m) for m in members]), n_atoms
+    return part.y, members, n_atoms, False
+  return true, np.stack([to_physical(m) for m in members]), n_atoms, True
 
 
 def ensemble_spread(model: ExportedModel, validation: batching.LabelledGraphs,
@@ -273,12 +274,13 @@ def ensemble_spread(model: ExportedModel, validation: batching.LabelledGraphs,
   (`predictor.std_coverage` with those scales)."""
   from xtal2dos_jax import predictor  # predictor imports this module
   kind, grid = str(model.config.data.kind), np.asarray(model.grid)
-  true, members, n_atoms = _physical_labels_and_members(model, validation, budget)
-  scales = predictor.fit_std_scales(kind, grid, true, members, n_atoms)
+  true, members, n_atoms, physical = _physical_labels_and_members(model, validation, budget)
+  scales = predictor.fit_std_scales(kind, grid, true, members, n_atoms, physical)
   threshold = float(np.quantile(relative_spread(members), SPREAD_QUANTILE))
-  true, members, n_atoms = _physical_labels_and_members(model, test, budget)
+  true, members, n_atoms, physical = _physical_labels_and_members(model, test, budget)
   return {"spread_threshold": threshold, "std_scale": scales,
-          "std_coverage": predictor.std_coverage(kind, grid, true, members, n_atoms, scales)}
+          "std_coverage": predictor.std_coverage(kind, grid, true, members, n_atoms, scales,
+                                                 physical)}
 
 
 def _fmt_metric(m: dict[str, Any], key: str) -> str:
@@ -290,8 +292,10 @@ def model_card(name: str, config: ml_collections.ConfigDict, results: dict[str, 
                split_sizes: dict[str, int], setup: dict[str, Any], size_mb: float) -> str:
   """model_card.md: what the model was trained on, how, and how well it does."""
   d, m, t = config.data, config.model, config.train
-  lines = [f"# {name}", "",
-           f"Exported {setup['exported']} from a training run of xtal2dos_jax "
+  lines = [f"# {name}", ""]
+  if setup.get("description"):
+    lines += [setup["description"], ""]
+  lines += [f"Exported {setup['exported']} from a training run of xtal2dos_jax "
            f"({setup['num_members']} member{'s' if setup['num_members'] > 1 else ''}; "
            f"parameters stored as {setup['param_dtype']}, {size_mb:.2f} MB).", "",
            "## Data", "",
@@ -356,8 +360,9 @@ def model_card(name: str, config: ml_collections.ConfigDict, results: dict[str, 
 
 
 def export_run(workdir: str, outdir: str, name: str | None = None,
-               dtype: str = "float32") -> str:
-  """Writes the exported model of `workdir` to `outdir` (which must not exist yet).
+               dtype: str = "float32", description: str = "") -> str:
+  """Writes the exported model of `workdir` to `outdir` (which must not exist yet);
+  `description` opens the model card.
 
   The files are written to a temporary sibling directory that is renamed into place at
   the end, so a failed export leaves no half model. Returns `outdir`.
@@ -386,6 +391,7 @@ def export_run(workdir: str, outdir: str, name: str | None = None,
       "training_elements": training_elements(config, splits.get("train", [])),
       "spread_threshold": None, "best_epoch": epoch,
       "exported": datetime.date.today().isoformat(), "name": name,
+      "description": str(description).strip(),
       "test_metrics": None if results is None else results["metrics"]["test"]}
   if os.path.exists(run.file("eval_test.json")):  # the ensemble's calibration, if evaluated
     with open(run.file("eval_test.json")) as f:
