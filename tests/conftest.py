@@ -181,7 +181,8 @@ def train_one_step(tiny_crystals) -> Callable[..., TrainStepResult]:
     budget = batching.make_budget(graphs.n_node, graphs.n_edge, len(names))
     trainer = train.Trainer(config, scaler, devices=jax.local_devices()[:1])
     state = trainer.replicate(model_setup.create_train_state(config, budget, steps_per_epoch=1))
-    batch = batching.stack([assemble(data, np.arange(len(names)), budget)])
+    batch = batching.stack([assemble(data, np.arange(len(names)), budget,
+                                     edge_vectors=trainer.edge_vectors)])
     before = jax.tree.map(np.asarray, state.params)
     state, out = trainer.p_train_step(state, batch)
     assert bool(out["finite"][0]) and np.isfinite(float(out["loss_sum"][0]))
@@ -189,3 +190,34 @@ def train_one_step(tiny_crystals) -> Callable[..., TrainStepResult]:
                          state.params)
     return TrainStepResult(trainer, state, batch, moved)
   return run
+
+
+@pytest.fixture(scope="session")
+def check_locality(make_tiny_batch) -> Callable[..., None]:
+  """check_locality(predict, tol): asserts what every distance-graph encoder owes the
+  batching, for `predict`: (Batch of the tiny crystals) -> (outputs float[G, l_y], node
+  states float[N, d]) (a jitted forward pass; all batches share `tiny_budget`):
+
+  - permuting the atoms of `tri` (`tri_perm`) leaves its output alone, and the node
+    states follow their atoms (atom a of tri_perm is atom [2, 0, 1][a] of tri);
+  - other crystals in the batch leave a crystal's output alone;
+  - padding edges rewired onto a real atom (senders and receivers 0, distance 1.5 Å)
+    change nothing.
+  """
+  def check(predict, tol: dict) -> None:
+    out, states = predict(make_tiny_batch(["tri"]))
+    perm, perm_states = predict(make_tiny_batch(["tri_perm"]))
+    np.testing.assert_allclose(np.asarray(perm)[0], np.asarray(out)[0], **tol)
+    np.testing.assert_allclose(np.asarray(perm_states)[:3], np.asarray(states)[[2, 0, 1]],
+                               **tol)
+    crowded, _ = predict(make_tiny_batch(["nacl", "si", "tri"]))
+    np.testing.assert_allclose(np.asarray(crowded)[2], np.asarray(out)[0], **tol)
+    batch = make_tiny_batch(["tri"])
+    g = batch.graph
+    e_real = int(np.asarray(g.n_edge)[0])
+    rewired = g._replace(senders=np.array(g.senders), receivers=np.array(g.receivers),
+                         edges=np.array(g.edges))
+    rewired.senders[e_real:], rewired.receivers[e_real:], rewired.edges[e_real:] = 0, 0, 1.5
+    again, _ = predict(batch._replace(graph=rewired))
+    np.testing.assert_allclose(np.asarray(again)[0], np.asarray(out)[0], **tol)
+  return check

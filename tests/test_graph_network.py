@@ -150,24 +150,8 @@ def test_model_shapes(tiny_config, tiny_batch, predict):
   np.testing.assert_allclose(real.sum(-1), 1.0, rtol=1e-5)    # softmax output
 
 
-def test_output_invariant_to_atom_permutation(make_tiny_batch, predict):
-  out, states = predict(make_tiny_batch(["tri"]))
-  perm, perm_states = predict(make_tiny_batch(["tri_perm"]))
-  np.testing.assert_allclose(np.asarray(perm)[0], np.asarray(out)[0], **TOL)
-  np.testing.assert_allclose(np.asarray(perm_states)[:3], np.asarray(states)[[2, 0, 1]], **TOL)
-
-
-def test_output_independent_of_the_rest_of_the_batch(make_tiny_batch, predict):
-  alone, _ = predict(make_tiny_batch(["tri"]))
-  crowded, _ = predict(make_tiny_batch(["nacl", "si", "tri"]))
-  np.testing.assert_allclose(np.asarray(crowded)[2], np.asarray(alone)[0], **TOL)
-  batch = make_tiny_batch(["tri"])
-  g = batch.graph
-  e_real = int(np.asarray(g.n_edge)[0])
-  rewired = g._replace(senders=np.array(g.senders), edges=np.array(g.edges))
-  rewired.senders[e_real:], rewired.edges[e_real:] = 0, 1.5
-  out, _ = predict(batch._replace(graph=rewired))
-  np.testing.assert_allclose(np.asarray(out)[0], np.asarray(alone)[0], **TOL)
+def test_output_local_to_its_crystal(check_locality, predict):
+  check_locality(predict, TOL)
 
 
 @pytest.mark.long
