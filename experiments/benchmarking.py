@@ -167,7 +167,8 @@ def _training_rows(run: TrainingRun, config, repeats: int, log) -> list[Row]:
   def host_pipeline():
     t0 = time.perf_counter()
     for step in plan:
-      batching.stack([batching.assemble(train_data, idx, rd.budget)
+      batching.stack([batching.assemble(train_data, idx, rd.budget,
+                                        edge_vectors=run.trainer.edge_vectors)
                             for idx in step])
     return time.perf_counter() - t0
   host_s = best_of(host_pipeline, repeats)
@@ -175,7 +176,8 @@ def _training_rows(run: TrainingRun, config, repeats: int, log) -> list[Row]:
                   "ms/step", f"{100 * host_s[0] / len(plan) / step_ms:.1f}% of the device "
                   "step; overlapped by the prefetch thread"))
   sharding = device_sharding(run.trainer.devices)
-  host = [batching.stack([batching.assemble(train_data, idx, rd.budget)
+  host = [batching.stack([batching.assemble(train_data, idx, rd.budget,
+                                            edge_vectors=run.trainer.edge_vectors)
                                 for idx in step]) for step in plan]
   put_s = best_of(lambda: timed(lambda: jax.block_until_ready(
       [jax.device_put(x, sharding) for x in host])), repeats)
@@ -188,8 +190,9 @@ def _warm_cache_row(run: TrainingRun, config) -> Row:
   """First train step of a second, identical Trainer: served by the persistent cache."""
   trainer = train.Trainer(config, run.rd.scaler)
   step = CountedStep(trainer.p_train_step)
-  batch = batching.stack([batching.assemble(run.train_data, np.arange(8),
-                                                        run.rd.budget)] * trainer.num_local_devices)
+  batch = batching.stack([batching.assemble(run.train_data, np.arange(8), run.rd.budget,
+                                            edge_vectors=trainer.edge_vectors)]
+                         * trainer.num_local_devices)
   t0 = time.perf_counter()
   run.state, out = step(run.state, batch)
   jax.block_until_ready((run.state, out))

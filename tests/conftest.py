@@ -12,7 +12,7 @@ from xtal2dos_jax.allocator import keep_freed_memory
 keep_freed_memory()  # as the training binaries do first in main(), before numpy and jax
 
 import functools
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import ase
 import ase.build
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from xtal2dos_jax import losses
+from xtal2dos_jax import batching, labels, losses, model_setup, train
 from xtal2dos_jax.featurize import featurize_crystal
 from xtal2dos_jax.graph_cache import GraphSet
 from xtal2dos_jax.batching import Batch, Budget, LabelledGraphs, assemble
@@ -145,3 +145,79 @@ def tiny_train_step(tiny_model):
     return jnp.sum(jnp.where(batch.graph_mask, per_crystal, 0.0)), pred
 
   return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+
+class TrainStepResult(NamedTuple):
+  """What `train_one_step` leaves behind: the Trainer, the state after the step, the
+  one-device stacked batch it took (leading axis 1), and per parameter the largest
+  |change| of the step (a tree like the params of float scalars)."""
+  trainer: train.Trainer
+  state: Any
+  batch: Batch
+  moved: Any
+
+
+@pytest.fixture(scope="session")
+def train_one_step(tiny_crystals) -> Callable[..., TrainStepResult]:
+  """train_one_step(config, names=("tri", "nacl", "si")) -> TrainStepResult.
+
+  Builds the model of `config` the way the train binary does (a Trainer on one device, a
+  TrainState for a budget that holds exactly those tiny crystals, featurised with the
+  config's radius and neighbour count, random labels scaled by the config's scaling),
+  takes one p_train_step and asserts its loss is finite. Sets
+  `config.train.warmup_epochs = 0` first, so the learning rate at step 0 is non-zero and
+  the step can move parameters (`moved`). One compile per call.
+  """
+  def run(config, names: Sequence[str] = ("tri", "nacl", "si")) -> TrainStepResult:
+    config.train.warmup_epochs = 0
+    d = config.data
+    names = list(names)
+    graphs = GraphSet.from_graphs(
+        names, [featurize_crystal(tiny_crystals[n], d.radius, d.max_num_nbr) for n in names])
+    y = np.random.default_rng(1).random((len(names), d.l_y)).astype(np.float32)
+    scaler = labels.LabelScaler.fit(d.scaling, y)
+    ys, scale = scaler.transform(y)
+    data = LabelledGraphs(graphs, np.asarray(ys, np.float32), np.asarray(scale, np.float32))
+    budget = batching.make_budget(graphs.n_node, graphs.n_edge, len(names))
+    trainer = train.Trainer(config, scaler, devices=jax.local_devices()[:1])
+    state = trainer.replicate(model_setup.create_train_state(config, budget, steps_per_epoch=1))
+    batch = batching.stack([assemble(data, np.arange(len(names)), budget,
+                                     edge_vectors=trainer.edge_vectors)])
+    before = jax.tree.map(np.asarray, state.params)
+    state, out = trainer.p_train_step(state, batch)
+    assert bool(out["finite"][0]) and np.isfinite(float(out["loss_sum"][0]))
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(b) - a).max()), before,
+                         state.params)
+    return TrainStepResult(trainer, state, batch, moved)
+  return run
+
+
+@pytest.fixture(scope="session")
+def check_locality(make_tiny_batch) -> Callable[..., None]:
+  """check_locality(predict, tol): asserts what every distance-graph encoder owes the
+  batching, for `predict`: (Batch of the tiny crystals) -> (outputs float[G, l_y], node
+  states float[N, d]) (a jitted forward pass; all batches share `tiny_budget`):
+
+  - permuting the atoms of `tri` (`tri_perm`) leaves its output alone, and the node
+    states follow their atoms (atom a of tri_perm is atom [2, 0, 1][a] of tri);
+  - other crystals in the batch leave a crystal's output alone;
+  - padding edges rewired onto a real atom (senders and receivers 0, distance 1.5 Å)
+    change nothing.
+  """
+  def check(predict, tol: dict) -> None:
+    out, states = predict(make_tiny_batch(["tri"]))
+    perm, perm_states = predict(make_tiny_batch(["tri_perm"]))
+    np.testing.assert_allclose(np.asarray(perm)[0], np.asarray(out)[0], **tol)
+    np.testing.assert_allclose(np.asarray(perm_states)[:3], np.asarray(states)[[2, 0, 1]],
+                               **tol)
+    crowded, _ = predict(make_tiny_batch(["nacl", "si", "tri"]))
+    np.testing.assert_allclose(np.asarray(crowded)[2], np.asarray(out)[0], **tol)
+    batch = make_tiny_batch(["tri"])
+    g = batch.graph
+    e_real = int(np.asarray(g.n_edge)[0])
+    rewired = g._replace(senders=np.array(g.senders), receivers=np.array(g.receivers),
+                         edges=np.array(g.edges))
+    rewired.senders[e_real:], rewired.receivers[e_real:], rewired.edges[e_real:] = 0, 0, 1.5
+    again, _ = predict(batch._replace(graph=rewired))
+    np.testing.assert_allclose(np.asarray(again)[0], np.asarray(out)[0], **tol)
+  return check

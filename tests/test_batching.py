@@ -1,8 +1,10 @@
 """Tests for xtal2dos_jax.batching: padded budgets, masks, epoch plans, prefetching."""
+import functools
 import itertools
 import threading
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -104,6 +106,9 @@ def _check_batch(data, idx, budget, batch):
   np.testing.assert_array_equal(graph.senders[e_real:], n_tot - 1)
   np.testing.assert_array_equal(graph.receivers[e_real:], n_tot - 1)
   np.testing.assert_array_equal(graph.edges[e_real:], 0.0)
+  chex.assert_shape(batch.edge_vectors, (e_tot, 3))
+  assert batch.edge_vectors.dtype == np.float32
+  np.testing.assert_array_equal(batch.edge_vectors[e_real:], 0.0)
   # Every edge (real or padding) links nodes of the graph that owns it.
   node_graph = np.repeat(np.arange(n_graph), graph.n_node)
   edge_graph = np.repeat(np.arange(n_graph), graph.n_edge)
@@ -126,6 +131,7 @@ def _check_batch(data, idx, budget, batch):
       assert np.all((arr[ne_] >= node_start[b]) & (arr[ne_] < node_start[b + 1]))
       np.testing.assert_array_equal(arr[ne_] - node_start[b], local)
     np.testing.assert_array_equal(graph.edges[ne_], ref.distances)
+    np.testing.assert_array_equal(batch.edge_vectors[ne_], ref.vectors)
   # Masked-out atom slots point at the padding node.
   np.testing.assert_array_equal(batch.atom_index[~batch.atom_mask], n_tot - 1)
   # Labels.
@@ -154,6 +160,36 @@ def test_assemble_empty_group_is_all_padding(data, budget):
   assert not batch.graph_mask.any() and not batch.atom_mask.any()
   assert batch.graph.n_node[0] == budget.n_node and batch.graph.n_edge[0] == budget.n_edge
   np.testing.assert_array_equal(batch.graph.nodes, 0)
+
+
+def _without_vectors(batch):
+  return batch._replace(edge_vectors=None)
+
+
+@pytest.mark.parametrize("idx", [[5, 6, 13], []], ids=str)
+def test_assemble_without_edge_vectors_leaves_a_zero_width_field(data, budget, idx):
+  idx = np.asarray(idx, np.int64)
+  full = ip.assemble(data, idx, budget)
+  bare = ip.assemble(data, idx, budget, edge_vectors=False)
+  chex.assert_shape(bare.edge_vectors, (budget.n_edge, 0))
+  assert bare.edge_vectors.dtype == np.float32
+  chex.assert_trees_all_equal(_without_vectors(bare), _without_vectors(full))
+  nbytes = lambda b: sum(x.nbytes for x in jax.tree.leaves(b))
+  assert nbytes(full) - nbytes(bare) == 12 * budget.n_edge
+
+
+def test_step_batches_and_dummy_batch_pass_edge_vectors_on(data, budget):
+  plan = ip.epoch_plan(data, budget, 2, seed=0, epoch=0, shuffle=True)
+  expected = [ip.stack([ip.assemble(data, g, budget, edge_vectors=False) for g in step])
+              for step in plan]
+  _assert_batches_equal(list(ip.step_batches(data, budget, plan, edge_vectors=False)),
+                        expected)
+  member_plan = ip.ensemble_plan([plan, plan])
+  first = next(iter(ip.step_batches(data, budget, member_plan, edge_vectors=False)))
+  chex.assert_shape(first.edge_vectors, (2, 2, budget.n_edge, 0))   # [devices, members, E, 0]
+  chex.assert_shape(ip.dummy_batch(budget, L_Y, edge_vectors=False).edge_vectors,
+                    (budget.n_edge, 0))
+  chex.assert_shape(ip.dummy_batch(budget, L_Y).edge_vectors, (budget.n_edge, 3))
 
 
 def test_assemble_without_crystal_system(data, budget):
@@ -445,10 +481,36 @@ def test_dummy_batch_has_the_budget_shapes_and_initialises_the_same_parameters(
     tiny_config, tiny_model, tiny_batch, tiny_budget, tiny_variables):
   """Model set-up needs no data: an all-padding batch of the budget's shapes gives the
   parameters a batch of real crystals gives (same key)."""
-  import jax
   dummy = ip.dummy_batch(tiny_budget, tiny_config.data.l_y)
   chex.assert_trees_all_equal_shapes_and_dtypes(dummy, tiny_batch)
   assert not dummy.graph_mask.any() and not dummy.atom_mask.any()
   assert dummy.graph.n_node[0] == tiny_budget.n_node and not dummy.y.any()
   chex.assert_trees_all_equal(tiny_model.init(jax.random.key(0), dummy, train=False),
                               tiny_variables)
+  # The default encoder reads distances only: the same parameters from no vectors.
+  bare = ip.dummy_batch(tiny_budget, tiny_config.data.l_y, edge_vectors=False)
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      jax.eval_shape(functools.partial(tiny_model.init, train=False), jax.random.key(0), bare),
+      tiny_variables)
+
+
+@pytest.mark.parametrize("encoder,width", [("unimp", 0), ("gat", 0), ("gatgnn", 0),
+                                           ("graph_network", 0), ("e3nn", 3)])
+def test_only_the_e3nn_encoders_batches_carry_edge_vectors(data, budget, encoder, width):
+  """Decided once from the config: `needs_edge_vectors`, which the Trainer's batches
+  (train, evaluate, predict) and the model set-up follow."""
+  from configs import phdos, smoke
+  from xtal2dos_jax import models, train
+  assert not models.needs_edge_vectors(phdos.get_config())   # the default model
+  config = smoke.get_config()
+  config.model.encoder = encoder
+  assert models.needs_edge_vectors(config) == (width == 3)
+  trainer = train.Trainer(config, scaler=None, devices=jax.local_devices()[:1])
+  plan = trainer.plan(data, budget)
+  batches = list(trainer.batches(data, budget, plan))
+  assert len(batches) == len(plan)
+  for step, batch in zip(plan, batches):
+    chex.assert_shape(batch.edge_vectors, (1, budget.n_edge, width))
+    expected = ip.stack([ip.assemble(data, g, budget) for g in step])
+    np.testing.assert_array_equal(batch.edge_vectors, expected.edge_vectors[..., :width])
+    chex.assert_trees_all_equal(_without_vectors(batch), _without_vectors(expected))

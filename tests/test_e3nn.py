@@ -11,16 +11,14 @@ import functools
 import os
 
 import ase
-import ase.build
 import chex
-import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import common
-from xtal2dos_jax import batching, labels, model_setup, train
+from xtal2dos_jax import batching
 from xtal2dos_jax.featurize import featurize_crystal
 from xtal2dos_jax.graph_cache import GraphSet
 from xtal2dos_jax.models import create_model
@@ -55,12 +53,6 @@ def _rotation(seed: int) -> np.ndarray:
   return q if np.linalg.det(q) > 0 else -q
 
 
-def _triclinic() -> ase.Atoms:
-  cell = [[4.2, 0.3, 0.2], [0.6, 4.0, 0.3], [0.4, 0.5, 4.4]]
-  scaled = [[0.0, 0.0, 0.0], [0.48, 0.31, 0.22], [0.21, 0.67, 0.59]]
-  return ase.Atoms("MgAlO", scaled_positions=scaled, cell=cell, pbc=True)
-
-
 R = _rotation(0)
 SHIFT = np.array([0.7, -1.3, 2.1])
 
@@ -76,8 +68,10 @@ def _moved(atoms: ase.Atoms, rotate_cell: bool = True) -> ase.Atoms:
 
 
 @pytest.fixture(scope="module")
-def crystals() -> dict[str, ase.Atoms]:
-  tri, nacl, si = _triclinic(), ase.build.bulk("NaCl", "rocksalt", a=5.64), ase.build.bulk("Si")
+def crystals(tiny_crystals) -> dict[str, ase.Atoms]:
+  """conftest's triclinic cell, NaCl and Si; each also rotated and translated, the
+  triclinic one also with only its positions moved, and with permuted atoms."""
+  tri, nacl, si = (tiny_crystals[n] for n in ("tri", "nacl", "si"))
   return {"tri": tri, "nacl": nacl, "si": si,
           "tri_moved": _moved(tri), "nacl_moved": _moved(nacl), "si_moved": _moved(si),
           "tri_positions_only": _moved(tri, rotate_cell=False),
@@ -204,7 +198,7 @@ def test_padding_does_not_change_a_crystals_output(run, data, budget):
 
 @pytest.mark.parametrize("name,decoder", [("e3nn", MLPDecoder),
                                           ("e3nn2dos", CausalTransformerDecoder)])
-def test_ablation_configs_build_and_take_a_train_step(name, decoder, crystals):
+def test_ablation_configs_build_and_take_a_train_step(name, decoder, train_one_step):
   config = common.load_config_file(os.path.join(REPO, "configs", "ablations", f"{name}.py"))
   assert config.model.encoder == "e3nn" and config.data.max_num_nbr == 0
   full = create_model(config)
@@ -217,22 +211,5 @@ def test_ablation_configs_build_and_take_a_train_step(name, decoder, crystals):
 
   config = _shrink(config)
   config.model.decoder_layers = 0 if name == "e3nn" else 1
-  config.train.warmup_epochs = 0   # a non-zero learning rate at step 0
-  names = ["tri", "nacl", "si"]
-  graphs = GraphSet.from_graphs(names, [featurize_crystal(crystals[n], config.data.radius,
-                                                          config.data.max_num_nbr)
-                                        for n in names])
-  y = np.random.default_rng(1).random((3, config.data.l_y)).astype(np.float32)
-  scaler = labels.LabelScaler.fit(config.data.scaling, y)
-  ys, scale = scaler.transform(y)
-  data = batching.LabelledGraphs(graphs, np.asarray(ys, np.float32),
-                                 np.asarray(scale, np.float32))
-  budget = batching.make_budget(graphs.n_node, graphs.n_edge, 3)
-  trainer = train.Trainer(config, scaler, devices=jax.local_devices()[:1])
-  state = trainer.replicate(model_setup.create_train_state(config, budget, steps_per_epoch=1))
-  batch = batching.stack([batching.assemble(data, np.arange(3), budget)])
-  before = jax.tree.map(np.asarray, state.params)
-  state, out = trainer.p_train_step(state, batch)
-  assert bool(out["finite"][0]) and np.isfinite(float(out["loss_sum"][0]))
-  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(b) - a).max(), before, state.params)
+  moved = train_one_step(config).moved
   assert max(jax.tree.leaves(moved)) > 0

@@ -17,9 +17,7 @@ import numpy as np
 import pytest
 
 from experiments import common
-from xtal2dos_jax import batching, labels, model_setup, train
-from xtal2dos_jax.featurize import atom_feature_table, featurize_crystal
-from xtal2dos_jax.graph_cache import GraphSet
+from xtal2dos_jax.featurize import atom_feature_table
 from xtal2dos_jax.models import AtomStates, create_model
 from xtal2dos_jax.models.gatgnn import AGATLayer, GATGNNEncoder, GATGNNHead
 
@@ -231,30 +229,14 @@ def test_model_shapes_and_modules(gatgnn_config, tiny_batch, predict):
   chex.assert_tree_all_finite((out, states))                  # padding crystals included
 
 
-def test_output_invariant_to_atom_permutation(make_tiny_batch, predict):
-  out, states = predict(make_tiny_batch(["tri"]))
-  perm, perm_states = predict(make_tiny_batch(["tri_perm"]))
-  np.testing.assert_allclose(np.asarray(perm)[0], np.asarray(out)[0], **TOL)
-  # Node states follow their atoms: atom a of tri_perm is atom [2, 0, 1][a] of tri.
-  np.testing.assert_allclose(np.asarray(perm_states)[:3], np.asarray(states)[[2, 0, 1]], **TOL)
-
-
-def test_output_independent_of_the_rest_of_the_batch(make_tiny_batch, predict):
-  """Padding and the other crystals leave a crystal's output alone (the logit
-  normalisation's statistics are its own), and padding edges rewired onto a real atom
-  change nothing."""
-  alone, _ = predict(make_tiny_batch(["tri"]))
-  crowded, _ = predict(make_tiny_batch(["nacl", "si", "tri"]))
-  np.testing.assert_allclose(np.asarray(crowded)[2], np.asarray(alone)[0], **TOL)
+def test_output_local_to_its_crystal(check_locality, make_tiny_batch, predict):
+  """Atom order, the rest of the batch and padding edges leave a crystal's output alone
+  (the logit normalisation's statistics are its own); real distances do matter."""
+  check_locality(predict, TOL)
   batch = make_tiny_batch(["tri"])
+  alone, _ = predict(batch)
   g = batch.graph
   e_real = int(np.asarray(g.n_edge)[0])
-  rewired = g._replace(senders=np.array(g.senders), receivers=np.array(g.receivers),
-                       edges=np.array(g.edges))
-  rewired.senders[e_real:], rewired.edges[e_real:] = 0, 1.5
-  out, _ = predict(batch._replace(graph=rewired))
-  np.testing.assert_allclose(np.asarray(out)[0], np.asarray(alone)[0], **TOL)
-  # Real distances do matter.
   stretched = g._replace(edges=np.array(g.edges))
   stretched.edges[:e_real] *= 1.1
   moved, _ = predict(batch._replace(graph=stretched))
@@ -262,7 +244,7 @@ def test_output_independent_of_the_rest_of_the_batch(make_tiny_batch, predict):
 
 
 @pytest.mark.long
-def test_ablation_config_builds_and_takes_a_train_step(tiny_crystals):
+def test_ablation_config_builds_and_takes_a_train_step(train_one_step):
   config = common.load_config_file(os.path.join(REPO, "configs", "ablations", "gatgnn.py"))
   full = create_model(config)
   assert isinstance(full.encoder, GATGNNEncoder) and isinstance(full.decoder, GATGNNHead)
@@ -272,24 +254,6 @@ def test_ablation_config_builds_and_takes_a_train_step(tiny_crystals):
 
   m = config.model
   m.d_model, m.num_heads, m.encoder_layers = 8, 2, 1
-  config.data.l_y, config.data.radius, config.data.max_num_nbr = 12, 6.0, 8
-  config.data.gaussian_step = 0.4
-  config.train.warmup_epochs = 0   # a non-zero learning rate at step 0
-  names = ["tri", "nacl", "si"]
-  graphs = GraphSet.from_graphs(names, [featurize_crystal(tiny_crystals[n], config.data.radius,
-                                                          config.data.max_num_nbr)
-                                        for n in names])
-  y = np.random.default_rng(1).random((3, config.data.l_y)).astype(np.float32)
-  scaler = labels.LabelScaler.fit(config.data.scaling, y)
-  ys, scale = scaler.transform(y)
-  data = batching.LabelledGraphs(graphs, np.asarray(ys, np.float32),
-                                 np.asarray(scale, np.float32))
-  budget = batching.make_budget(graphs.n_node, graphs.n_edge, 3)
-  trainer = train.Trainer(config, scaler, devices=jax.local_devices()[:1])
-  state = trainer.replicate(model_setup.create_train_state(config, budget, steps_per_epoch=1))
-  batch = batching.stack([batching.assemble(data, np.arange(3), budget)])
-  before = jax.tree.map(np.asarray, state.params)
-  state, out = trainer.p_train_step(state, batch)
-  assert bool(out["finite"][0]) and np.isfinite(float(out["loss_sum"][0]))
-  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(b) - a).max(), before, state.params)
+  config.data.update(l_y=12, radius=6.0, max_num_nbr=8, gaussian_step=0.4)
+  moved = train_one_step(config).moved
   assert max(jax.tree.leaves(moved)) > 0

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import common
-from xtal2dos_jax import batching, labels, model_setup, train
-from xtal2dos_jax.featurize import featurize_crystal
-from xtal2dos_jax.graph_cache import GraphSet
+from xtal2dos_jax import train
 from xtal2dos_jax.models import AtomStates, DECODERS, create_model
 from xtal2dos_jax.models.gatgnn import GATGNNEncoder
 from xtal2dos_jax.models.mat2spec import (AUX_LOSS, AUX_TERMS, Mat2SpecDecoder, contrastive_loss,
@@ -205,7 +203,7 @@ def test_training_samples_and_sows_the_three_terms(small):
 
 
 @pytest.mark.long
-def test_config_builds_and_takes_a_train_step(tiny_crystals):
+def test_config_builds_and_takes_a_train_step(train_one_step):
   config = common.load_config_file(os.path.join(REPO, "configs", "ablations", "mat2spec.py"))
   model = create_model(config)
   assert "mat2spec" in DECODERS and type(model.decoder) is Mat2SpecDecoder
@@ -223,23 +221,7 @@ def test_config_builds_and_takes_a_train_step(tiny_crystals):
   m.d_model, m.num_heads, m.encoder_layers = 16, 2, 1
   m.mat2spec_latent_dim, m.mat2spec_num_components, m.mat2spec_emb_size = 8, 3, 16
   t.weight_decay = 0.0             # so a parameter moves only if a loss term reaches it
-  names = ["tri", "nacl", "si"]
-  graphs = GraphSet.from_graphs(names, [featurize_crystal(tiny_crystals[n], config.data.radius,
-                                                          config.data.max_num_nbr)
-                                        for n in names])
-  y = np.random.default_rng(1).random((3, config.data.l_y)).astype(np.float32)
-  scaler = labels.LabelScaler.fit(config.data.scaling, y)
-  ys, scale = scaler.transform(y)
-  data = batching.LabelledGraphs(graphs, np.asarray(ys, np.float32),
-                                 np.asarray(scale, np.float32))
-  budget = batching.make_budget(graphs.n_node, graphs.n_edge, 3)
-  trainer = train.Trainer(config, scaler, devices=jax.local_devices()[:1])
-  state = trainer.replicate(model_setup.create_train_state(config, budget, steps_per_epoch=1))
-  batch = batching.stack([batching.assemble(data, np.arange(3), budget)])
-  before = jax.tree.map(np.asarray, state.params)
-  state, out = trainer.p_train_step(state, batch)
-  assert bool(out["finite"][0]) and np.isfinite(float(out["loss_sum"][0]))
-  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(b) - a).max(), before, state.params)
+  trainer, state, batch, moved = train_one_step(config)
   assert min(jax.tree.leaves(moved["decoder"]["label_mu"])) > 0   # the sown terms train
   # Prediction never reads the labels.
   predicted = np.asarray(trainer.p_predict_step(state.params, batch))

@@ -52,7 +52,9 @@ class Batch(NamedTuple):
   crystal_system: int32[G] 0..6 (triclinic..cubic) when the model needs it, else 0.
   edge_vectors: float32[E, 3] displacement of each edge's sender from its receiver
     (neighbour + lattice shift - centre, Å; zeros for padding edges), for encoders that
-    set `uses_edge_vectors` (e3nn); 12 bytes per edge beside the 4 of the distance.
+    set `uses_edge_vectors` (e3nn; 12 bytes per edge beside the 4 of the distance);
+    float32[E, 0] for every other model (`models.needs_edge_vectors(config)` decides,
+    once per run, so all batches of a run share one shape).
   """
   graph: jraph.GraphsTuple
   atom_index: np.ndarray
@@ -129,8 +131,14 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
   return np.repeat(starts, lengths) + (np.arange(total) - first)
 
 
-def assemble(data: LabelledGraphs, idx: np.ndarray, budget: Budget) -> Batch:
-  """The padded device batch holding crystals `idx` (in that order)."""
+def assemble(data: LabelledGraphs, idx: np.ndarray, budget: Budget, *,
+             edge_vectors: bool = True) -> Batch:
+  """The padded device batch holding crystals `idx` (in that order).
+
+  `edge_vectors`: fill `Batch.edge_vectors` float32[E, 3]; False leaves it zero-width,
+  float32[E, 0] (models whose encoder reads distances only), which neither gathers the
+  vectors on the host nor ships them to the device.
+  """
   g = data.graphs
   idx = np.asarray(idx, np.int64)
   k = len(idx)
@@ -155,8 +163,9 @@ def assemble(data: LabelledGraphs, idx: np.ndarray, budget: Budget) -> Batch:
   receivers[:e_real] = g.receivers[edge_src] + shift
   distances = np.zeros(budget.n_edge, np.float32)
   distances[:e_real] = g.distances[edge_src]
-  vectors = np.zeros((budget.n_edge, 3), np.float32)
-  vectors[:e_real] = g.vectors[edge_src]
+  vectors = np.zeros((budget.n_edge, 3 if edge_vectors else 0), np.float32)
+  if edge_vectors:
+    vectors[:e_real] = g.vectors[edge_src]
   n_node = np.zeros(budget.n_graph, np.int32)
   n_edge = np.zeros(budget.n_graph, np.int32)
   n_node[:k], n_edge[:k] = nn, ne
@@ -183,13 +192,15 @@ def assemble(data: LabelledGraphs, idx: np.ndarray, budget: Budget) -> Batch:
   return Batch(graph, atom_index, atom_mask, graph_mask, y, y_scale, crystal_system, vectors)
 
 
-def dummy_batch(budget: Budget, l_y: int) -> Batch:
+def dummy_batch(budget: Budget, l_y: int, *, edge_vectors: bool = True) -> Batch:
   """A batch of `budget`'s shapes holding no crystal (every node, edge and graph is
-  padding; y zeros float32[n_graph, l_y]): what model initialisation needs, since
-  parameter shapes depend only on the config and the static shapes, never on data."""
+  padding; y zeros float32[n_graph, l_y]; `edge_vectors` as in `assemble`): what model
+  initialisation needs, since parameter shapes depend only on the config and the static
+  shapes, never on data."""
   empty = GraphSet.from_graphs([], [])
   return assemble(LabelledGraphs(empty, np.zeros((0, l_y), np.float32),
-                                 np.ones(0, np.float32)), np.zeros(0, np.int64), budget)
+                                 np.ones(0, np.float32)), np.zeros(0, np.int64), budget,
+                  edge_vectors=edge_vectors)
 
 
 def stack(batches: Sequence[Batch]) -> Batch:
@@ -273,18 +284,20 @@ def step_crystals(step) -> float:
 
 
 def step_batches(data: LabelledGraphs, budget: Budget, plan: list[list[np.ndarray]],
-                 devices: slice = slice(None), prefetch: int = 2) -> Iterator[Batch]:
+                 devices: slice = slice(None), prefetch: int = 2, *,
+                 edge_vectors: bool = True) -> Iterator[Batch]:
   """Stacked batches for each step of `plan` (only the `devices` slice of each step,
   e.g. this process's devices in multi-host runs), assembled in a background thread
-  so the host pipeline overlaps the device step.
+  so the host pipeline overlaps the device step; `edge_vectors` as in `assemble`.
 
   A device's group is an index array (one batch), or a list of K index arrays for
   an ensemble's members (`ensemble_plan`), stacked as [K, ...] under the device axis.
   """
   def device_batch(group) -> Batch:
     if isinstance(group, np.ndarray):
-      return assemble(data, group, budget)
-    return stack([assemble(data, idx, budget) for idx in group])  # [K members, ...]
+      return assemble(data, group, budget, edge_vectors=edge_vectors)
+    return stack([assemble(data, idx, budget, edge_vectors=edge_vectors)
+                  for idx in group])                                # [K members, ...]
 
   def produce():
     for step in plan:

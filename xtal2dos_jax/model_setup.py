@@ -87,7 +87,8 @@ def _member_state(config: ml_collections.ConfigDict, budget: batching.Budget,
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
   params = jax.jit(functools.partial(model.init, train=False))(
       {"params": init_rng},
-      jax.tree.map(jnp.asarray, batching.dummy_batch(budget, config.data.l_y)))["params"]
+      jax.tree.map(jnp.asarray, batching.dummy_batch(
+          budget, config.data.l_y, edge_vectors=models.needs_edge_vectors(config))))["params"]
   ema = jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng,
                            ema_params=ema)

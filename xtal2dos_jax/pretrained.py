@@ -167,7 +167,9 @@ class ExportedModel:
     batching.check_fits(part.graphs, budget)
     plan = batching.epoch_plan(part, budget, 1)
     out = np.zeros((self.num_members, len(part.graphs), self.config.data.l_y), np.float32)
-    for step, batch in zip(plan, batching.step_batches(part, budget, plan)):
+    batches = batching.step_batches(part, budget, plan,
+                                    edge_vectors=models.needs_edge_vectors(self.config))
+    for step, batch in zip(plan, batches):
       pred = np.asarray(self._apply(self.params, jax.tree.map(lambda x: x[0], batch)))
       if self.num_members == 1:
         pred = pred[None]

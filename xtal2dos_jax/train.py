@@ -147,6 +147,7 @@ class Trainer:
     self.devices = devices or jax.local_devices()
     pmap_devices = devices  # None = all global devices, as multi-process pmap requires
     self.model = models.create_model(config)
+    self.edge_vectors = models.needs_edge_vectors(config)   # Batch.edge_vectors filled
     self.output_activation = models.output_activation_for(config.data.scaling)
     self.loss_fn = losses.loss_on_raw_outputs(config.train.loss, self.output_activation)
     self.scaler = scaler
@@ -188,7 +189,8 @@ class Trainer:
     return slice(p * self.num_local_devices, (p + 1) * self.num_local_devices)
 
   def batches(self, data: batching.LabelledGraphs, budget, plan) -> Iterable:
-    return batching.step_batches(data, budget, plan, devices=self._device_slice())
+    return batching.step_batches(data, budget, plan, devices=self._device_slice(),
+                                 edge_vectors=self.edge_vectors)
 
   def plan(self, data, budget, *, epoch: int = 0, shuffle: bool = False):
     """Steps of one group per participating device: every device of every process, or

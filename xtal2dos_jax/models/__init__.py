@@ -108,6 +108,17 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
                   composition_activation=composition_activation, **precision_kwargs(config))
 
 
+def needs_edge_vectors(config: ml_collections.ConfigDict) -> bool:
+  """Whether the encoder of config.model.encoder reads per-edge displacement vectors
+  (its class sets `uses_edge_vectors`: e3nn). The batches of every other model leave
+  `Batch.edge_vectors` zero-width (`batching.assemble(..., edge_vectors=False)`), which
+  takes 12 of the 24 bytes per edge (distance, sender, receiver, vector) off the
+  host->device path.
+  Raises InputError for an unknown encoder."""
+  factory = ENCODERS[check_choice(config.model.encoder, ENCODERS, "config.model.encoder")]
+  return bool(getattr(factory(config), "uses_edge_vectors", False))
+
+
 def count_params(params: Any) -> int:
   """Total number of scalar parameters in a pytree of arrays."""
   return int(sum(np.prod(np.shape(x), dtype=np.int64) for x in jax.tree.leaves(params)))
@@ -118,5 +129,6 @@ __all__ = [
     "CausalTransformerDecoder", "CrystalContext", "SequenceDecoder", "UniMPEncoder",
     "UniMPLayer", "Xtal2DoS",
     "apply_output_activation", "bf16_dot_general", "count_params", "create_model",
+    "needs_edge_vectors",
     "output_activation_for", "precision_kwargs",
 ]

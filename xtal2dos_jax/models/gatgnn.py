@@ -43,7 +43,7 @@ wide) and final node states h_i of its atoms:
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -53,8 +53,7 @@ import jraph
 import ml_collections
 
 from xtal2dos_jax.models.attention import segment_softmax
-from xtal2dos_jax.models.graph_layers import (AtomEmbedding, EdgeEmbedding, edge_mask,
-                                              node_graph_index)
+from xtal2dos_jax.models.graph_layers import StackedGraphEncoder, node_graph_index
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 from xtal2dos_jax.models.transformer_decoder import AtomStates, SequenceDecoder
 Dtype = Any
@@ -167,49 +166,33 @@ class AGATLayer(nn.Module):
     return jnp.mean(m, axis=1) + bias.astype(m.dtype)
 
 
-class GATGNNEncoder(nn.Module):
+class GATGNNEncoder(StackedGraphEncoder):
   """GATGNN's graph part: embeddings + `num_layers` x (AGAT -> LayerNorm -> softplus).
 
   encoder(graph, train=...) -> float[N, d_model]; padding nodes get finite states that
-  no real node depends on.
-
-  Attributes:
-    d_model: d, node-state and edge-embedding width.
-    num_heads: AGAT heads (averaged).
-    num_layers: AGAT layers.
-    dropout: dropout on the attention weights (train only).
-    radius: neighbour cutoff in Å (range of the Gaussian centres).
-    gaussian_step: Gaussian width and centre spacing in Å.
-    sorted_receivers: see `AGATLayer`.
-    dtype: compute dtype (parameters stay float32).
-    dot_general: the matmul of the layers (see `precision.py`).
+  no real node depends on. The fields are `StackedGraphEncoder`'s (`num_heads`: AGAT
+  heads, averaged; `dropout`: on the attention weights, train only); the edge
+  embedding is followed by a leaky ReLU, and every layer, the last included, by
+  LayerNorm (`norm_{i}`) and softplus.
   """
-  d_model: int
-  num_heads: int
-  num_layers: int
-  dropout: float
-  radius: float
-  gaussian_step: float
-  sorted_receivers: bool = True
-  dtype: Dtype = jnp.float32
-  dot_general: DotGeneral = lax.dot_general
+  layer_cls: ClassVar[Callable[..., nn.Module]] = AGATLayer
 
-  @nn.compact
-  def __call__(self, graph: jraph.GraphsTuple, *, train: bool) -> jax.Array:
-    """float[N, d_model] node states of the padded batch graph."""
-    h = AtomEmbedding(self.d_model, **same_precision(self))(graph.nodes)
-    g = nn.leaky_relu(EdgeEmbedding(self.d_model, self.radius, self.gaussian_step,
-                                    **same_precision(self))(graph.edges), EDGE_NEGATIVE_SLOPE)
-    mask = edge_mask(graph)
-    num_graphs = graph.n_edge.shape[0]
+  def embed(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
+    """h = `AtomEmbedding`(Z), g = leaky_relu_0.2(`EdgeEmbedding`(d_ij))."""
+    h, g = super().embed(graph)
+    return h, nn.leaky_relu(g, EDGE_NEGATIVE_SLOPE)
+
+  def layer(self, i: int, h: jax.Array, g: jax.Array, graph: jraph.GraphsTuple,
+            mask: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    """h <- softplus(LayerNorm(AGAT_i(h))); g unchanged. Each layer derives the edges'
+    crystal index int32[E] from n_edge (identical ops, cheap next to the layer)."""
     edge_graph = node_graph_index(graph.n_edge, graph.senders.shape[0])
-    for i in range(self.num_layers):
-      m = AGATLayer(self.d_model, self.num_heads, self.dropout,
-                    sorted_receivers=self.sorted_receivers, **same_precision(self),
-                    name=f"layer_{i}")(h, g, graph.senders, graph.receivers, mask, edge_graph,
-                                       num_graphs, train=train)
-      h = nn.softplus(nn.LayerNorm(epsilon=NORM_EPS, dtype=self.dtype, name=f"norm_{i}")(m))
-    return h
+    m = self.layer_cls(self.d_model, self.num_heads, self.dropout,
+                       sorted_receivers=self.sorted_receivers, **same_precision(self),
+                       name=f"layer_{i}")(h, g, graph.senders, graph.receivers, mask,
+                                          edge_graph, graph.n_edge.shape[0], train=train)
+    h = nn.softplus(nn.LayerNorm(epsilon=NORM_EPS, dtype=self.dtype, name=f"norm_{i}")(m))
+    return h, g
 
 
 def composition_attention_pool(states: jax.Array, mask: jax.Array, scores: jax.Array

@@ -1,4 +1,4 @@
-"""Graph pieces shared by the message-passing encoders (UniMP, GAT).
+"""Graph pieces shared by the message-passing encoders (UniMP, GAT, GATGNN, graph network).
 
 Every encoder maps the padded batch graph of `batching.Batch` (nodes = int32[N]
 atomic numbers, 0 for padding; edges = float32[E] distances in Å; messages flow
@@ -7,8 +7,10 @@ sender j (neighbour) -> receiver i (centre)) to float[N, d_model] node states:
   encoder(graph, train=...) -> float[N, d_model]
 
 Padding nodes get finite states that no real node depends on. This module holds the
-masks, the mean pool, the atom and edge embeddings and `StackedGraphEncoder`, the
-embeddings-then-layers skeleton each encoder fills with its own layer type.
+masks, the mean pool, the atom and edge embeddings, `MessagePassingEncoder` (the
+embeddings-then-layers skeleton: each encoder fills in its embeddings and its layer step)
+and `StackedGraphEncoder` (that skeleton with the atom / edge embeddings and a stack of
+attention layers of one type: UniMP, GAT, GATGNN).
 """
 from __future__ import annotations
 
@@ -95,45 +97,85 @@ class EdgeEmbedding(nn.Module):
     return nn.Dense(self.d_model, **same_precision(self))(features)
 
 
-class StackedGraphEncoder(nn.Module):
-  """Atom/edge embeddings + `num_layers` message-passing layers of type `layer_cls`.
+class MessagePassingEncoder(nn.Module):
+  """Embeddings, then `num_layers` message-passing layers over one shared edge mask.
 
-  Subclasses set `layer_cls` (called as layer_cls(d_model, num_heads, dropout, last=...,
-  sorted_receivers=..., dtype=..., name=...)(h, g, senders, receivers, edge_mask, train=)).
-  The edge embedding g_ij is computed once and shared by every layer (paper Eq. 3).
+  encoder(graph, train=...) -> float[N, d_model]. The skeleton every graph encoder of
+  this package fills in: subclasses define the two hooks,
+
+    embed(graph) -> (h float[N, d_model] node states, g float[E, d_e] edge states)
+    layer(i, h, g, graph, mask, train=) -> (h, g) after layer i
+
+  which `__call__` runs as h, g = embed(graph); then h, g = layer(i, ...) for
+  i = 0..num_layers-1. The hooks run inside `__call__`'s compact scope, so the
+  submodules they create are named and stored as if created in `__call__` itself.
 
   Attributes:
     d_model: node-state width.
-    num_heads: attention heads per layer.
-    num_layers: number of layers (the last without LayerNorm / activation).
-    dropout: dropout rate after each layer (train only).
+    num_layers: number of layers.
     radius: neighbour cutoff in Å (range of the Gaussian centres).
     gaussian_step: Gaussian width and centre spacing in Å.
-    sorted_receivers: see `UniMPLayer`.
+    sorted_receivers: `receivers` is non-decreasing (true for `batching` batches).
     dtype: compute dtype (parameters stay float32).
     dot_general: the matmul of the layers (see `precision.py`).
   """
-  layer_cls: ClassVar[Callable[..., nn.Module]]
   d_model: int
-  num_heads: int
   num_layers: int
-  dropout: float
   radius: float
   gaussian_step: float
   sorted_receivers: bool = True
   dtype: Dtype = jnp.float32
   dot_general: DotGeneral = lax.dot_general
 
+  def embed(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
+    """(node states float[N, d_model], edge states float[E, d_e]) before the layers."""
+    raise NotImplementedError
+
+  def layer(self, i: int, h: jax.Array, g: jax.Array, graph: jraph.GraphsTuple,
+            mask: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    """(h, g) after layer i, from float[N, d_model] node states h, float[E, d_e] edge
+    states g and the bool[E] real edges `mask`."""
+    raise NotImplementedError
+
   @nn.compact
   def __call__(self, graph: jraph.GraphsTuple, *, train: bool) -> jax.Array:
     """float[N, d_model] node states of the padded batch graph."""
+    h, g = self.embed(graph)
+    mask = edge_mask(graph)
+    for i in range(self.num_layers):
+      h, g = self.layer(i, h, g, graph, mask, train=train)
+    return h
+
+
+class StackedGraphEncoder(MessagePassingEncoder, kw_only=True):
+  """Atom/edge embeddings + `num_layers` attention layers of type `layer_cls`.
+
+  Subclasses set `layer_cls` (called as layer_cls(d_model, num_heads, dropout, last=...,
+  sorted_receivers=..., dtype=..., name=...)(h, g, senders, receivers, edge_mask, train=)).
+  The edge embedding g_ij is computed once and shared by every layer (paper Eq. 3);
+  the layers update only the node states.
+
+  Attributes (besides `MessagePassingEncoder`'s; these two are keyword-only):
+    num_heads: attention heads per layer.
+    dropout: dropout rate after each layer (train only).
+  The last layer is built with last=True (UniMP, GAT: without LayerNorm / activation).
+  """
+  layer_cls: ClassVar[Callable[..., nn.Module]]
+  num_heads: int
+  dropout: float
+
+  def embed(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
+    """h = `AtomEmbedding`(Z), g = `EdgeEmbedding`(d_ij): float[N, d], float[E, d]."""
     h = AtomEmbedding(self.d_model, **same_precision(self))(graph.nodes)
     g = EdgeEmbedding(self.d_model, self.radius, self.gaussian_step,
                       **same_precision(self))(graph.edges)
-    mask = edge_mask(graph)
-    for i in range(self.num_layers):
-      h = self.layer_cls(self.d_model, self.num_heads, self.dropout,
-                         last=i == self.num_layers - 1, sorted_receivers=self.sorted_receivers,
-                         **same_precision(self), name=f"layer_{i}")(
-                             h, g, graph.senders, graph.receivers, mask, train=train)
-    return h
+    return h, g
+
+  def layer(self, i: int, h: jax.Array, g: jax.Array, graph: jraph.GraphsTuple,
+            mask: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    """`layer_cls` number i (named layer_{i}) on the node states; g unchanged."""
+    h = self.layer_cls(self.d_model, self.num_heads, self.dropout,
+                       last=i == self.num_layers - 1, sorted_receivers=self.sorted_receivers,
+                       **same_precision(self), name=f"layer_{i}")(
+                           h, g, graph.senders, graph.receivers, mask, train=train)
+    return h, g

@@ -37,7 +37,7 @@ import jraph
 import ml_collections
 
 from xtal2dos_jax.featurize import atom_feature_table, gaussian_expansion
-from xtal2dos_jax.models.graph_layers import edge_mask
+from xtal2dos_jax.models.graph_layers import MessagePassingEncoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 Dtype = Any
 
@@ -112,45 +112,30 @@ class GraphNetworkBlock(nn.Module):
     return h + h_new, e + e_new
 
 
-class GraphNetworkEncoder(nn.Module):
-  """Node / edge encoders + `num_layers` `GraphNetworkBlock`s.
+class GraphNetworkEncoder(MessagePassingEncoder):
+  """Node / edge encoders + `num_layers` `GraphNetworkBlock`s (the fields are
+  `MessagePassingEncoder`'s; no attention heads, no dropout).
 
-  encoder(graph, train=...) -> float[N, d_model]; padding nodes get finite states that
-  no real node depends on.
-
-  Attributes:
-    d_model: d, width of node and edge states.
-    num_layers: processing blocks.
-    radius: neighbour cutoff in Å (range of the Gaussian centres).
-    gaussian_step: Gaussian width and centre spacing in Å.
-    sorted_receivers: see `GraphNetworkBlock`.
-    dtype: compute dtype (parameters stay float32).
-    dot_general: the matmul of the layers (see `precision.py`).
+  encoder(graph, train=...) -> float[N, d_model] (`train` unused); padding nodes get
+  finite states that no real node depends on.
   """
-  d_model: int
-  num_layers: int
-  radius: float
-  gaussian_step: float
-  sorted_receivers: bool = True
-  dtype: Dtype = jnp.float32
-  dot_general: DotGeneral = lax.dot_general
 
-  @nn.compact
-  def __call__(self, graph: jraph.GraphsTuple, *, train: bool) -> jax.Array:
-    """float[N, d_model] node states of the padded batch graph (`train` unused: no
-    dropout)."""
-    del train
+  def embed(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
+    """h = MLP_2(CGCNN(Z)), e = MLP_2(gaussian(d_ij)): float[N, d], float[E, d]."""
     d = self.d_model
     table = jnp.asarray(atom_feature_table())
     h = TwoLayerMLP(d, d, **same_precision(self), name="node_encoder")(table[graph.nodes])
     e = TwoLayerMLP(d, d, **same_precision(self), name="edge_encoder")(
         gaussian_expansion(graph.edges, self.radius, self.gaussian_step))
-    mask = edge_mask(graph)
-    for i in range(self.num_layers):
-      h, e = GraphNetworkBlock(d, sorted_receivers=self.sorted_receivers,
-                               **same_precision(self), name=f"block_{i}")(
-                                   h, e, graph.senders, graph.receivers, mask)
-    return h
+    return h, e
+
+  def layer(self, i: int, h: jax.Array, e: jax.Array, graph: jraph.GraphsTuple,
+            mask: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    """Processing block i (`block_{i}`): updated node and edge states."""
+    del train
+    return GraphNetworkBlock(self.d_model, sorted_receivers=self.sorted_receivers,
+                             **same_precision(self), name=f"block_{i}")(
+                                 h, e, graph.senders, graph.receivers, mask)
 
 
 def graph_network_encoder(config: ml_collections.ConfigDict) -> nn.Module:
