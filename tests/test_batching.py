@@ -495,8 +495,9 @@ def test_dummy_batch_has_the_budget_shapes_and_initialises_the_same_parameters(
 
 
 @pytest.mark.parametrize("encoder,width", [("unimp", 0), ("gat", 0), ("gatgnn", 0),
-                                           ("graph_network", 0), ("e3nn", 3)])
-def test_only_the_e3nn_encoders_batches_carry_edge_vectors(data, budget, encoder, width):
+                                           ("graph_network", 0), ("e3nn", 3),
+                                           ("dostransformer_gnn", 3)])
+def test_only_encoders_that_read_them_get_edge_vectors(data, budget, encoder, width):
   """Decided once from the config: `needs_edge_vectors`, which the Trainer's batches
   (train, evaluate, predict) and the model set-up follow."""
   from configs import phdos, smoke
@@ -514,3 +515,13 @@ def test_only_the_e3nn_encoders_batches_carry_edge_vectors(data, budget, encoder
     expected = ip.stack([ip.assemble(data, g, budget) for g in step])
     np.testing.assert_array_equal(batch.edge_vectors, expected.edge_vectors[..., :width])
     chex.assert_trees_all_equal(_without_vectors(batch), _without_vectors(expected))
+
+
+def test_an_encoder_that_reads_edge_vectors_refuses_a_batch_without_them(budget):
+  from configs import smoke
+  from xtal2dos_jax import models
+  config = smoke.get_config()
+  config.model.encoder = "e3nn"
+  batch = ip.dummy_batch(budget, config.data.l_y, edge_vectors=False)
+  with pytest.raises(ValueError, match="reads edge vectors, but the batch's are 0 wide"):
+    models.create_model(config).init(jax.random.PRNGKey(0), batch, train=False)

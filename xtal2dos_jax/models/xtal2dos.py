@@ -98,6 +98,10 @@ class Xtal2DoS(nn.Module):
     """
     graph = batch.graph
     if getattr(self.encoder, "uses_edge_vectors", False):
+      if batch.edge_vectors.shape[-1] != 3:
+        raise ValueError(f"the {type(self.encoder).__name__} encoder reads edge vectors, but "
+                         f"the batch's are {batch.edge_vectors.shape[-1]} wide; assemble it "
+                         "with edge_vectors=models.needs_edge_vectors(config)")
       graph = graph._replace(edges=batch.edge_vectors)
     node_states = self.encoder(graph, train=train)
     atoms = AtomStates(node_states, batch.atom_index, batch.atom_mask)
