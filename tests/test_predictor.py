@@ -75,7 +75,7 @@ def test_workdir_predictions_match_the_csv_and_thermodynamics(run, tmp_path):
   expected = thermodynamics.phonon_thermodynamics(pred.grid, pred.dos_mean, pred.n_atoms, 300.0)
   chex.assert_trees_all_close(pred.thermodynamics["cv300_J_per_K_mol"],
                               expected["cv_J_per_K_mol"], rtol=1e-6)
-  assert "cv300_J_per_K_mol_std" in rows[0] and "flag" in rows[0]
+  assert {"cv300_J_per_K_mol_std", "debye_temperature_nu2_K_std", "flag"} <= set(rows[0])
   with np.load(tmp_path / "out" / "predictions.npz") as z:
     chex.assert_shape(z["dos_members"], (1, 3, 51))
     chex.assert_shape(z["cv_J_per_K_mol"], (3, 101))

@@ -125,7 +125,7 @@ class Prediction:
       for key in _AT_REPORT_T:
         out[key], out[key + "_std"] = t[key], s[key]
       for key in ("mean_frequency_cm", "debye_temperature_nu2_K", "debye_temperature_moment_K"):
-        out[key] = t[key]
+        out[key], out[key + "_std"] = t[key], s[key]
       return out
     return {f"{key}{suffix}": (s if suffix else t)[key]
             for key in ("band_gap_eV", "dos_at_fermi_level", "gamma_mJ_per_mol_K2")
