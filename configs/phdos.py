@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
                                   # curves; validation and test stay whole)
   data.cache_dir = ""             # "" = ~/.cache/xtal2dos_jax
   data.limit = 0                  # use only the first N crystals (0 = all); for quick checks
+  data.exclude_ids = ""           # leave these ids out: a file (JSON list / one per line)
+                                  # or file.json:key1,key2 (another run's
+                                  # splits.json:validation,test keeps its crystals out)
 
   config.model = model = ml_collections.ConfigDict()
   model.encoder = "unimp"         # unimp | gat | e3nn | gatgnn | graph_network |

@@ -81,3 +81,33 @@ def test_fold_arguments_are_checked():
   assert all(np.array_equal(a[k], b[k]) for k in a)
   c = datasets.fold_indices(100, 5, 2, seed=2)
   assert not np.array_equal(a["test"], c["test"])
+
+
+def test_exclude_ids_leaves_out_another_runs_evaluation_crystals(tmp_path):
+  """data.exclude_ids=<splits.json>:validation,test: none of those ids is in any split of
+  the new run, and every other crystal still is; a bad spec is one line naming the key."""
+  import json
+  from configs import smoke
+  from xtal2dos_jax import run_data
+  config = smoke.get_config()
+  config.data.limit = 40
+  full = run_data.prepare_run_data(config)
+  ids = lambda rd: {str(i) for part in rd.splits.values() for i in part.graphs.ids}  # noqa: E731
+  splits = {name: [str(i) for i in part.graphs.ids] for name, part in full.splits.items()}
+  (tmp_path / "splits.json").write_text(json.dumps(splits))
+  config.data.exclude_ids = f"{tmp_path / 'splits.json'}:validation,test"
+  config.data.limit = 0
+  kept = run_data.prepare_run_data(config)
+  left_out = set(splits["validation"]) | set(splits["test"])
+  assert not ids(kept) & left_out and set(splits["train"]) <= ids(kept)
+  (tmp_path / "ids.txt").write_text("\n".join(sorted(left_out)) + "\n")
+  assert run_data.excluded_ids(str(tmp_path / "ids.txt")) == left_out
+  (tmp_path / "ids.json").write_text(json.dumps(sorted(left_out)))
+  assert run_data.excluded_ids(str(tmp_path / "ids.json")) == left_out
+  with pytest.raises(InputError, match="config.data.exclude_ids: .* not a JSON object with "
+                                       "lists under 'nope'"):
+    run_data.excluded_ids(f"{tmp_path / 'splits.json'}:nope")
+  with pytest.raises(InputError, match="config.data.exclude_ids: cannot read"):
+    run_data.excluded_ids(str(tmp_path / "missing.txt"))
+  with pytest.raises(InputError, match="not a list of ids"):
+    run_data.excluded_ids(str(tmp_path / "splits.json"))

@@ -9,6 +9,7 @@ saves at its start, so a trained run is evaluated without its dataset.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Mapping, Sequence
 
 import ml_collections
@@ -144,11 +145,51 @@ def _split_rows(ids: Sequence[str], data_config, split_ids: Mapping[str, Sequenc
   return out
 
 
+def excluded_ids(spec: str) -> set[str]:
+  """The ids `config.data.exclude_ids` names: "" (none); a file of ids (a JSON list, or one
+  id per line); or "file.json:key1,key2", the union of those keys' lists in a JSON object
+  (e.g. another run's splits.json:validation,test, to keep its evaluation crystals out of a
+  pre-training set)."""
+  spec = str(spec or "")
+  if not spec:
+    return set()
+  path, keys = spec.rsplit(":", 1) if ".json:" in spec else (spec, "")
+  name = "config.data.exclude_ids"
+  try:
+    with open(path) as f:
+      text = f.read()
+  except OSError as e:
+    raise InputError(name, f"cannot read {path!r} ({e.strerror})") from None
+  if keys:
+    try:
+      table = json.loads(text)
+      return {str(i) for key in keys.split(",") for i in table[key]}
+    except (ValueError, KeyError, TypeError) as e:
+      raise InputError(name, f"{path!r} is not a JSON object with lists under "
+                       f"{keys!r} ({type(e).__name__}: {e})") from None
+  if path.endswith(".json"):
+    try:
+      ids = json.loads(text)
+    except ValueError as e:
+      raise InputError(name, f"{path!r} is not JSON ({e})") from None
+    if not isinstance(ids, list):
+      raise InputError(name, f"{path!r} holds a JSON {type(ids).__name__}, not a list of ids; "
+                       "name its keys as file.json:key1,key2")
+    return {str(i) for i in ids}
+  return {line.strip() for line in text.splitlines() if line.strip()}
+
+
 def prepare_run_data(config: ml_collections.ConfigDict, num_devices: int = 1,
                      split_ids: Mapping[str, Sequence[str]] | None = None,
                      scaler: labels.LabelScaler | None = None) -> RunData:
   """Reads, featurises, splits and scales the dataset named by `config.data`."""
   raw = datasets.load_raw_dataset(config.data)
+  leave_out = excluded_ids(config.data.exclude_ids)
+  if leave_out:
+    keep = [i for i, rid in enumerate(raw.ids) if str(rid) not in leave_out]
+    logging.info("left out %d of %d crystals listed by config.data.exclude_ids",
+                 len(raw) - len(keep), len(raw))
+    raw = raw.subset(keep)
   if config.data.limit and config.data.limit < len(raw):
     raw = raw.subset(np.arange(config.data.limit))
   graphs, rows, skipped = featurize_raw(raw, config.data)

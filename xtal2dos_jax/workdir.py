@@ -44,7 +44,7 @@ from xtal2dos_jax.errors import InputError
 _MUTABLE_KEYS = {"train.progress"}
 # Config keys added after runs were saved, with the value those runs used implicitly, so
 # an older workdir still resumes and is still recognised as the same config.
-_ADDED_KEYS = {"data.train_fraction": 1.0, "data.num_folds": 0, "data.fold": 0,
+_ADDED_KEYS = {"data.train_fraction": 1.0, "data.exclude_ids": "", "data.num_folds": 0, "data.fold": 0,
                "train.adam_b2": 0.999, "train.adam_eps": 1e-8, "train.schedule": "cosine",
                "train.warmup_steps": 300, "train.noam_decay_epochs": 0,
                "train.noam_decay_rate": 4.0, "model.composition_activation": "none",
