@@ -194,10 +194,12 @@ def test_predict_reports_bad_files_and_finishes_the_rest(trained, tmp_path):
     chex.assert_trees_all_close(s300, z["s_J_per_K_mol"][:, 30], rtol=1e-12)
     assert np.all((s300 > 0) & np.isfinite(z["debye_temperature_moment_K"]))
   header = open(tmp_path / "out" / "predictions.csv").readline().strip().split(",")
-  assert header[:13] == ["id", "formula", "n_atoms", "cv300_J_per_K_mol",
+  assert header[:16] == ["id", "formula", "n_atoms", "cv300_J_per_K_mol",
                          "cv300_J_per_K_mol_std", "s300_J_per_K_mol", "s300_J_per_K_mol_std",
                          "f300_kJ_per_mol", "f300_kJ_per_mol_std", "mean_frequency_cm",
-                         "debye_temperature_nu2_K", "debye_temperature_moment_K", "flag"]
+                         "mean_frequency_cm_std", "debye_temperature_nu2_K",
+                         "debye_temperature_nu2_K_std", "debye_temperature_moment_K",
+                         "debye_temperature_moment_K_std", "flag"]
   with pytest.raises(InputError, match="already holds predictions.csv"):
     predictor.predict_structures(workdir, str(tmp_path / "*.cif"), str(tmp_path / "out"))
 
