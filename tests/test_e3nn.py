@@ -2,16 +2,20 @@
 
 The model is tiny (irreps 4x0e+4x0o+4x1e+4x1o, l <= 2 harmonics, 2 layers, d_model 16)
 on 4 Å radius graphs of 2-3 atom cells, and every batch shares one padding budget, so
-the jitted model compiles once. Symmetry checks featurise the transformed crystal
-itself (cell and positions), so they cover the featuriser's vectors as well.
+the jitted model compiles once per variant ("tutorial", "gate_points": the symmetry,
+padding and permutation tests run for both). Symmetry checks featurise the transformed
+crystal itself (cell and positions), so they cover the featuriser's vectors as well.
 """
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
 
 import ase
 import chex
+import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,10 +23,12 @@ import pytest
 
 from experiments import common
 from xtal2dos_jax import batching
+from xtal2dos_jax.errors import InputError
 from xtal2dos_jax.featurize import featurize_crystal
 from xtal2dos_jax.graph_cache import GraphSet
 from xtal2dos_jax.models import create_model
-from xtal2dos_jax.models.e3nn import E3NNEncoder
+from xtal2dos_jax.models.e3nn import (E3NNEncoder, GatePointsConvolution, gaussian_radial_basis,
+                                      self_connection_mask)
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
 from xtal2dos_jax.models.transformer_decoder import CausalTransformerDecoder
 
@@ -78,10 +84,13 @@ def crystals(tiny_crystals) -> dict[str, ase.Atoms]:
           "tri_perm": tri[[2, 0, 1]]}
 
 
-@pytest.fixture(scope="module")
-def config():
+@pytest.fixture(scope="module", params=["tutorial", "gate_points"])
+def config(request):
+  """The tiny model of each E3NN variant."""
   from configs import smoke
-  return _shrink(smoke.get_config())
+  config = _shrink(smoke.get_config())
+  config.model.e3nn_variant = request.param
+  return config
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +143,20 @@ def test_registry_builds_the_e3nn_encoder(config):
   model = create_model(config)
   assert isinstance(model.encoder, E3NNEncoder) and model.encoder.uses_edge_vectors
   assert model.encoder.r_max == RADIUS and model.encoder.irreps == IRREPS
+  assert model.encoder.variant == config.model.e3nn_variant
+
+
+def test_unknown_variant_is_a_one_line_input_error():
+  from configs import smoke
+  bad = _shrink(smoke.get_config())
+  bad.model.e3nn_variant = "nequip"
+  with pytest.raises(InputError, match="^" + re.escape(
+      "config.model.e3nn_variant: unknown E3NN variant 'nequip'; expected one of tutorial, "
+      "gate_points") + "$"):
+    create_model(bad)
+  bad.model.e3nn_variant, bad.model.e3nn_num_basis = "gate_points", 1
+  with pytest.raises(InputError, match=r"^config.model.e3nn_num_basis: 1: .* at least 2 "):
+    create_model(bad)
 
 
 def test_batch_edge_vectors_reproduce_the_distances(data, budget):
@@ -186,30 +209,97 @@ def test_padding_does_not_change_a_crystals_output(run, data, budget):
   alone, _, _ = run(["tri"])
   crowded, _, _ = run(["si", "tri", "nacl"])
   np.testing.assert_allclose(_real(crowded, 2)[1], _real(alone, 1)[0], **TOL)
-  # Padding edges given real-looking geometry and wired to a real atom change nothing.
+  # Padding edges given real-looking geometry and wired between real atoms change nothing.
   batch = batching.assemble(data, np.array([data.graphs.ids.index("tri")]), budget)
   e_real = int(batch.graph.n_edge[0])
   vectors, senders = batch.edge_vectors.copy(), batch.graph.senders.copy()
-  vectors[e_real:], senders[e_real:] = [1.0, 2.0, -0.5], 0
-  rewired = batch._replace(edge_vectors=vectors, graph=batch.graph._replace(senders=senders))
+  receivers = batch.graph.receivers.copy()
+  vectors[e_real:], senders[e_real:], receivers[e_real:] = [1.0, 2.0, -0.5], 0, 1
+  rewired = batch._replace(edge_vectors=vectors, graph=batch.graph._replace(
+      senders=senders, receivers=receivers))
   out, _, _ = run(None, rewired)
   np.testing.assert_allclose(_real(out, 1), _real(alone, 1), **TOL)
 
 
-@pytest.mark.parametrize("name,decoder", [("e3nn", MLPDecoder),
-                                          ("e3nn2dos", CausalTransformerDecoder)])
-def test_ablation_configs_build_and_take_a_train_step(name, decoder, train_one_step):
+@pytest.mark.parametrize("name,decoder,variant", [
+    ("e3nn", MLPDecoder, "tutorial"), ("e3nn_new", MLPDecoder, "gate_points"),
+    ("e3nn2dos", CausalTransformerDecoder, "gate_points")])
+def test_ablation_configs_build_and_take_a_train_step(name, decoder, variant, train_one_step):
   config = common.load_config_file(os.path.join(REPO, "configs", "ablations", f"{name}.py"))
   assert config.model.encoder == "e3nn" and config.data.max_num_nbr == 0
+  assert config.data.radius == 5.0 and config.model.encoder_layers == 2
   full = create_model(config)
   assert isinstance(full.encoder, E3NNEncoder) and type(full.decoder) is decoder
   assert full.encoder.irreps == "32x0e+32x0o+32x1e+32x1o"
-  if name == "e3nn":
+  assert full.encoder.variant == variant
+  if decoder is MLPDecoder:
     assert full.decoder.num_layers == 0   # one linear map of the pooled per-atom states
   else:
     assert full.decoder.source_attention and full.decoder.causal
 
   config = _shrink(config)
-  config.model.decoder_layers = 0 if name == "e3nn" else 1
+  config.model.decoder_layers = 0 if decoder is MLPDecoder else 1
   moved = train_one_step(config).moved
   assert max(jax.tree.leaves(moved)) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# The gate_points layer's own pieces, against numpy
+
+
+def test_gaussian_radial_basis_matches_numpy():
+  """sqrt(n) exp(-((r - c_k) / step)^2) / 1.12 on centres 0, step, ..., r_max."""
+  r_max, n = 5.0, 6
+  lengths = np.array([0.0, 0.37, 1.0, 2.5, 4.2, 4.99])
+  centres = np.linspace(0.0, r_max, n)
+  step = r_max / (n - 1)
+  want = math.sqrt(n) * np.exp(-((lengths[:, None] - centres) / step) ** 2) / 1.12
+  got = gaussian_radial_basis(jnp.asarray(lengths, jnp.float32), r_max, n)
+  chex.assert_shape(got, (len(lengths), n))
+  chex.assert_trees_all_close(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_self_connection_mask():
+  """Irreps of the output that x holds get the self-connection (sin/cos mix)."""
+  out = e3nn.Irreps("2x0e+1x0o+2x1o+1x1e")
+  np.testing.assert_array_equal(self_connection_mask(e3nn.Irreps("3x0e+1x1o"), out),
+                                [1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0])
+  np.testing.assert_array_equal(self_connection_mask(e3nn.Irreps("3x0e"), out),
+                                [1, 1] + [0] * 10)
+
+
+def test_gate_points_convolution_against_numpy():
+  """One first layer (x = k x 0e) of gate_points: its self-connection is the FCTP of x and
+  the attributes (a linear map of the products x_u z_v, computed in numpy from the layer's
+  weights), and the output is sin(pi/8) sc + cos(pi/8) lin2 on the irreps sc reaches (0e)
+  and sin(pi/8) sc + lin2 = lin2 on the rest (1o)."""
+  k, num_nodes, num_edges = 3, 4, 6
+  out_irreps = e3nn.Irreps("2x0e+2x1o")
+  rng = np.random.default_rng(0)
+  x = e3nn.IrrepsArray(f"{k}x0e", jnp.asarray(rng.normal(size=(num_nodes, k)), jnp.float32))
+  attr = e3nn.IrrepsArray(f"{k}x0e", jnp.asarray(rng.random((num_nodes, k)), jnp.float32))
+  vectors = jnp.asarray(rng.normal(size=(num_edges, 3)), jnp.float32)
+  edge_attr = e3nn.spherical_harmonics("0e+1o", vectors, normalize=True,
+                                       normalization="component")
+  radial = gaussian_radial_basis(jnp.linalg.norm(vectors, axis=-1), 4.0, 5)
+  senders, receivers = jnp.array([0, 1, 2, 3, 1, 2]), jnp.array([1, 0, 3, 2, 2, 1])
+  layer = GatePointsConvolution(out_irreps, num_neighbors=2.0, radial_hidden=8)
+  args = (x, attr, edge_attr, radial, senders, receivers)
+  params = layer.init(jax.random.key(0), *args)
+  out, state = layer.apply(params, *args, capture_intermediates=True)
+  chex.assert_shape(out.array, (num_nodes, out_irreps.dim))
+  captured = state["intermediates"]
+  sc = np.asarray(captured["self_connection"]["__call__"][0].array)
+  lin2 = np.asarray(captured["lin2"]["__call__"][0].array)
+
+  # FCTP(x, z -> 2x0e): sum_{u,v} W_{(u v) w} x_u z_v / sqrt(k^2); no path reaches 1o.
+  (weight,) = jax.tree.leaves(params["params"]["self_connection"])
+  products = np.einsum("nu,nv->nuv", np.asarray(x.array), np.asarray(attr.array))
+  want_sc = products.reshape(num_nodes, k * k) @ np.asarray(weight) / k
+  np.testing.assert_allclose(sc[:, :2], want_sc, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(sc[:, 2:], 0.0)
+
+  c_s, c_x = np.sin(np.pi / 8), np.cos(np.pi / 8)
+  want = np.concatenate([c_s * sc[:, :2] + c_x * lin2[:, :2], lin2[:, 2:]], axis=1)
+  np.testing.assert_allclose(np.asarray(out.array), want, rtol=1e-5, atol=1e-6)
+  assert np.abs(lin2[:, 2:]).max() > 1e-3 and np.abs(sc[:, :2]).max() > 1e-3
