@@ -243,6 +243,27 @@ def test_ablation_configs_build_and_take_a_train_step(name, decoder, variant, tr
   assert max(jax.tree.leaves(moved)) > 0
 
 
+def test_benchmark_config_compiles_each_step_once(tmp_path):
+  """configs/bench_e3nn.py (the benchmark's E3NN rows): the radius graph's edge counts vary
+  from crystal to crystal, yet one padding budget holds every batch, so each step has one
+  executable and nothing compiles after the first epoch. (The first train epoch's count
+  also holds the small programs e3nn-jax runs eagerly while the step is traced: the
+  second moments of its activations, over 10^6 samples, that normalise them.)"""
+  from experiments.benchmarking import quick_config
+  from xtal2dos_jax import compile_counter
+  from xtal2dos_jax.models import needs_edge_vectors
+  config = common.load_config_file(os.path.join(REPO, "configs", "bench_e3nn.py"))
+  assert config.model.encoder == "e3nn" and needs_edge_vectors(config)
+  assert config.data.max_num_nbr == 0 and config.data.radius == 5.0
+  config = _shrink(quick_config(config))
+  config.data.limit = 48
+  config.data.cache_dir = str(tmp_path / "graphs")
+  counts = compile_counter.count_step_compiles(config, num_epochs=2)
+  assert (counts["train_buckets"], counts["eval_buckets"]) == (1, 1), counts
+  assert counts["train_per_epoch"][1:] == [0] and counts["eval_per_epoch"] == [1, 0], counts
+  assert counts["eval_final_rereplicated"] == 0, counts
+
+
 # --------------------------------------------------------------------------------------------
 # The gate_points layer's own pieces, against numpy
 
