@@ -48,7 +48,7 @@ def brute_force_graph(atoms: ase.Atoms, radius: float = 8.0,
 
   Positions are wrapped into the cell; d[i, j, m] = |pos_j + offset_m @ cell - pos_i|
   for all atoms i, j and all offsets of `_image_offsets`, the atom itself (i = j,
-  offset 0) excluded by index. Each atom i keeps the `max_num_nbr` smallest d <= radius
+  offset 0) excluded by index. Each atom i keeps the `max_num_nbr` (0: all) smallest d <= radius
   (stable argsort over the flat (j, m) index, so ties go to the smaller j, then to the
   lexicographically smaller offset). Atoms with no neighbour get no edge; no input
   checks are made.
@@ -67,7 +67,7 @@ def brute_force_graph(atoms: ase.Atoms, radius: float = 8.0,
   dist[np.arange(n), np.arange(n), home] = np.inf                       # the atom itself
   dist = dist.reshape(n, -1)
   dist[dist > radius] = np.inf
-  k = min(max_num_nbr, dist.shape[1])
+  k = dist.shape[1] if max_num_nbr == 0 else min(max_num_nbr, dist.shape[1])  # 0: all
   order = np.argsort(dist, axis=1, kind="stable")[:, :k]
   nbr_dist = np.take_along_axis(dist, order, axis=1)
   valid = np.isfinite(nbr_dist)

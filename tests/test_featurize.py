@@ -294,11 +294,12 @@ def _assert_graphs_identical(graph, ref, label):
 
 
 @pytest.mark.parametrize("radius,max_num_nbr", [(8.0, 12), (3.0, 12), (8.0, 1), (8.0, 5),
-                                                (8.0, 7), (8.0, 100_000)])
+                                                (8.0, 7), (8.0, 100_000), (5.0, 0)])
 @pytest.mark.parametrize("name", sorted(CRYSTALS))
 def test_identical_to_brute_force_graph(crystals, name, radius, max_num_nbr):
   """Tiny cells needing many images, 1-atom cells, atoms with fewer than `max_num_nbr`
-  neighbours (3 Å), and truncation inside groups of equal distances (k = 1, 5, 7)."""
+  neighbours (3 Å), truncation inside groups of equal distances (k = 1, 5, 7), and the
+  radius graph (k = 0: every neighbour within 5 Å, as the E3NN configs use)."""
   atoms = crystals[name]
   ref = brute_force_graph(atoms, radius, max_num_nbr)
   if np.bincount(ref.receivers, minlength=len(atoms)).min() == 0:
