@@ -58,12 +58,12 @@ def get_config() -> ml_collections.ConfigDict:
   model.chunk_size = 8            # chunk_rnn / chunk_rnn_attn only
   model.mlp_energy_embedding = False  # mlp only: one MLP over [energy embedding; context]
   model.composition_activation = "none"  # none | leaky_relu (slope 0.2, as the public code)
-  model.e3nn_variant = "tutorial"  # e3nn only: tutorial (Chen et al.'s point convolutions) |
+  model.e3nn_variant = "chen2021"  # e3nn only: chen2021 (Chen et al.'s point convolutions) |
                                   # gate_points (e3nn's gate_points_2101: node attributes,
                                   # self-connection, Gaussian radial basis; "E3NN-new")
   model.e3nn_irreps = "32x0e+32x0o+32x1e+32x1o"  # e3nn only: hidden irreps of each layer
   model.e3nn_lmax = 1             # e3nn only: spherical harmonics l <= lmax (1 or 2) of the edges
-  model.e3nn_num_basis = 10       # e3nn only: Bessel (tutorial) / Gaussian (gate_points)
+  model.e3nn_num_basis = 10       # e3nn only: Bessel (chen2021) / Gaussian (gate_points)
                                   # functions of the edge length (0..radius)
   model.e3nn_radial_hidden = 64   # e3nn only: width of the radial MLPs
   model.e3nn_num_neighbors = 28.0  # e3nn only: message sums / sqrt(this); ~ mean in-degree

@@ -577,9 +577,9 @@ def test_model_label_from_plain_dict_configs(tmp_path):
   assert label({"encoder": "unimp", "decoder": "transformer", "causal": False}) == (
       "unimp + transformer (unmasked)")
   assert label({"encoder": "unimp", "decoder": "mlp"}) == "unimp + mlp"
-  # The E3NN rows: a run saved before e3nn_variant existed used "tutorial".
+  # The E3NN rows: a run saved before e3nn_variant existed used "chen2021".
   assert label({"encoder": "e3nn", "decoder": "mlp"}) == "e3nn + mlp"
-  assert label({"encoder": "e3nn", "decoder": "mlp", "e3nn_variant": "tutorial"}) == "e3nn + mlp"
+  assert label({"encoder": "e3nn", "decoder": "mlp", "e3nn_variant": "chen2021"}) == "e3nn + mlp"
   assert label({"encoder": "e3nn", "decoder": "mlp", "e3nn_variant": "gate_points"}) == (
       "e3nn (gate_points) + mlp")
   assert label({"encoder": "unimp", "decoder": "dostransformer"}) == "unimp + dostransformer"

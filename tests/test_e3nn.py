@@ -2,7 +2,7 @@
 
 The model is tiny (irreps 4x0e+4x0o+4x1e+4x1o, l <= 2 harmonics, 2 layers, d_model 16)
 on 4 Å radius graphs of 2-3 atom cells, and every batch shares one padding budget, so
-the jitted model compiles once per variant ("tutorial", "gate_points": the symmetry,
+the jitted model compiles once per variant ("chen2021", "gate_points": the symmetry,
 padding and permutation tests run for both). Symmetry checks featurise the transformed
 crystal itself (cell and positions), so they cover the featuriser's vectors as well.
 """
@@ -84,7 +84,7 @@ def crystals(tiny_crystals) -> dict[str, ase.Atoms]:
           "tri_perm": tri[[2, 0, 1]]}
 
 
-@pytest.fixture(scope="module", params=["tutorial", "gate_points"])
+@pytest.fixture(scope="module", params=["chen2021", "gate_points"])
 def config(request):
   """The tiny model of each E3NN variant."""
   from configs import smoke
@@ -151,7 +151,7 @@ def test_unknown_variant_is_a_one_line_input_error():
   bad = _shrink(smoke.get_config())
   bad.model.e3nn_variant = "nequip"
   with pytest.raises(InputError, match="^" + re.escape(
-      "config.model.e3nn_variant: unknown E3NN variant 'nequip'; expected one of tutorial, "
+      "config.model.e3nn_variant: unknown E3NN variant 'nequip'; expected one of chen2021, "
       "gate_points") + "$"):
     create_model(bad)
   bad.model.e3nn_variant, bad.model.e3nn_num_basis = "gate_points", 1
@@ -222,7 +222,7 @@ def test_padding_does_not_change_a_crystals_output(run, data, budget):
 
 
 @pytest.mark.parametrize("name,decoder,variant", [
-    ("e3nn", MLPDecoder, "tutorial"), ("e3nn_new", MLPDecoder, "gate_points"),
+    ("e3nn", MLPDecoder, "chen2021"), ("e3nn_new", MLPDecoder, "gate_points"),
     ("e3nn2dos", CausalTransformerDecoder, "gate_points")])
 def test_ablation_configs_build_and_take_a_train_step(name, decoder, variant, train_one_step):
   config = common.load_config_file(os.path.join(REPO, "configs", "ablations", f"{name}.py"))

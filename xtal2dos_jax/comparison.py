@@ -207,13 +207,13 @@ def _config_value(config: Mapping[str, Any], key: str, source: str) -> Any:
 
 
 def _model_label(config: Mapping[str, Any], source: str) -> str:
-  """"<encoder> + <decoder>", the E3NN encoder's variant other than "tutorial" (e.g.
+  """"<encoder> + <decoder>", the E3NN encoder's variant other than "chen2021" (e.g.
   "e3nn (gate_points) + mlp") and the decoder's departures from its default form, from
   a run's plain-dict config; `source` (its config.json) names it in errors."""
   value = lambda key: _config_value(config, f"model.{key}", source)
   decoder = value("decoder")
   encoder = value("encoder")
-  if encoder == "e3nn" and value("e3nn_variant") != "tutorial":
+  if encoder == "e3nn" and value("e3nn_variant") != "chen2021":
     encoder += f" ({value('e3nn_variant')})"
   label = f"{encoder} + {decoder}"
   if decoder == "transformer" and value("causal") is False:

@@ -54,7 +54,7 @@ _ADDED_KEYS = {"data.train_fraction": 1.0, "data.exclude_ids": "", "data.num_fol
                "train.init_from": "", "train.freeze": "none", "train.ensemble_size": 1,
                "model.e3nn_irreps": "32x0e+32x0o+32x1e+32x1o",
                "model.e3nn_lmax": 1, "model.e3nn_num_basis": 10, "model.e3nn_radial_hidden": 64,
-               "model.e3nn_num_neighbors": 28.0, "model.e3nn_variant": "tutorial",
+               "model.e3nn_num_neighbors": 28.0, "model.e3nn_variant": "chen2021",
                "model.mat2spec_latent_dim": 128, "model.mat2spec_num_components": 10,
                "model.mat2spec_emb_size": 512, "model.mat2spec_label_weight": 1.0,
                "model.mat2spec_kl_weight": 1.1, "model.mat2spec_contrastive_weight": 0.1,

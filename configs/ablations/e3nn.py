@@ -1,6 +1,6 @@
 """Baseline: E3NN (Chen et al., Adv. Sci. 2021), the paper's Table 1 "E3NN" row.
 
-An E(3)-equivariant encoder (`models/e3nn.py`, variant "tutorial": e3nn-jax point
+An E(3)-equivariant encoder (`models/e3nn.py`, variant "chen2021": e3nn-jax point
 convolutions with gated nonlinearities on the 5 Å radius graph, l <= 1 harmonics of the
 edge vectors; `e3nn_new.py` is the "E3NN-new" row with the gate_points variant) whose
 per-atom outputs are averaged over the crystal's atoms. That head is the `mlp` decoder
@@ -20,7 +20,7 @@ from configs.ablations import e3nn2dos
 
 def get_config():
   config = e3nn2dos.get_config()  # the E3NN encoder on the 5 Å radius graph
-  config.model.e3nn_variant = "tutorial"  # the 2021 paper's network (E3NN2DoS: gate_points)
+  config.model.e3nn_variant = "chen2021"  # the 2021 paper's network (E3NN2DoS: gate_points)
   config.model.decoder = "mlp"
   config.model.decoder_layers = 0  # one linear map: per-atom outputs, then the mean
   return config

@@ -6,8 +6,7 @@ The paper's E3NN2DoS "adopts the new version of E3NN", so the encoder is that of
 gate_points_2101 convolutions with element attributes, self-connections and a Gaussian
 radial basis, on the 5 Å radius graph, 2 gated layers and a read-out convolution to
 scalar node outputs of width d_model); the decoder and the training recipe are the
-default config's. Runs saved before this config chose the variant used "tutorial"
-(their config.json lacks the key, which loads as "tutorial").
+default config's.
 """
 from configs import phdos
 

@@ -1,11 +1,11 @@
 """E(3)-equivariant graph encoders with e3nn-jax (the E3NN baselines of the paper's Table 1).
 
-Two variants (`config.model.e3nn_variant`): "tutorial" (`E3NNLayer`, below) and
+Two variants (`config.model.e3nn_variant`): "chen2021" (`E3NNLayer`, below) and
 "gate_points" (`GatePointsConvolution`, the layer of e3nn's `gate_points_2101.Network`,
 further below; the paper's "E3NN-new" row and its E3NN2DoS encoder).
 
-Variant "tutorial" (this module's first encoder; the name is the config value's, the
-public tutorial's code itself is the gate_points network):
+Variant "chen2021" (the E3NN paper's network; the public phonon-DoS tutorial's code is
+the gate_points network instead):
 
 The architecture of Chen et al., "Direct prediction of phonon density of states with
 Euclidean neural networks" (Adv. Sci. 2021) and of e3nn's point-convolution networks:
@@ -50,7 +50,7 @@ Gaussian basis:
   c_i   = FCTP(sum_j m_ij / sqrt(num_neighbors), z_i -> out)
   o_i   = sin(pi/8) sc_i + cos(pi/8) c_i   where sc has a path (the irreps of x),
           sin(pi/8) sc_i + c_i = c_i       elsewhere (sc is 0 there; e3nn's output_mask)
-  x^{t+1}_i = Gate(o_i)                                     as in "tutorial"
+  x^{t+1}_i = Gate(o_i)                                     as in "chen2021"
   h_i   = the same convolution without Gate -> d_model x 0e  scalar node outputs
 
 FCTP(x, z -> out) is e3nn's FullyConnectedTensorProduct with the attributes z. Since z
@@ -98,7 +98,7 @@ from xtal2dos_jax.models.precision import precision_kwargs
 Dtype = Any
 
 # config.model.e3nn_variant: the layer of `E3NNEncoder`.
-VARIANTS = ("tutorial", "gate_points")
+VARIANTS = ("chen2021", "gate_points")
 
 
 def _gate_irreps(target: e3nn.Irreps) -> e3nn.Irreps:
@@ -250,7 +250,7 @@ class GatePointsConvolution(nn.Module):
 class E3NNEncoder(nn.Module):
   """Element embedding + `num_layers` equivariant layers + scalar read-out to d_model.
 
-  Variant "tutorial": `E3NNLayer`s and a Linear read-out; "gate_points":
+  Variant "chen2021": `E3NNLayer`s and a Linear read-out; "gate_points":
   `GatePointsConvolution` + Gate layers and a read-out convolution (module docstring).
 
   Attributes:
@@ -260,11 +260,11 @@ class E3NNEncoder(nn.Module):
     irreps: hidden irreps, e.g. "32x0e+32x0o+32x1e+32x1o".
     lmax: highest degree of the edge spherical harmonics (1 or 2).
     r_max: cutoff of the radial basis and envelope, Å (the featuriser's radius).
-    num_basis: number of Bessel (tutorial) / Gaussian (gate_points) functions of the
+    num_basis: number of Bessel (chen2021) / Gaussian (gate_points) functions of the
       edge length.
     num_neighbors: normaliser of the message sums (about the mean in-degree).
     radial_hidden: width of the radial MLPs.
-    variant: "tutorial" | "gate_points" (`VARIANTS`).
+    variant: "chen2021" | "gate_points" (`VARIANTS`).
     dtype: dtype of the returned node states.
   """
   uses_edge_vectors: ClassVar[bool] = True
@@ -276,7 +276,7 @@ class E3NNEncoder(nn.Module):
   num_basis: int = 10
   num_neighbors: float = 30.0
   radial_hidden: int = 64
-  variant: str = "tutorial"
+  variant: str = "chen2021"
   dtype: Dtype = jnp.float32
 
   @nn.compact
