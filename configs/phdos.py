@@ -80,6 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.dostransformer_prompt_free_weight = 0.0  # dostransformer only: > 0 also trains the
                                   # prompt-free output, its DoS loss x this added (the public
                                   # code's joint loss: 1.0); needs prompt "system"
+  model.dostransformer_memory_norm = True  # dostransformer only: layer-normalise the atom
+                                  # states before each cross-attention (as the public code)
   model.dtype = "float32"         # float32 | bfloat16 | bf16_matmul (params stay float32)
 
   config.train = train = ml_collections.ConfigDict()

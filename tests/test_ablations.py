@@ -314,12 +314,16 @@ def test_dostransformer_uses_crystal_system_prompt(tiny_config, decoder_inputs):
   np.testing.assert_allclose(changed[2], base[2], **TOL)   # per-crystal prompt
 
 
-@pytest.mark.parametrize("num_layers", [1, 2])
-def test_dostransformer_stage_order_matches_reference(tiny_config, decoder_inputs, num_layers):
+@pytest.mark.parametrize("num_layers,memory_norm", [(1, True), (2, True), (2, False)])
+def test_dostransformer_stage_order_matches_reference(tiny_config, decoder_inputs, num_layers,
+                                                      memory_norm):
   """The decoder equals the numpy reference of its documented stages, in order: energy x
   atoms cross-attention, context fusion, self-attention with the prompt token prepended
-  (then dropped), a second cross-attention, LayerNorm, Dense(1)."""
-  config = _config(tiny_config, decoder_layers=num_layers)
+  (then dropped), a second cross-attention, LayerNorm, Dense(1); the atom states go
+  through each cross-attention's layer norm first when memory_norm (then an affine
+  change of every atom's state, a (h - shift) with a > 0, leaves the output as it was)."""
+  config = _config(tiny_config, decoder_layers=num_layers,
+                   dostransformer_memory_norm=memory_norm)
   decoder = DECODERS["dostransformer"](config)
   context, atoms, atom_mask, _ = decoder_inputs
   atom_states = AtomStates.from_dense(atoms, atom_mask)
@@ -327,14 +331,21 @@ def test_dostransformer_stage_order_matches_reference(tiny_config, decoder_input
   variables = decoder.init(jax.random.key(0), context, atom_states, None, train=False,
                            crystal_system=systems)
   params = perturb(variables["params"])
-  out = jax.jit(lambda p: decoder.apply({"params": p}, context, atom_states, None, train=False,
-                                        crystal_system=systems))(params)
+  apply = jax.jit(lambda p, a: decoder.apply({"params": p}, context, a, None, train=False,
+                                             crystal_system=systems))
+  out = apply(params, atom_states)
   expected = dostransformer_reference(as_numpy(params), np.asarray(context, np.float64),
                                       np.asarray(atom_states.states, np.float64),
                                       np.asarray(atom_states.index),
                                       np.asarray(atom_states.mask), np.asarray(systems),
-                                      num_layers, config.model.num_heads)
+                                      num_layers, config.model.num_heads,
+                                      norm_memory=memory_norm)
   chex.assert_trees_all_close(out, expected, **REF_TOL)
+  rescaled = apply(params, atom_states._replace(states=8.0 * (atom_states.states - 0.5)))
+  if memory_norm:
+    chex.assert_trees_all_close(rescaled, out, atol=1e-4, rtol=1e-4)
+  else:
+    assert np.abs(np.asarray(rescaled - out))[:2].max() > 1e-2
   # The two cross-attention stages are not interchangeable in this example.
   p = as_numpy(params)
   swapped = dict(p, **{f"energy_atom_{i}": p[f"source_{i}"] for i in range(num_layers)},

@@ -281,9 +281,12 @@ def transformer_decoder_reference(p, context, atom_states, atom_index, atom_mask
   return np.stack(out)
 
 
-def attention_block_reference(p, x, memory, memory_mask, num_heads):
-  """DOSTransformer block: x += Attn(LN(x), memory or LN(x)); x += FF(LN(x))."""
+def attention_block_reference(p, x, memory, memory_mask, num_heads, norm_memory=True):
+  """DOSTransformer block: x += Attn(LN(x), M) with M = LN(x) for self-attention, else
+  the memory (through the same LN when norm_memory); x += FF(LN(x))."""
   y = layer_norm(p["attention_norm"], x)
+  if memory is not None and norm_memory:
+    memory = layer_norm(p["attention_norm"], memory)
   if memory is None:
     x = x + attention_reference(p["attention"], y, y, np.ones((len(x), len(x)), bool), num_heads)
   else:
@@ -294,7 +297,7 @@ def attention_block_reference(p, x, memory, memory_mask, num_heads):
 
 
 def dostransformer_reference(p, context, atom_states, atom_index, atom_mask, crystal_system,
-                             num_layers, num_heads):
+                             num_layers, num_heads, norm_memory=True):
   """DOSTransformer decoder in its documented stage order, crystal by crystal:
   energy embeddings -> (energy x atoms cross-attention) x num_layers -> leaky_relu(Dense(
   [x; context])) -> prepend the crystal-system prompt -> self-attention x num_layers ->
@@ -304,7 +307,8 @@ def dostransformer_reference(p, context, atom_states, atom_index, atom_mask, cry
     atoms, mask = atom_states[atom_index[gi]], atom_mask[gi]
     x = p["energy_embedding"]["embedding"]
     for i in range(num_layers):
-      x = attention_block_reference(p[f"energy_atom_{i}"], x, atoms, mask, num_heads)
+      x = attention_block_reference(p[f"energy_atom_{i}"], x, atoms, mask, num_heads,
+                                    norm_memory)
     x = leaky_relu(dense(p["fuse_context"],
                          np.concatenate([x, np.broadcast_to(context[gi], (len(x),
                                                                           len(context[gi])))],
@@ -314,7 +318,7 @@ def dostransformer_reference(p, context, atom_states, atom_index, atom_mask, cry
       x = attention_block_reference(p[f"self_{i}"], x, None, None, num_heads)
     x = x[1:]
     for i in range(num_layers):
-      x = attention_block_reference(p[f"source_{i}"], x, atoms, mask, num_heads)
+      x = attention_block_reference(p[f"source_{i}"], x, atoms, mask, num_heads, norm_memory)
     out.append(dense(p["head"], layer_norm(p["final_norm"], x))[:, 0])
   return np.stack(out)
 

@@ -59,12 +59,15 @@ Dtype = Any
 class AttentionBlock(nn.Module):
   """Pre-norm residual attention + feed-forward block.
 
-  x <- x + dropout(attention(LN(x), memory)); x <- x + dropout(FF(LN(x))), where the
-  memory is LN(x) itself (self-attention) when `memory` is None.
+  x <- x + dropout(attention(LN(x), M)); x <- x + dropout(FF(LN(x))), where the memory M
+  is LN(x) itself (self-attention) when `memory` is None, else the atom states, passed
+  through the same LN first when `norm_memory` (as the public code's MulT layers do:
+  keys and values share the query's layer norm).
 
   Attributes:
     d_model, num_heads, ff_dim: sizes.
     dropout: rate for sublayer outputs and attention weights (train only).
+    norm_memory: layer-normalise the atom states (with the query's LN) before attending.
     dtype: compute dtype (parameters stay float32).
     dot_general: the matmul of the layers (see `precision.py`).
   """
@@ -72,6 +75,7 @@ class AttentionBlock(nn.Module):
   num_heads: int
   ff_dim: int
   dropout: float = 0.0
+  norm_memory: bool = False
   dtype: Dtype = jnp.float32
   dot_general: DotGeneral = lax.dot_general
 
@@ -81,13 +85,15 @@ class AttentionBlock(nn.Module):
     """float[G, L, d_model] tokens, the atoms as memory (or None), bool[G, L, K] mask
     (True = may attend; or None) -> float[G, L, d_model]."""
     drop = lambda y: nn.Dropout(self.dropout, deterministic=not train)(y)
-    y = nn.LayerNorm(dtype=self.dtype, name="attention_norm")(x)
+    norm = nn.LayerNorm(dtype=self.dtype, name="attention_norm")
+    y = norm(x)
     attention = MultiHeadAttention(self.d_model, self.num_heads, self.dropout,
                                    **same_precision(self), name="attention")
     if memory is None:
       x = x + drop(attention(y, y, mask, train=train))
     else:
-      x = x + drop(attention(y, memory.states, mask, train=train, kv_index=memory.index))
+      states = norm(memory.states) if self.norm_memory else memory.states
+      x = x + drop(attention(y, states, mask, train=train, kv_index=memory.index))
     y = nn.LayerNorm(dtype=self.dtype, name="feed_forward_norm")(x)
     return x + drop(FeedForward(self.d_model, self.ff_dim, self.dropout, **same_precision(self),
                                 name="feed_forward")(y, train=train))
@@ -114,6 +120,8 @@ class DOSTransformerDecoder(SequenceDecoder):
       training (prompt "system" only; 0 = not computed).
     loss: the DoS loss of that term (a `losses` name, config.train.loss).
     output_activation: the head of that loss ('softmax', 'softplus', 'identity').
+    norm_memory: the cross-attention blocks layer-normalise the atom states
+      (`AttentionBlock.norm_memory`).
     dtype: compute dtype (parameters stay float32).
     dot_general: the matmul of the layers (see `precision.py`).
   """
@@ -127,6 +135,7 @@ class DOSTransformerDecoder(SequenceDecoder):
   prompt_free_weight: float = 0.0
   loss: str = "kl"
   output_activation: str = "softmax"
+  norm_memory: bool = True
   dtype: Dtype = jnp.float32
   dot_general: DotGeneral = lax.dot_general
 
@@ -153,7 +162,8 @@ class DOSTransformerDecoder(SequenceDecoder):
     """
     num_graphs = context.shape[0]
     block = lambda name: AttentionBlock(self.d_model, self.num_heads, self.ff_dim, self.dropout,
-                                        **same_precision(self), name=name)
+                                        norm_memory=self.norm_memory, **same_precision(self),
+                                        name=name)
     energies = nn.Embed(self.l_y, self.d_model, name="energy_embedding")(jnp.arange(self.l_y))
     x = jnp.broadcast_to(energies[None], (num_graphs,) + energies.shape).astype(self.dtype)
     source_mask = key_padding_mask(atoms.mask, self.l_y)                      # [G, l_y, A]
@@ -203,7 +213,8 @@ def dostransformer_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   """`DOSTransformerDecoder` with config.model.decoder_layers blocks per stage, the output
   config.model.dostransformer_prompt and the prompt-free loss weight
   config.model.dostransformer_prompt_free_weight (config.train.loss on the head of
-  config.data.scaling)."""
+  config.data.scaling), the atom states layer-normalised in cross-attention when
+  config.model.dostransformer_memory_norm."""
   m = config.model
   prompt = check_choice(m.dostransformer_prompt, PROMPTS, "config.model.dostransformer_prompt")
   weight = float(m.dostransformer_prompt_free_weight)
@@ -219,4 +230,5 @@ def dostransformer_decoder(config: ml_collections.ConfigDict) -> nn.Module:
                                dropout=m.decoder_dropout, prompt=prompt,
                                prompt_free_weight=weight, loss=config.train.loss,
                                output_activation=output_activation_for(config.data.scaling),
+                               norm_memory=bool(m.dostransformer_memory_norm),
                                **precision_kwargs(config))
