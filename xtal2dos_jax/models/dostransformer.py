@@ -4,7 +4,9 @@ Energies, not positions of an autoregressive sequence, are the tokens: each of t
 DoS points has a learned energy embedding e_t, shared by all crystals. Then
 
   1. energy -> atom cross-attention (`num_layers` blocks): the energy tokens gather
-     information from the crystal's atoms (padding atoms masked);
+     information from the crystal's atoms (padding atoms masked; the atom states pass
+     through the block's layer norm first, as the public code's keys and values do, so
+     the attention does not saturate on an encoder with large states);
   2. fuse with the crystal context: x_t = leaky_relu(W [x_t; context]);
   3. self-attention over [p; x_1..x_l_y] (`num_layers` blocks), p the learned prompt of
      the crystal's system (7 prompts: triclinic .. cubic, `symmetry.CRYSTAL_SYSTEMS`);
