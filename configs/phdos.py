@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.split_seed = 0
   data.num_folds = 0              # > 1: k-fold cross-validation; test = fold `fold`,
   data.fold = 0                   # validation = split[1] of the crystals from the rest
+  data.split_file = ""            # a JSON file of id lists under train / validation (or val) /
+                                  # test (another run's splits.json, a published split): used
+                                  # instead of split / split_seed / num_folds
   data.train_fraction = 1.0       # train on this seeded share of the train split (learning
                                   # curves; validation and test stay whole)
   data.cache_dir = ""             # "" = ~/.cache/xtal2dos_jax
@@ -45,6 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
                                   # dostransformer_gnn
   model.decoder = "transformer"   # transformer | rnn | rnn_attn | chunk_rnn | chunk_rnn_attn |
                                   # mlp | dostransformer | mat2spec | gatgnn_head
+  model.atom_features = "cgcnn"   # cgcnn | cgcnn_mass: the element vectors the unimp, gat and
+                                  # gatgnn encoders embed (cgcnn_mass adds ln m and 1/sqrt m)
   model.d_model = 128
   model.num_heads = 4
   model.encoder_layers = 3
@@ -105,6 +110,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.patience = 15             # early stopping, in epochs without validation improvement
   train.patience_warmup_epochs = 0  # epochs before early stopping starts counting
   train.select_on = "loss"        # loss | r2 | wd: validation score for best checkpoint + patience
+  train.monitor_test = False      # also score the test split every epoch into metrics.jsonl
+                                  # ("test_monitor"), to measure what choosing the epoch on
+                                  # test would report; selection never reads it
   train.checkpoint_every = 1      # epochs
   train.keep_checkpoints = 2
   train.progress = True

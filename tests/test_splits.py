@@ -111,3 +111,42 @@ def test_exclude_ids_leaves_out_another_runs_evaluation_crystals(tmp_path):
     run_data.excluded_ids(str(tmp_path / "missing.txt"))
   with pytest.raises(InputError, match="not a list of ids"):
     run_data.excluded_ids(str(tmp_path / "splits.json"))
+
+
+def test_split_file_gives_exactly_its_splits_and_rejects_bad_files(tmp_path):
+  """data.split_file: the run's train / validation / test crystals are the file's, in its
+  order ("val" accepted for "validation", as the reference harness writes it); crystals
+  in no list are left out; unknown ids, a crystal in two lists and a missing key are one
+  line naming the file."""
+  import json
+  from configs import smoke
+  from xtal2dos_jax import run_data
+  config = smoke.get_config()
+  config.data.limit = 30
+  ids = [str(i) for part in run_data.prepare_run_data(config).splits.values()
+         for i in part.graphs.ids]
+  chosen = {"train": ids[5:20], "val": ids[2:5][::-1], "test": ids[20:24]}
+  path = tmp_path / "split.json"
+  path.write_text(json.dumps(chosen))
+  config.data.split_file = str(path)
+  rd = run_data.prepare_run_data(config)
+  assert [str(i) for i in rd.splits["train"].graphs.ids] == chosen["train"]
+  assert [str(i) for i in rd.splits["validation"].graphs.ids] == chosen["val"]
+  assert [str(i) for i in rd.splits["test"].graphs.ids] == chosen["test"]
+  config.data.split_seed = 7                            # the file, not the seed, decides
+  assert [str(i) for i in run_data.prepare_run_data(config).splits["test"].graphs.ids] == \
+      chosen["test"]
+
+  path.write_text(json.dumps({**chosen, "test": chosen["test"] + ["nope-1"]}))
+  with pytest.raises(InputError, match=r"split_file .*1 'test' ids are not usable crystals"
+                                       r".*first: nope-1"):
+    run_data.prepare_run_data(config)
+  path.write_text(json.dumps({**chosen, "test": chosen["test"] + chosen["train"][:1]}))
+  with pytest.raises(InputError, match=r"split_file .*is in both 'train' and 'test'"):
+    run_data.prepare_run_data(config)
+  path.write_text(json.dumps({"train": chosen["train"], "test": chosen["test"]}))
+  with pytest.raises(InputError, match=r"split_file .*'validation' \(or 'val'\)"):
+    run_data.prepare_run_data(config)
+  path.write_text("{")
+  with pytest.raises(InputError, match=r"split_file .*is not JSON"):
+    run_data.prepare_run_data(config)

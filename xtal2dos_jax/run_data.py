@@ -123,9 +123,58 @@ def crystal_systems_if_needed(config: ml_collections.ConfigDict, structures,
   return symmetry.crystal_systems(structures, ids=ids)
 
 
+def read_split_file(path: str) -> dict[str, list[str]]:
+  """The train / validation / test ids of `config.data.split_file`: a JSON object with
+  lists of crystal ids under "train", "validation" (or "val", as the reference harness
+  writes it) and "test", e.g. another run's splits.json or a published split.
+  Raises InputError naming the file for an unreadable file, a missing key or a crystal in
+  two splits."""
+  name = f"config.data.split_file {path!r}"
+  try:
+    with open(path) as f:
+      table = json.load(f)
+  except OSError as e:
+    raise InputError(name, f"cannot be read ({e.strerror})") from None
+  except ValueError as e:
+    raise InputError(name, f"is not JSON ({e})") from None
+  if isinstance(table, dict) and "validation" not in table and "val" in table:
+    table = {**table, "validation": table["val"]}
+  if not isinstance(table, dict) or any(not isinstance(table.get(k), list) for k in SPLITS):
+    raise InputError(name, "must be a JSON object with id lists under 'train', "
+                     "'validation' (or 'val') and 'test'")
+  out = {k: [str(i) for i in table[k]] for k in SPLITS}
+  seen: dict[str, str] = {}
+  for k in SPLITS:
+    for i in out[k]:
+      if i in seen:
+        raise InputError(name, f"crystal {i!r} is in both '{seen[i]}' and '{k}'")
+      seen[i] = k
+  return out
+
+
+def _split_file_rows(ids: Sequence[str], path: str) -> dict[str, np.ndarray]:
+  """Row indices of `read_split_file(path)`'s splits among the usable crystals `ids`."""
+  split_ids = read_split_file(path)
+  where = {str(i): k for k, i in enumerate(ids)}
+  out = {}
+  for name in SPLITS:
+    missing = [i for i in split_ids[name] if i not in where]
+    if missing:
+      raise InputError(f"config.data.split_file {path!r}",
+                       f"{len(missing)} '{name}' ids are not usable crystals of the dataset "
+                       f"(first: {missing[0]})")
+    out[name] = np.asarray([where[i] for i in split_ids[name]], np.int64)
+  unused = len(where) - sum(len(v) for v in out.values())
+  if unused:
+    logging.info("%d crystals are in no split of %s; left out", unused, path)
+  return out
+
+
 def _split_rows(ids: Sequence[str], data_config, split_ids: Mapping[str, Sequence[str]] | None):
   if split_ids is None:
-    if data_config.num_folds:
+    if data_config.split_file:
+      parts = _split_file_rows(ids, data_config.split_file)
+    elif data_config.num_folds:
       parts = datasets.fold_indices(len(ids), data_config.num_folds, data_config.fold,
                                     data_config.split[1], data_config.split_seed)
     else:

@@ -60,7 +60,8 @@ _ADDED_KEYS = {"data.train_fraction": 1.0, "data.exclude_ids": "", "data.num_fol
                "model.mat2spec_kl_weight": 1.1, "model.mat2spec_contrastive_weight": 0.1,
                "model.mat2spec_temperature": 1.0, "model.dostransformer_prompt": "system",
                "model.dostransformer_prompt_free_weight": 0.0,
-               "model.dostransformer_memory_norm": False}
+               "model.dostransformer_memory_norm": False, "model.atom_features": "cgcnn",
+               "data.split_file": "", "train.monitor_test": False}
 # Checkpoint step ids are epoch * STEPS_PER_EPOCH_ID + step in epoch
 # (`checkpoints.checkpoint_step`); `last_checkpoint` decodes them.
 STEPS_PER_EPOCH_ID = 1_000_000
