@@ -8,6 +8,7 @@ displacement vectors, edge order, truncation inside groups of equal distances) o
 shipped data sets.
 """
 import json
+import math
 import os
 
 import ase
@@ -502,3 +503,24 @@ def test_atom_feature_table():
   for z in range(1, 101):
     np.testing.assert_array_equal(table[z], np.asarray(raw[str(z)], np.float32))
   assert np.all(np.abs(table[1:]).sum(-1) > 0), "every element 1..100 has a feature vector"
+
+
+def test_mass_columns_of_the_atom_table():
+  """cgcnn_mass = the CGCNN vectors and [ln m / ln 260, 1 / sqrt m] (m in u), against
+  hand-entered standard masses of H, O, Fe and U; padding stays zero."""
+  base = featurize.atom_feature_table("cgcnn")
+  table = featurize.atom_feature_table("cgcnn_mass")
+  chex.assert_shape(table, (101, 94))
+  assert table.dtype == np.float32
+  np.testing.assert_array_equal(table[:, :92], base)
+  np.testing.assert_array_equal(table[0], 0.0)
+  masses = {1: 1.008, 8: 15.999, 26: 55.845, 92: 238.029}
+  for z, m in masses.items():
+    chex.assert_trees_all_close(table[z, 92:], np.array([math.log(m) / math.log(260.0),
+                                                         m ** -0.5], np.float32), rtol=1e-4)
+  assert np.all((table[1:, 92:] > 0) & (table[1:, 92:] <= 1))
+
+
+def test_unknown_atom_features_is_one_line_error():
+  with pytest.raises(InputError, match=r"config.model.atom_features.*cgcnn_mass"):
+    featurize.atom_feature_table("mass")

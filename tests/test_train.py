@@ -293,13 +293,23 @@ def test_edos_config_trains_evaluates_and_predicts_band_gaps(tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_selection_on_validation_r2(tmp_path):
-  config = _config(num_epochs=4, select_on="r2")
+  """select_on=r2 keeps the epoch of the best validation R^2; with train.monitor_test each
+  epoch's line also holds the test split's scores, which equal what the final evaluation
+  of that epoch's checkpoint reports, and which the selection does not read."""
+  config = _config(num_epochs=4, select_on="r2", monitor_test=True)
   summary = train.train_and_evaluate(config, str(tmp_path / "r2"))
   lines = [json.loads(l) for l in open(tmp_path / "r2" / "metrics.jsonl")]
   r2 = [l["val"]["normalized"]["r2"] for l in lines]
   assert summary["best_epoch"] == 1 + int(np.argmax(r2))
   # The restored best checkpoint is that epoch's: same validation R^2.
   assert summary["metrics"]["validation"]["normalized"]["r2"] == pytest.approx(max(r2), rel=1e-5)
+  monitored = lines[summary["best_epoch"] - 1]["test_monitor"]
+  for scale in ("normalized", "original"):
+    for key in ("r2", "mae", "wd"):
+      assert monitored[scale][key] == pytest.approx(
+          summary["metrics"]["test"][scale][key], rel=1e-5)
+  test_r2 = [l["test_monitor"]["normalized"]["r2"] for l in lines]
+  assert len(set(np.round(test_r2, 6))) == len(lines), "one test score per epoch"
 
 
 def test_unknown_selection_metric_is_named(tmp_path):

@@ -22,6 +22,7 @@ import os
 from typing import NamedTuple
 
 import ase
+import ase.data
 import jax.numpy as jnp
 import numpy as np
 import vesin
@@ -57,14 +58,39 @@ class CrystalGraph(NamedTuple):
   vectors: np.ndarray
 
 
+# config.model.atom_features: the element vectors the graph encoders embed.
+ATOM_FEATURES = ("cgcnn", "cgcnn_mass")
+# The heaviest standard atomic mass of Z <= MAX_Z is ~257 u; ln(m) / ln(_MASS_SCALE) is in (0, 1].
+_MASS_SCALE = 260.0
+
+
+def mass_features(atomic_numbers: np.ndarray) -> np.ndarray:
+  """float32[n, 2]: [ln(m / u) / ln(260), sqrt(1 u / m)] of each element's standard atomic
+  mass m (ASE's table). Harmonic frequencies scale as sqrt(k / m), so 1 / sqrt(m) is the
+  factor a phonon model needs; the CGCNN vectors carry mass only through one-hot periods."""
+  m = ase.data.atomic_masses[np.asarray(atomic_numbers)].astype(np.float64)
+  return np.stack([np.log(m) / np.log(_MASS_SCALE), 1.0 / np.sqrt(m)], axis=-1).astype(np.float32)
+
+
 @functools.lru_cache(maxsize=None)
-def atom_feature_table() -> np.ndarray:
-  """float32[MAX_Z + 1, 92]: CGCNN element vectors; row Z is element Z, row 0 is zeros."""
+def atom_feature_table(features: str = "cgcnn") -> np.ndarray:
+  """float32[MAX_Z + 1, F]: element vectors; row Z is element Z, row 0 (padding) is zeros.
+
+  "cgcnn": the 92-d CGCNN one-hot vectors (F = 92); "cgcnn_mass": those and the two
+  `mass_features` columns (F = 94).
+  """
+  if features not in ATOM_FEATURES:
+    raise InputError("config.model.atom_features",
+                     f"unknown value {features!r}; choose one of {', '.join(ATOM_FEATURES)}")
   with open(os.path.join(_DATA_DIR, "atom_init.json")) as f:
     raw = json.load(f)
   table = np.zeros((MAX_Z + 1, len(raw["1"])), np.float32)
   for z, vec in raw.items():
     table[int(z)] = vec
+  if features == "cgcnn_mass":
+    mass = np.zeros((MAX_Z + 1, 2), np.float32)
+    mass[1:] = mass_features(np.arange(1, MAX_Z + 1))
+    table = np.concatenate([table, mass], axis=1)
   return table
 
 

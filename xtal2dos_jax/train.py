@@ -443,6 +443,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 "rss_mb": _resident_mb(), "wall_time": time.time()}
       # Metrics first, checkpoint second: a kill in between repeats this epoch on
       # resume, and the resumed run first drops lines past its checkpoint.
+      if config.train.monitor_test:   # recorded only; selection never reads it
+        test = trainer.evaluate(state_repl.eval_params, rd.splits["test"], rd.budget, bin_width)
+        record["test_monitor"] = {"loss": test["loss"],
+                                  **{k: test[k] for k in ("normalized", "original")}}
       if _is_lead():
         run.append_metrics(record)
       state_host = flax.jax_utils.unreplicate(state_repl)

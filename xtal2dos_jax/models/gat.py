@@ -113,4 +113,5 @@ def gat_encoder(config: ml_collections.ConfigDict) -> nn.Module:
   m, d = config.model, config.data
   return GATEncoder(d_model=m.d_model, num_heads=m.num_heads, num_layers=m.encoder_layers,
                     dropout=m.encoder_dropout, radius=d.radius, gaussian_step=d.gaussian_step,
+                    atom_features=m.atom_features,
                     **precision_kwargs(config))

@@ -68,18 +68,20 @@ def mean_pool(node_states: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
 
 
 class AtomEmbedding(nn.Module):
-  """Atomic numbers -> Dense(CGCNN element vector): int[N] -> float[N, d_model].
+  """Atomic numbers -> Dense(element vector): int[N] -> float[N, d_model].
 
-  The 92-d element table is a constant (not a parameter); padding (Z = 0) maps to the
-  zero vector, i.e. to the Dense bias.
+  The element table (`featurize.atom_feature_table(features)`: the 92-d CGCNN vectors,
+  with the two mass columns for "cgcnn_mass") is a constant, not a parameter; padding
+  (Z = 0) maps to the zero vector, i.e. to the Dense bias.
   """
   d_model: int
+  features: str = "cgcnn"
   dtype: Dtype = jnp.float32
   dot_general: DotGeneral = lax.dot_general
 
   @nn.compact
   def __call__(self, atomic_numbers: jax.Array) -> jax.Array:
-    table = jnp.asarray(atom_feature_table())
+    table = jnp.asarray(atom_feature_table(self.features))
     return nn.Dense(self.d_model, **same_precision(self))(table[atomic_numbers])
 
 
@@ -115,6 +117,8 @@ class MessagePassingEncoder(nn.Module):
     num_layers: number of layers.
     radius: neighbour cutoff in Å (range of the Gaussian centres).
     gaussian_step: Gaussian width and centre spacing in Å.
+    atom_features: the element table `AtomEmbedding` reads ("cgcnn" | "cgcnn_mass";
+      used by the encoders that embed with it).
     sorted_receivers: `receivers` is non-decreasing (true for `batching` batches).
     dtype: compute dtype (parameters stay float32).
     dot_general: the matmul of the layers (see `precision.py`).
@@ -123,6 +127,7 @@ class MessagePassingEncoder(nn.Module):
   num_layers: int
   radius: float
   gaussian_step: float
+  atom_features: str = "cgcnn"
   sorted_receivers: bool = True
   dtype: Dtype = jnp.float32
   dot_general: DotGeneral = lax.dot_general
@@ -166,7 +171,7 @@ class StackedGraphEncoder(MessagePassingEncoder, kw_only=True):
 
   def embed(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
     """h = `AtomEmbedding`(Z), g = `EdgeEmbedding`(d_ij): float[N, d], float[E, d]."""
-    h = AtomEmbedding(self.d_model, **same_precision(self))(graph.nodes)
+    h = AtomEmbedding(self.d_model, self.atom_features, **same_precision(self))(graph.nodes)
     g = EdgeEmbedding(self.d_model, self.radius, self.gaussian_step,
                       **same_precision(self))(graph.edges)
     return h, g
