@@ -1,12 +1,14 @@
 """The shipped DFPT phonon-DoS benchmark (the paper's Table 1 data) and its default config."""
 import csv
 import ast
+import os
 
 import chex
+import jax
 import numpy as np
 
-from configs import phdos, phdos_chgnet
-from xtal2dos_jax import run_data
+from configs import phdos, phdos_chgnet, phdos_ensemble
+from xtal2dos_jax import batching, model_setup, run_data
 from xtal2dos_jax import datasets
 
 
@@ -95,3 +97,32 @@ def test_paper_config_builds_and_trains(tmp_path):
   import json
   lr = json.loads(lines[0])["learning_rate"]
   np.testing.assert_allclose(lr, 1.0 / np.sqrt(16) * 2 * 300 ** -1.5, rtol=1e-5)
+
+
+def test_public_code_split_file_covers_the_shipped_set(tmp_path):
+  """configs/splits/dfpt_xtal2dos_public.json (the split the public Xtal2DoS code draws)
+  names every DFPT crystal once: 1,216 / 153 / 152."""
+  config = phdos.get_config()
+  config.data.cache_dir = str(tmp_path)
+  config.data.split_file = os.path.join(os.path.dirname(phdos.__file__), "splits",
+                                        "dfpt_xtal2dos_public.json")
+  rd = run_data.prepare_run_data(config)
+  sizes = {name: len(s.graphs) for name, s in rd.splits.items()}
+  assert sizes == {"train": 1216, "validation": 153, "test": 152}
+
+
+def test_ensemble_config_is_five_mlp_heads_stacked_on_a_member_axis():
+  """configs/phdos_ensemble.py: the MLP head, 5 members with their own initialisation
+  (seeds seed..seed+4) stacked on a leading axis; otherwise the default recipe."""
+  config = phdos_ensemble.get_config()
+  assert config.model.decoder == "mlp" and config.train.ensemble_size == 5
+  base = phdos.get_config()
+  assert config.train.num_epochs == base.train.num_epochs and config.data == base.data
+  config.model.d_model, config.model.ff_dim = 16, 32
+  budget = batching.Budget(n_node=64, n_edge=640, n_graph=5, max_atoms=16)
+  state = model_setup.create_train_state(config, budget, 3)
+  assert model_setup.ensemble_size_of_state(state) == 5
+  leaves = jax.tree.leaves(state.params)
+  assert all(x.shape[0] == 5 for x in leaves)
+  kernels = [x for x in leaves if x.ndim == 3]           # [member, in, out] matrices
+  assert all(len({float(np.abs(x[k]).sum()) for k in range(5)}) == 5 for x in kernels)
