@@ -637,6 +637,34 @@ def test_compare_table_over_seeds(tmp_path):
   assert "trained 3 times (seeds 0, 1, 2)" in lines[-1]
 
 
+def test_compare_reports_the_test_chosen_epoch_of_monitored_runs(tmp_path):
+  """Runs trained with train.monitor_test get the column "R^2, epoch chosen on test": the
+  test R^2 at the epoch of the lowest test loss (the public code's checkpoint), mean ±
+  std over seeds; tables of unmonitored runs do not show the column."""
+  dirs = compare.run_dirs(str(tmp_path), "mlp", [0, 1])
+  # (test loss, test R^2) per epoch; the lowest loss is epoch 2 for seed 0, 3 for seed 1.
+  monitored = [[(0.5, 0.60), (0.3, 0.72), (0.4, 0.75)], [(0.5, 0.60), (0.4, 0.70), (0.2, 0.68)]]
+  for seed, epochs in enumerate(monitored):
+    _fake_run(dirs[seed], "mlp", 0.65, [1.0] * len(epochs), ["x", "y"], seed=seed)
+    with open(os.path.join(dirs[seed], "metrics.jsonl"), "w") as f:
+      for epoch, (loss, r2) in enumerate(epochs, start=1):
+        f.write(json.dumps({"epoch": epoch, "train_seconds": 1.0, "test_monitor": {
+            "loss": loss, "normalized": {"r2": r2}, "original": {"r2": r2}}}) + "\n")
+  one = str(tmp_path / "phdos")
+  _fake_run(one, "transformer", 0.4, [9.0, 1.0], ["x", "y"])
+  table = compare.build_table({"mlp": dirs, "phdos": one})
+  row, plain = table["rows"]
+  assert [r["r2_test_chosen"] for r in row["runs"]] == pytest.approx([0.72, 0.68])
+  assert row["r2_test_chosen"] == pytest.approx(0.70)
+  assert row["r2_test_chosen_std"] == pytest.approx(np.std([0.72, 0.68], ddof=1))
+  assert np.isnan(plain["r2_test_chosen"])
+  lines = compare.to_markdown(table).splitlines()
+  assert "| R^2, epoch chosen on test |" in lines[0]
+  assert "| 0.7000 ± 0.0283 |" in lines[2] and "| 0.3000 | n/a |" in lines[3]
+  assert "R^2, epoch chosen on test" not in compare.to_markdown(
+      compare.build_table({"phdos": one}))
+
+
 @pytest.mark.slow
 @pytest.mark.long
 def test_compare_end_to_end(tmp_path):

@@ -76,6 +76,7 @@ COLUMNS = (
     ("rmse", "RMSE", "{:.4g}"),
     ("wd", "WD", "{:.4f}"),
     ("r2_original", "R^2 (orig)", "{:.4f}"),
+    ("r2_test_chosen", "R^2, epoch chosen on test", "{:.4f}"),
     ("num_params", "params", "{:,}"),
     ("train_seconds_per_epoch", "s/epoch", "{:.2f}"),
     ("inference_crystals_per_s", "crystals/s", "{:.1f}"),
@@ -190,6 +191,20 @@ def _train_seconds_per_epoch(metrics_path: str) -> float:
   return statistics.median(seconds) if seconds else math.nan
 
 
+def _test_chosen_r2(metrics_path: str) -> float:
+  """Test R^2 (normalised scale) at the epoch of the lowest test loss, the checkpoint the
+  public Xtal2DoS code keeps, for a run trained with `train.monitor_test` (each line of
+  metrics.jsonl then holds "test_monitor"); NaN for other runs."""
+  if not os.path.exists(metrics_path):
+    return math.nan
+  with open(metrics_path) as f:
+    lines = [json.loads(line) for line in f if line.strip()]
+  if not lines or any("test_monitor" not in line for line in lines):
+    return math.nan
+  best = min(lines, key=lambda line: line["test_monitor"]["loss"])
+  return best["test_monitor"]["normalized"]["r2"]
+
+
 def _config_value(config: Mapping[str, Any], key: str, source: str) -> Any:
   """The value of dotted `key` (e.g. "model.decoder") in a run's plain-dict config (its
   config.json): the saved value, else the default `workdir._ADDED_KEYS` gives a key added
@@ -253,7 +268,8 @@ def _run_record(run_dir: str) -> dict[str, Any]:
       test_count=results["metrics"]["test"]["normalized"]["count"],
       num_params=int(results.get("num_params", 0)), epochs_run=results.get("epochs_run"),
       best_epoch=results.get("best_epoch"),
-      train_seconds_per_epoch=_train_seconds_per_epoch(os.path.join(run_dir, "metrics.jsonl")))
+      train_seconds_per_epoch=_train_seconds_per_epoch(os.path.join(run_dir, "metrics.jsonl")),
+      r2_test_chosen=_test_chosen_r2(os.path.join(run_dir, "metrics.jsonl")))
   return record
 
 
@@ -286,6 +302,10 @@ def collect_row(name: str, dirs: Sequence[str]) -> dict[str, Any]:
     row[key] = statistics.fmean(values)
     if key in ACCURACY:
       row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+  chosen = [r["r2_test_chosen"] for r in records]
+  monitored = all(math.isfinite(v) for v in chosen)
+  row["r2_test_chosen"] = statistics.fmean(chosen) if monitored else math.nan
+  row["r2_test_chosen_std"] = statistics.stdev(chosen) if monitored and len(chosen) > 1 else None
   row.update(test_count=records[0]["test_count"], num_params=records[0]["num_params"],
              epochs_run=records[0]["epochs_run"], best_epoch=records[0]["best_epoch"],
              inference_crystals_per_s=speed.get("crystals_per_s", math.nan),
@@ -387,21 +407,28 @@ def format_cell(value: Any, fmt: str, std: float | None = None) -> str:
   return fmt.format(value) + ("" if std is None else " ± " + fmt.format(std))
 
 
+def _finite(value: Any) -> bool:
+  return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def to_markdown(table: Mapping[str, Any]) -> str:
-  """The table as GitHub markdown (a warning line first if the test splits differ)."""
-  header = ["variant"] + [h for _, h, _ in COLUMNS]
+  """The table as GitHub markdown (a warning line first if the test splits differ). The
+  column of the test-chosen epoch appears only when some run recorded `test_monitor`."""
+  monitored = any(_finite(row.get("r2_test_chosen")) for row in table["rows"])
+  columns = [c for c in COLUMNS if c[0] != "r2_test_chosen" or monitored]
+  header = ["variant"] + [h for _, h, _ in columns]
   lines = []
   if not table["same_split"]:
     lines += ["**warning: the runs were evaluated on different test splits**", ""]
   lines += ["| " + " | ".join(header) + " |",
             "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
   for row in table["rows"]:
-    cells = [row["name"]] + [format_cell(row[k], fmt, row.get(f"{k}_std"))
-                             for k, _, fmt in COLUMNS]
+    cells = [row["name"]] + [format_cell(row.get(k), fmt, row.get(f"{k}_std"))
+                             for k, _, fmt in columns]
     lines.append("| " + " | ".join(cells) + " |")
   for row in table.get("published", []):
     cells = [row["model"], "published"] + [
-        format_cell(row.get(k), fmt) if k in row else "" for k, _, fmt in COLUMNS[1:]]
+        format_cell(row.get(k), fmt) if k in row else "" for k, _, fmt in columns[1:]]
     lines.append("| " + " | ".join(cells) + " |")
   n = {row["test_count"] for row in table["rows"]}
   runs = {row["num_runs"] for row in table["rows"]}
@@ -417,6 +444,9 @@ def to_markdown(table: Mapping[str, Any]) -> str:
             "points (the DOSTransformer paper averages per-crystal RMSEs, which is at most "
             "this); s/epoch: median training time per epoch (first epoch excluded); "
             "crystals/s: Trainer.predict throughput, best of the timed runs after warm-up."
+            + (" R^2, epoch chosen on test: test R^2 at the epoch of the lowest test loss "
+               "(the public Xtal2DoS code's \"best\" checkpoint; train.monitor_test), for "
+               "comparison with published figures only." if monitored else "")
             + seeds]
   return "\n".join(lines)
 
