@@ -599,6 +599,11 @@ def test_model_label_from_plain_dict_configs(tmp_path):
       "dostransformer_gnn + dostransformer (+ prompt-free loss x1)")
   assert label({"encoder": "unimp", "decoder": "dostransformer",
                 "dostransformer_prompt": "none"}) == "unimp + dostransformer (no prompt)"
+  assert label({"encoder": "unimp", "decoder": "mlp", "atom_features": "cgcnn_mass"}) == (
+      "unimp + mlp (cgcnn_mass atoms)")
+  assert compare._model_label({"model": {"encoder": "unimp", "decoder": "mlp"},
+                               "train": {"ensemble_size": 5}}, "run/config.json") == (
+      "unimp + mlp, ensemble of 5")
   for model, key in (({"decoder": "mlp"}, "model.encoder"),
                      ({"encoder": "unimp", "decoder": "transformer"}, "model.causal"),
                      ({"encoder": "unimp", "decoder": "chunk_rnn_attn"}, "model.chunk_size")):

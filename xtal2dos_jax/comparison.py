@@ -223,8 +223,9 @@ def _config_value(config: Mapping[str, Any], key: str, source: str) -> Any:
 
 def _model_label(config: Mapping[str, Any], source: str) -> str:
   """"<encoder> + <decoder>", the E3NN encoder's variant other than "chen2021" (e.g.
-  "e3nn (gate_points) + mlp") and the decoder's departures from its default form, from
-  a run's plain-dict config; `source` (its config.json) names it in errors."""
+  "e3nn (gate_points) + mlp"), the decoder's departures from its default form, element
+  features other than CGCNN's and the ensemble size of a vmapped ensemble, from a run's
+  plain-dict config; `source` (its config.json) names it in errors."""
   value = lambda key: _config_value(config, f"model.{key}", source)
   decoder = value("decoder")
   encoder = value("encoder")
@@ -243,6 +244,11 @@ def _model_label(config: Mapping[str, Any], source: str) -> str:
     weight = value("dostransformer_prompt_free_weight")
     if weight > 0:
       label += f" (+ prompt-free loss x{weight:g})"
+  if value("atom_features") != "cgcnn":
+    label += f" ({value('atom_features')} atoms)"
+  members = _config_value(config, "train.ensemble_size", source)
+  if members > 1:
+    label += f", ensemble of {members}"
   return label
 
 
