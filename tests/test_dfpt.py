@@ -113,11 +113,12 @@ def test_public_code_split_file_covers_the_shipped_set(tmp_path):
 
 def test_ensemble_config_is_five_mlp_heads_stacked_on_a_member_axis():
   """configs/phdos_ensemble.py: the MLP head, 5 members with their own initialisation
-  (seeds seed..seed+4) stacked on a leading axis; otherwise the default recipe."""
+  (seeds seed..seed+4) stacked on a leading axis, 60 epochs, encoder dropout 0.2, the
+  default data."""
   config = phdos_ensemble.get_config()
   assert config.model.decoder == "mlp" and config.train.ensemble_size == 5
-  base = phdos.get_config()
-  assert config.train.num_epochs == base.train.num_epochs and config.data == base.data
+  assert config.train.num_epochs == 60 and config.model.encoder_dropout == 0.2
+  assert config.data == phdos.get_config().data
   config.model.d_model, config.model.ff_dim = 16, 32
   budget = batching.Budget(n_node=64, n_edge=640, n_graph=5, max_atoms=16)
   state = model_setup.create_train_state(config, budget, 3)
