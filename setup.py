@@ -37,7 +37,7 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # TensorBoard event files of every run (xtal2dos_jax/tensorboard.py).
+        # TensorBoard event files of every run (xtal2dos_jax/training/tensorboard.py).
         "tensorboard": TENSORBOARD_REQUIRES,
         # The CUDA 12 build of the pinned JAX (jaxlib plus jax-cuda12-plugin and NVIDIA's
         # CUDA libraries from PyPI), for NVIDIA GPU hosts.

@@ -14,7 +14,7 @@ compile times and compile counts as rows of their own:
   whole set, measured by `--inference_only` in a child process set up as the predict
   binary is: one CPU device per core, no single malloc arena), host pipeline vs device
   time per step, page faults per training step
-  (see `xtal2dos_jax/allocator.py`), peak resident memory;
+  (see `xtal2dos_jax/training/allocator.py`), peak resident memory;
 * the opt-in mixed-precision mode (`model.dtype="bf16_matmul"`): network-only training
   and prediction, interleaved with the float32 model (`config.bench.bf16_matmul`);
 * scaling: the paper-size model, crystal size (supercells) and batch size;
@@ -39,11 +39,11 @@ import tempfile
 
 from absl import flags, logging
 
-from experiments import common
-from xtal2dos_jax import allocator
+from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.training import allocator
 
 FLAGS = flags.FLAGS
-common.define_config_file("config", "configs/bench.py", "Benchmark config file.",
+cli.define_config_file("config", "configs/bench.py", "Benchmark config file.",
                           lock_config=False)
 flags.DEFINE_bool("quick", False, "Smoke-sized model and a data subset (seconds; for tests).")
 flags.DEFINE_string("output", None, "Also write the rows (and the run's context) as JSON here.")
@@ -59,7 +59,7 @@ def _inference_in_child(config, xla_cache: str) -> list:
   """The evaluation/prediction rows, measured by `--inference_only` in a new process
   with the same flags, so its malloc set-up is the predict binary's, not training's
   (no keep_freed_memory); featurisation and XLA caches are this run's."""
-  from experiments.benchmarking_tools import Row
+  from xtal2dos_jax.workflows.benchmarks.tools import Row
   keep = [a for a in sys.argv[1:] if not a.startswith(("--output", "--xla_cache_dir"))]
   with tempfile.TemporaryDirectory(prefix="xtal2dos_bench_inference_") as tmp:
     out = os.path.join(tmp, "rows.json")
@@ -77,20 +77,20 @@ def _inference_in_child(config, xla_cache: str) -> list:
 def main(argv):
   del argv
   if not FLAGS.inference_only:   # the inference child runs as the predict binary does
-    allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/allocator.py)
+    allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/training/allocator.py)
   if not FLAGS["no_compilation_cache"].present:
     FLAGS.no_compilation_cache = True   # cold compile rows: not the user's XLA cache
-  common.setup_runtime(inference=FLAGS.inference_only)
-  from xtal2dos_jax import runtime
-  from experiments.benchmarking import context, inference_rows, quick_config, run_benchmark
-  from experiments.benchmarking_tools import format_rows
+  cli.setup_runtime(inference=FLAGS.inference_only)
+  from xtal2dos_jax.training import runtime
+  from xtal2dos_jax.workflows.benchmarks.harness import context, inference_rows, quick_config, run_benchmark
+  from xtal2dos_jax.workflows.benchmarks.tools import format_rows
   xla_cache = FLAGS.xla_cache_dir or tempfile.mkdtemp(prefix="xtal2dos_bench_xla_")
   runtime.enable_compilation_cache(xla_cache)
   config = quick_config(FLAGS.config) if FLAGS.quick else FLAGS.config
   info = context()
   log = lambda msg: logging.info("benchmark: %s", msg)
   try:
-    with common.user_errors():
+    with cli.user_errors():
       if FLAGS.inference_only:
         rows = inference_rows(config, log)
       else:
@@ -109,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -5,7 +5,7 @@ r"""Compare model variants on one split with one budget (paper Tables 3-5).
       --workdir=runs/compare [--config_overrides=train.num_epochs=5 ...] [--seeds=0,1,2]
 
 Each config file (its `get_config()`, then every `--config_overrides key=value`) is
-trained with `xtal2dos_jax.train.train_and_evaluate` in `<workdir>/<name>` (name = the
+trained with `xtal2dos_jax.training.train.train_and_evaluate` in `<workdir>/<name>` (name = the
 file's stem, made unique). A finished run is not retrained, so rerunning the command
 only re-measures inference and rebuilds the table. The variants share the data config,
 hence the split; the table records whether the saved test splits agree.
@@ -43,8 +43,9 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments import common
-from xtal2dos_jax import allocator, comparison
+from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.training import allocator
+from xtal2dos_jax.workflows import comparison
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", None, "Comma-separated config files, one per variant.")
@@ -69,28 +70,28 @@ flags.register_validator("folds", lambda folds: folds != 1,
 
 def main(argv):
   del argv
-  allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/allocator.py)
+  allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/training/allocator.py)
   if not FLAGS.configs:
     raise app.UsageError("--configs is required (comma-separated config files)")
-  with common.user_errors():
-    configs = [common.load_config_file(p, FLAGS.config_overrides)
+  with cli.user_errors():
+    configs = [cli.load_config_file(p, FLAGS.config_overrides)
                for p in FLAGS.configs]                     # all parsed before any training
-  common.setup_runtime()
+  cli.setup_runtime()
   # after the runtime (devices, distributed) is set up
-  from xtal2dos_jax import train
-  from xtal2dos_jax.comparison import (INFERENCE_JSON, build_table, published_rows,
-                                       run_names, time_inference, to_markdown, train_variant,
-                                       write_table)
-  from xtal2dos_jax.workdir import write_json_atomic
+  from xtal2dos_jax.training import preemption
+  from xtal2dos_jax.workflows.compare_tables import INFERENCE_JSON
+  from xtal2dos_jax.workflows.comparison import run_names, time_inference, train_variant
+  from xtal2dos_jax.workflows.compare_tables import build_table, published_rows, to_markdown, write_table
+  from xtal2dos_jax.core.atomic_io import write_json_atomic
   runs = {}
   seeds, folds = [int(s) for s in FLAGS.seeds], FLAGS.folds
-  with common.user_errors():
+  with cli.user_errors():
     names = run_names(FLAGS.configs)
     for name, path, config in zip(names, FLAGS.configs, configs):
       try:
         dirs = train_variant(name, path, config, FLAGS.workdir, seeds, folds,
                              overwrite=FLAGS.overwrite)
-      except train.Preempted as e:
+      except preemption.Preempted as e:
         logging.warning("%s", e)
         sys.exit(143)
       speed = time_inference(dirs[0], FLAGS.inference_repeats)   # speed does not depend on the seed
@@ -104,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -8,7 +8,7 @@ eval_<split>.json, predictions_<split>.npz and eval_<split>.png into the workdir
 """
 from absl import flags
 
-from experiments import common
+from xtal2dos_jax.workflows import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
@@ -18,18 +18,20 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
-  common.setup_runtime(inference=True)
-  from xtal2dos_jax import inference, physics, reporting
-  with common.user_errors():
-    out = inference.evaluate_run(FLAGS.workdir, FLAGS.split)
-  print(reporting.format_table({FLAGS.split: out[FLAGS.split]}))
-  physics_lines = physics.physics_table(out[FLAGS.split].get("physics"))
+  cli.setup_runtime(inference=True)
+  from xtal2dos_jax.evaluation import evaluate
+  from xtal2dos_jax.physics import dos_properties
+  from xtal2dos_jax.objectives import metrics
+  with cli.user_errors():
+    out = evaluate.evaluate_run(FLAGS.workdir, FLAGS.split)
+  print(metrics.format_table({FLAGS.split: out[FLAGS.split]}))
+  physics_lines = dos_properties.physics_table(out[FLAGS.split].get("physics"))
   if physics_lines:
     print(physics_lines)
-  print(f"checkpoint: {common.checkpoint_used(out)}")
+  print(f"checkpoint: {cli.checkpoint_used(out)}")
   print(f"wrote {FLAGS.workdir}/eval_{FLAGS.split}.json, predictions_{FLAGS.split}.npz, "
         f"eval_{FLAGS.split}.png")
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

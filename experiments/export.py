@@ -12,7 +12,7 @@ import os
 
 from absl import flags
 
-from experiments import common
+from xtal2dos_jax.workflows import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
@@ -28,18 +28,19 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   del argv
-  from xtal2dos_jax.errors import InputError
-  with common.user_errors():
+  from xtal2dos_jax.core.errors import InputError
+  with cli.user_errors():
     if not FLAGS.name and not FLAGS.outdir:
       raise InputError("--name", "is required (or give --outdir)")
-  common.setup_runtime(inference=True)
-  from xtal2dos_jax import pretrained
-  with common.user_errors():
+  cli.setup_runtime(inference=True)
+  from xtal2dos_jax.inference import export
+  from xtal2dos_jax.inference import pretrained
+  with cli.user_errors():
     outdir = FLAGS.outdir or os.path.join(pretrained.PACKAGE_DIR, FLAGS.name)
-    pretrained.export_run(FLAGS.workdir, outdir, FLAGS.name, FLAGS.dtype,
+    export.export_run(FLAGS.workdir, outdir, FLAGS.name, FLAGS.dtype,
                           description=FLAGS.description)
   print(f"exported {FLAGS.workdir} -> {outdir}")
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

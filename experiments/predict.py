@@ -13,7 +13,7 @@ the workdir, or under the current directory for an exported model).
 """
 from absl import flags
 
-from experiments import common
+from xtal2dos_jax.workflows import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
@@ -33,13 +33,13 @@ flags.mark_flags_as_required(["structures"])
 
 def main(argv):
   del argv
-  from xtal2dos_jax.errors import InputError
-  with common.user_errors():
+  from xtal2dos_jax.core.errors import InputError
+  with cli.user_errors():
     if FLAGS.workdir and FLAGS.model:
       raise InputError("--model", "give --model or --workdir, not both")
-  common.setup_runtime(inference=True)
-  from xtal2dos_jax import predictor as predictor_lib
-  with common.user_errors():
+  cli.setup_runtime(inference=True)
+  from xtal2dos_jax.inference import predictor as predictor_lib
+  with cli.user_errors():
     temperatures = predictor_lib.parse_temperatures(FLAGS.temperatures)
     if FLAGS.workdir:
       p = predictor_lib.Predictor(FLAGS.workdir)
@@ -52,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

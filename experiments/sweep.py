@@ -8,7 +8,7 @@ validation, report its test metrics once.
 The grid is `key=v1,v2,...` parts joined by `;`; its cells are every combination of
 the values (the first key varying slowest). Each cell is the config file with every
 `--config_overrides key=value` and then the cell's own `key=value`s applied, loaded as
-`experiments.compare` loads its variants (`common.load_config_file`, values parsed by
+`experiments.compare` loads its variants (`cli.load_config_file`, values parsed by
 the type of each key's default). The cells share the data config apart from the grid's
 keys, hence the split (`data.split_seed`), and the training budget: a grid may not vary
 the split, the epochs, the patience or the seed (`sweeps.SWEEP_FIXED_KEYS`).
@@ -33,9 +33,12 @@ import sys
 
 from absl import flags, logging
 
-from experiments import common
-from xtal2dos_jax import allocator, comparison, sweeps
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.training import allocator
+from xtal2dos_jax.workflows import comparison
+from xtal2dos_jax.workflows import compare_tables
+from xtal2dos_jax.workflows import sweeps
+from xtal2dos_jax.core.errors import InputError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/phdos.py", "Config file every cell starts from.")
@@ -61,7 +64,7 @@ def load_cell_config(path: str, overrides: list[str], cell: dict[str, str]):
   """
   items = [f"{key}={value}" for key, value in cell.items()]
   try:
-    return common.load_config_file(path, [*overrides, *items])
+    return cli.load_config_file(path, [*overrides, *items])
   except InputError as e:
     if e.name == "--configs":
       raise InputError("--config", e.reason) from None
@@ -73,8 +76,8 @@ def load_cell_config(path: str, overrides: list[str], cell: dict[str, str]):
 
 def main(argv):
   del argv
-  allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/allocator.py)
-  with common.user_errors():
+  allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/training/allocator.py)
+  with cli.user_errors():
     grid = sweeps.parse_grid(FLAGS.grid)
     cells = sweeps.grid_cells(grid)
     configs = [load_cell_config(FLAGS.config, FLAGS.config_overrides, cell)
@@ -83,11 +86,12 @@ def main(argv):
     if len(set(names)) != len(names):
       raise InputError("--grid", "two cells get the same run directory name; write the "
                        "values with letters, digits and ._+- only")
-  common.setup_runtime()
-  from xtal2dos_jax import train  # after the runtime (devices, distributed) is set up
+  cli.setup_runtime()
+  from xtal2dos_jax.training import train
+  from xtal2dos_jax.training import preemption
   seeds = [int(s) for s in FLAGS.seeds]
   finished = []
-  with common.user_errors():
+  with cli.user_errors():
     for config in configs:          # every cell's values checked before any training
       train.check_config(config)
     for cell, name, config in zip(cells, names, configs):
@@ -95,17 +99,17 @@ def main(argv):
       try:
         dirs = comparison.train_variant(name, label, config, FLAGS.workdir, seeds,
                                         overwrite=FLAGS.overwrite)
-      except train.Preempted as e:
+      except preemption.Preempted as e:
         logging.warning("%s", e)
         sys.exit(143)
       finished.append((cell, dirs))
     table = sweeps.build_sweep_table(grid, finished)
   markdown = sweeps.sweep_to_markdown(table)
-  json_path, md_path = comparison.write_table(table, FLAGS.workdir, sweeps.SWEEP_JSON,
+  json_path, md_path = compare_tables.write_table(table, FLAGS.workdir, sweeps.SWEEP_JSON,
                                               sweeps.SWEEP_MARKDOWN, markdown)
   print(markdown)
   print(f"wrote {json_path} and {md_path}")
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -7,11 +7,12 @@ import sys
 
 from absl import flags, logging
 
-from experiments import common
-from xtal2dos_jax import allocator
+from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.training import distributed
+from xtal2dos_jax.training import allocator
 
 FLAGS = flags.FLAGS
-common.define_config_file("config", "configs/phdos.py", "Training config file.",
+cli.define_config_file("config", "configs/phdos.py", "Training config file.",
                           lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
 flags.DEFINE_bool("overwrite", False, "Discard a run already in --workdir and start afresh.")
@@ -19,21 +20,23 @@ flags.DEFINE_bool("overwrite", False, "Discard a run already in --workdir and st
 
 def main(argv):
   del argv
-  allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/allocator.py)
-  common.setup_runtime()
+  allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/training/allocator.py)
+  cli.setup_runtime()
   # after the runtime (devices, distributed) is set up
-  from xtal2dos_jax import preemption, reporting, train
+  from xtal2dos_jax.training import preemption
+  from xtal2dos_jax.objectives import metrics
+  from xtal2dos_jax.training import train
   config = FLAGS.config
-  workdir = FLAGS.workdir or common.default_workdir(flags.FLAGS["config"].config_filename)
-  with common.user_errors(), common.lost_processes(workdir):
+  workdir = FLAGS.workdir or cli.default_workdir(flags.FLAGS["config"].config_filename)
+  with cli.user_errors(), distributed.lost_processes(workdir):
     try:
       results = train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
     except preemption.Preempted as e:
       logging.warning("%s", e)
       sys.exit(143)
-  print(reporting.format_table(results["metrics"]))
+  print(metrics.format_table(results["metrics"]))
   print(f"workdir: {workdir}")
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

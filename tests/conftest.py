@@ -7,7 +7,7 @@ with it reuses one compiled function.
 """
 from __future__ import annotations
 
-from xtal2dos_jax.allocator import keep_freed_memory
+from xtal2dos_jax.training.allocator import keep_freed_memory
 
 keep_freed_memory()  # as the training binaries do first in main(), before numpy and jax
 
@@ -22,12 +22,16 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from xtal2dos_jax import batching, labels, losses, model_setup, train
-from xtal2dos_jax.featurize import featurize_crystal
-from xtal2dos_jax.graph_cache import GraphSet
-from xtal2dos_jax.batching import Batch, Budget, LabelledGraphs, assemble
+from xtal2dos_jax.input_pipeline import batching
+from xtal2dos_jax.input_pipeline import labels
+from xtal2dos_jax.objectives import losses
+from xtal2dos_jax.training import model_setup
+from xtal2dos_jax.training import train
+from xtal2dos_jax.input_pipeline.featurize import featurize_crystal
+from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
+from xtal2dos_jax.input_pipeline.batching import Batch, Budget, LabelledGraphs, assemble
 from xtal2dos_jax.models import create_model
-from xtal2dos_jax.runtime import enable_compilation_cache
+from xtal2dos_jax.training.runtime import enable_compilation_cache
 
 
 def pytest_configure(config):

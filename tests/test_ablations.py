@@ -18,20 +18,20 @@ import numpy as np
 import optax
 import pytest
 
-from xtal2dos_jax import losses
-from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.activations import apply_output_activation
+from xtal2dos_jax.objectives import losses
+from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline.labels import apply_output_activation
 from xtal2dos_jax.models import DECODERS, ENCODERS, AtomStates, SequenceDecoder, create_model
 from xtal2dos_jax.models.dostransformer import DOSTransformerDecoder
 from xtal2dos_jax.models.gat import GATEncoder
 from xtal2dos_jax.models.gatgnn import GATGNNHead
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
-from xtal2dos_jax.models.rnn_decoders import (ChunkRNNAttentionDecoder, ChunkRNNDecoder,
-                                              RNNAttentionDecoder, RNNDecoder)
+from xtal2dos_jax.models.rnn_decoders import ChunkRNNAttentionDecoder, ChunkRNNDecoder, RNNAttentionDecoder, RNNDecoder
 from xtal2dos_jax.models.xtal2dos import Xtal2DoS
 
-from experiments import common
-from xtal2dos_jax import comparison as compare
+from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.workflows import compare_tables
+from xtal2dos_jax.workflows import comparison
 
 from test_equations import REF_TOL, as_numpy, dostransformer_reference, mlp_reference, perturb
 
@@ -468,7 +468,7 @@ def test_xtal2dos_passes_crystal_system_to_decoders_that_use_it(tiny_batch):
                                   "graph_network_energy", "dostransformer_own_encoder",
                                   "dostransformer_no_prompt"])
 def test_ablation_configs_build(path):
-  config = common.load_config_file(os.path.join(REPO, "configs", "ablations", f"{path}.py"))
+  config = cli.load_config_file(os.path.join(REPO, "configs", "ablations", f"{path}.py"))
   model = create_model(config)
   assert model.decoder.l_y == config.data.l_y == 51
   expected = {"rnn": RNNDecoder, "rnn_attn": RNNAttentionDecoder, "chunk_rnn": ChunkRNNDecoder,
@@ -494,10 +494,10 @@ def test_ablation_configs_build(path):
 
 
 def test_compare_config_helpers():
-  assert compare.run_names(["configs/phdos.py", "configs/ablations/mlp.py", "a/mlp.py",
+  assert comparison.run_names(["configs/phdos.py", "configs/ablations/mlp.py", "a/mlp.py",
                             "b/x.py", "b/x.py"]) == ["phdos", "ablations_mlp", "a_mlp",
                                                      "b_x", "b_x_2"]
-  config = common.load_config_file("configs/smoke.py", [
+  config = cli.load_config_file("configs/smoke.py", [
       "train.num_epochs=5", "model.causal=false", "data.split=(0.6, 0.2, 0.2)",
       "model.decoder=rnn", "train.learning_rate=3e-4"])
   assert config.train.num_epochs == 5 and config.model.causal is False
@@ -508,9 +508,9 @@ def test_compare_config_helpers():
                       ("nope.x=1", "no config key 'nope'"),
                       ("train.num_epochs=abc", "invalid literal for int")):
     with pytest.raises(InputError, match=rf"^--config_overrides={re.escape(bad)}: {reason}"):
-      common.load_config_file("configs/smoke.py", [bad])
+      cli.load_config_file("configs/smoke.py", [bad])
   with pytest.raises(InputError, match=r"^--configs: cannot load the config file"):
-    common.load_config_file("configs/no_such_config.py")
+    cli.load_config_file("configs/no_such_config.py")
 
 
 def _fake_run(path, decoder, r2, seconds, test_ids, speed=True, seed=0, **model):
@@ -532,7 +532,7 @@ def _fake_run(path, decoder, r2, seconds, test_ids, speed=True, seed=0, **model)
     for epoch, s in enumerate(seconds, start=1):
       f.write(json.dumps({"epoch": epoch, "train_seconds": s}) + "\n")
   if speed:
-    with open(os.path.join(path, compare.INFERENCE_JSON), "w") as f:
+    with open(os.path.join(path, compare_tables.INFERENCE_JSON), "w") as f:
       json.dump({"crystals": len(test_ids), "seconds": 0.5, "crystals_per_s": 250.0}, f)
 
 
@@ -546,7 +546,7 @@ def test_compare_table_from_run_dirs(tmp_path):
   results["metrics"]["test"]["normalized"]["rmse"] = 0.02
   json.dump(results, open(results_path, "w"))
   _fake_run(runs["mlp"], "mlp", 0.5, [9.0, 1.0], ["x", "y"], speed=False)
-  table = compare.build_table(runs)
+  table = compare_tables.build_table(runs)
   assert table["same_split"]
   rows = {row["name"]: row for row in table["rows"]}
   assert list(rows) == ["phdos", "chunk", "mlp"]
@@ -559,7 +559,7 @@ def test_compare_table_from_run_dirs(tmp_path):
   assert rows["phdos"]["inference_crystals_per_s"] == 250.0
   assert np.isnan(rows["mlp"]["inference_crystals_per_s"])
 
-  markdown = compare.to_markdown(table)
+  markdown = compare_tables.to_markdown(table)
   lines = markdown.splitlines()
   assert lines[0].startswith("| variant | model | val R^2 | R^2 | MAE | MSE | RMSE | WD "
                              "| R^2 (orig) | params")
@@ -571,20 +571,20 @@ def test_compare_table_from_run_dirs(tmp_path):
   assert "12,345" in lines[2] and "| 250.0 |" in lines[2] and "n/a" in lines[4]
   assert "warning" not in markdown
 
-  json_path, md_path = compare.write_table(table, str(tmp_path))
+  json_path, md_path = compare_tables.write_table(table, str(tmp_path))
   saved = json.load(open(json_path))
   assert saved["rows"][2]["inference_crystals_per_s"] is None   # strict JSON, no NaN
   assert open(md_path).read().strip() == markdown
 
   _fake_run(str(tmp_path / "other"), "rnn", 0.4, [5.0], ["z", "y"])
-  table = compare.build_table({**runs, "other": str(tmp_path / "other")})
-  assert not table["same_split"] and "warning" in compare.to_markdown(table)
+  table = compare_tables.build_table({**runs, "other": str(tmp_path / "other")})
+  assert not table["same_split"] and "warning" in compare_tables.to_markdown(table)
 
 
 def test_model_label_from_plain_dict_configs(tmp_path):
   """Labels from a run's config.json: keys added since a run was saved take their
   `workdir._ADDED_KEYS` defaults; any other missing key names the file and the key."""
-  label = lambda model: compare._model_label({"model": model}, "run/config.json")
+  label = lambda model: compare_tables._model_label({"model": model}, "run/config.json")
   assert label({"encoder": "unimp", "decoder": "transformer", "causal": False}) == (
       "unimp + transformer (unmasked)")
   assert label({"encoder": "unimp", "decoder": "mlp"}) == "unimp + mlp"
@@ -601,7 +601,7 @@ def test_model_label_from_plain_dict_configs(tmp_path):
                 "dostransformer_prompt": "none"}) == "unimp + dostransformer (no prompt)"
   assert label({"encoder": "unimp", "decoder": "mlp", "atom_features": "cgcnn_mass"}) == (
       "unimp + mlp (cgcnn_mass atoms)")
-  assert compare._model_label({"model": {"encoder": "unimp", "decoder": "mlp"},
+  assert compare_tables._model_label({"model": {"encoder": "unimp", "decoder": "mlp"},
                                "train": {"ensemble_size": 5}}, "run/config.json") == (
       "unimp + mlp, ensemble of 5")
   for model, key in (({"decoder": "mlp"}, "model.encoder"),
@@ -610,24 +610,24 @@ def test_model_label_from_plain_dict_configs(tmp_path):
     with pytest.raises(InputError, match=rf"^run/config.json: the run's config has no {key}$"):
       label(model)
   with pytest.raises(InputError, match="has no model.decoder"):
-    compare._model_label({}, "run/config.json")
+    compare_tables._model_label({}, "run/config.json")
   # The row names the run's own config.json.
   _fake_run(str(tmp_path / "a"), "mlp", 0.5, [1.0], ["x"])
   config_path = tmp_path / "a" / "config.json"
   json.dump({"seed": 0, "model": {"decoder": "mlp"}}, open(config_path, "w"))
   with pytest.raises(InputError, match=rf"^{re.escape(str(config_path))}: .* model.encoder$"):
-    compare.build_table({"a": str(tmp_path / "a")})
+    compare_tables.build_table({"a": str(tmp_path / "a")})
 
 
 def test_compare_table_over_seeds(tmp_path):
-  assert compare.run_dirs("w", "mlp", []) == [os.path.join("w", "mlp")]
-  dirs = compare.run_dirs(str(tmp_path), "mlp", [0, 1, 2])
+  assert comparison.run_dirs("w", "mlp", []) == [os.path.join("w", "mlp")]
+  dirs = comparison.run_dirs(str(tmp_path), "mlp", [0, 1, 2])
   assert dirs == [str(tmp_path / "mlp" / f"seed_{s}") for s in (0, 1, 2)]
   for seed, (r2, seconds) in enumerate([(0.5, 2.0), (0.6, 3.0), (0.7, 7.0)]):
     _fake_run(dirs[seed], "mlp", r2, [9.0, seconds], ["x", "y"], speed=seed == 1, seed=seed)
   one = str(tmp_path / "phdos")
   _fake_run(one, "transformer", 0.4, [9.0, 1.0], ["x", "y"])
-  table = compare.build_table({"mlp": dirs, "phdos": one})
+  table = compare_tables.build_table({"mlp": dirs, "phdos": one})
   row = table["rows"][0]
   assert table["same_split"] and row["num_runs"] == 3 and row["seeds"] == [0, 1, 2]
   assert row["r2"] == pytest.approx(0.6) and row["r2_std"] == pytest.approx(0.1)
@@ -636,7 +636,7 @@ def test_compare_table_over_seeds(tmp_path):
   assert row["inference_crystals_per_s"] == 250.0          # from the run that measured it
   assert [run["r2"] for run in row["runs"]] == pytest.approx([0.5, 0.6, 0.7])
   assert row["run_dir"] == str(tmp_path / "mlp")
-  lines = compare.to_markdown(table).splitlines()
+  lines = compare_tables.to_markdown(table).splitlines()
   assert lines[2].startswith("| mlp | unimp + mlp | 0.6500 ± 0.1000 | 0.6000 ± 0.1000 |")
   assert lines[3].startswith("| phdos | unimp + transformer | 0.4500 | 0.4000 |")
   assert "trained 3 times (seeds 0, 1, 2)" in lines[-1]
@@ -646,7 +646,7 @@ def test_compare_reports_the_test_chosen_epoch_of_monitored_runs(tmp_path):
   """Runs trained with train.monitor_test get the column "R^2, epoch chosen on test": the
   test R^2 at the epoch of the lowest test loss (the public code's checkpoint), mean ±
   std over seeds; tables of unmonitored runs do not show the column."""
-  dirs = compare.run_dirs(str(tmp_path), "mlp", [0, 1])
+  dirs = comparison.run_dirs(str(tmp_path), "mlp", [0, 1])
   # (test loss, test R^2) per epoch; the lowest loss is epoch 2 for seed 0, 3 for seed 1.
   monitored = [[(0.5, 0.60), (0.3, 0.72), (0.4, 0.75)], [(0.5, 0.60), (0.4, 0.70), (0.2, 0.68)]]
   for seed, epochs in enumerate(monitored):
@@ -657,17 +657,17 @@ def test_compare_reports_the_test_chosen_epoch_of_monitored_runs(tmp_path):
             "loss": loss, "normalized": {"r2": r2}, "original": {"r2": r2}}}) + "\n")
   one = str(tmp_path / "phdos")
   _fake_run(one, "transformer", 0.4, [9.0, 1.0], ["x", "y"])
-  table = compare.build_table({"mlp": dirs, "phdos": one})
+  table = compare_tables.build_table({"mlp": dirs, "phdos": one})
   row, plain = table["rows"]
   assert [r["r2_test_chosen"] for r in row["runs"]] == pytest.approx([0.72, 0.68])
   assert row["r2_test_chosen"] == pytest.approx(0.70)
   assert row["r2_test_chosen_std"] == pytest.approx(np.std([0.72, 0.68], ddof=1))
   assert np.isnan(plain["r2_test_chosen"])
-  lines = compare.to_markdown(table).splitlines()
+  lines = compare_tables.to_markdown(table).splitlines()
   assert "| R^2, epoch chosen on test |" in lines[0]
   assert "| 0.7000 ± 0.0283 |" in lines[2] and "| 0.3000 | n/a |" in lines[3]
-  assert "R^2, epoch chosen on test" not in compare.to_markdown(
-      compare.build_table({"phdos": one}))
+  assert "R^2, epoch chosen on test" not in compare_tables.to_markdown(
+      compare_tables.build_table({"phdos": one}))
 
 
 @pytest.mark.slow
@@ -704,26 +704,26 @@ def test_compare_end_to_end(tmp_path):
 
 def test_compare_over_cross_validation_folds(tmp_path):
   from configs import phdos, phdos_chgnet
-  assert compare.run_grid([0, 1], 2) == [(0, 0), (1, 0), (0, 1), (1, 1)]
-  dirs = compare.run_dirs(str(tmp_path), "mlp", [], 3)
+  assert comparison.run_grid([0, 1], 2) == [(0, 0), (1, 0), (0, 1), (1, 1)]
+  dirs = comparison.run_dirs(str(tmp_path), "mlp", [], 3)
   assert dirs == [str(tmp_path / "mlp" / f"fold_{k}") for k in range(3)]
-  other = compare.run_dirs(str(tmp_path), "phdos", [], 3)
+  other = comparison.run_dirs(str(tmp_path), "phdos", [], 3)
   for k in range(3):
     for run_dir, decoder in ((dirs[k], "mlp"), (other[k], "transformer")):
       _fake_run(run_dir, decoder, 0.5 + 0.1 * k, [9.0, 2.0], [f"t{k}"])
       config = json.load(open(os.path.join(run_dir, "config.json")))
       config["data"] = {"num_folds": 3, "fold": k}
       json.dump(config, open(os.path.join(run_dir, "config.json"), "w"))
-  table = compare.build_table({"mlp": dirs, "phdos": other},
-                              published=compare.published_rows(phdos.get_config()))
+  table = compare_tables.build_table({"mlp": dirs, "phdos": other},
+                              published=compare_tables.published_rows(phdos.get_config()))
   row = table["rows"][0]
   assert table["same_split"] and row["folds"] == [0, 1, 2] and row["num_runs"] == 3
   assert row["r2"] == pytest.approx(0.6) and row["r2_std"] == pytest.approx(0.1)
-  markdown = compare.to_markdown(table)
+  markdown = compare_tables.to_markdown(table)
   assert "trained 3 times (folds 0, 1, 2)" in markdown
   assert "| Xtal2DoS | published |  | 0.7340 | 0.00663 | 0.000193 |  | 0.0631 |" in markdown
   # Folds of one variant against one split of the other are not the same test crystals.
   single = str(tmp_path / "single")
   _fake_run(single, "mlp", 0.5, [9.0], ["t0"])
-  assert not compare.build_table({"mlp": dirs, "single": single})["same_split"]
-  assert compare.published_rows(phdos_chgnet.get_config()) == ()
+  assert not compare_tables.build_table({"mlp": dirs, "single": single})["same_split"]
+  assert compare_tables.published_rows(phdos_chgnet.get_config()) == ()

@@ -14,13 +14,13 @@ import sys
 
 import pytest
 
-from xtal2dos_jax import allocator
+from xtal2dos_jax.training import allocator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
 import ctypes, ctypes.util, json, resource, sys, threading
-from xtal2dos_jax.allocator import keep_freed_memory
+from xtal2dos_jax.training.allocator import keep_freed_memory
 applied = keep_freed_memory()
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -87,7 +87,7 @@ def test_binary_set_up_training_vs_inference(
   thread; evaluate/predict skip it (arena contention between their per-core device
   threads) and run one CPU device per core, training one device. The binaries log both,
   then fail fast here."""
-  from xtal2dos_jax import runtime
+  from xtal2dos_jax.training import runtime
   devices = min(runtime.usable_cores(), runtime.MAX_DEFAULT_CPU_DEVICES)
   devices = devices if binary == "evaluate" else 1
   args = {"evaluate": [f"--workdir={tmp_path}"],

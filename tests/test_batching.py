@@ -1,4 +1,4 @@
-"""Tests for xtal2dos_jax.batching: padded budgets, masks, epoch plans, prefetching."""
+"""Tests for xtal2dos_jax.input_pipeline.batching: padded budgets, masks, epoch plans, prefetching."""
 import functools
 import itertools
 import threading
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax import featurize, batching as ip
-from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.graph_cache import GraphSet
+from xtal2dos_jax.input_pipeline import featurize
+from xtal2dos_jax.input_pipeline import batching as ip
+from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
 
 RADIUS = 3.0   # small: edge counts differ between crystals (4, 6 or 12 per atom)
 MAX_NBR = 12
@@ -501,7 +502,8 @@ def test_only_encoders_that_read_them_get_edge_vectors(data, budget, encoder, wi
   """Decided once from the config: `needs_edge_vectors`, which the Trainer's batches
   (train, evaluate, predict) and the model set-up follow."""
   from configs import phdos, smoke
-  from xtal2dos_jax import models, train
+  from xtal2dos_jax import models
+  from xtal2dos_jax.training import train
   assert not models.needs_edge_vectors(phdos.get_config())   # the default model
   config = smoke.get_config()
   config.model.encoder = encoder

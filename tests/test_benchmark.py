@@ -1,4 +1,4 @@
-"""Tests for the benchmark: compile counts (xtal2dos_jax/compile_counter.py, no timing), the
+"""Tests for the benchmark: compile counts (xtal2dos_jax/workflows/benchmarks/compile_counter.py, no timing), the
 harness's table and time-to-accuracy helpers (experiments/benchmarking*.py) and the --quick run."""
 import os
 import subprocess
@@ -8,8 +8,9 @@ import tempfile
 import pytest
 
 from configs import smoke
-from experiments import benchmarking_sweeps, benchmarking_tools
-from xtal2dos_jax import compile_counter
+from xtal2dos_jax.workflows.benchmarks import scaling
+from xtal2dos_jax.workflows.benchmarks import tools
+from xtal2dos_jax.workflows.benchmarks import compile_counter
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,9 +48,9 @@ def test_counted_step_attributes_compiles_to_the_calling_step():
 
 
 def test_format_rows_has_header_and_one_line_per_row():
-  rows = [benchmarking_tools.Row("a", 1.5, "s", "note"), benchmarking_tools.Row("b", 1234.0, "crystals/s")]
-  lines = benchmarking_tools.format_rows(rows).splitlines()
-  assert lines[0] == benchmarking_tools.TABLE_HEADER
+  rows = [tools.Row("a", 1.5, "s", "note"), tools.Row("b", 1234.0, "crystals/s")]
+  lines = tools.format_rows(rows).splitlines()
+  assert lines[0] == tools.TABLE_HEADER
   assert len(lines) == 2 + len(rows)
   assert lines[2].startswith("a") and lines[2].rstrip().endswith("note")
 
@@ -66,7 +67,7 @@ def test_quick_benchmark_runs_and_prints_the_table(tmp_path):
        f"--xla_cache_dir={xla_cache}"],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert benchmarking_tools.TABLE_HEADER in proc.stdout
+  assert tools.TABLE_HEADER in proc.stdout
   import json
   rows = {r["name"]: r for r in json.load(open(out))["rows"]}
   assert rows["compiles: train step, epoch 1"]["value"] == 1
@@ -90,6 +91,6 @@ def test_quick_benchmark_runs_and_prints_the_table(tmp_path):
 def test_first_time_reaching_a_validation_r2():
   lines = [{"epoch": e, "wall_time": 100.0 + 10 * e, "val": {"normalized": {"r2": r2}}}
            for e, r2 in ((1, 0.3), (2, 0.61), (3, 0.59), (4, 0.66))]
-  assert benchmarking_sweeps.first_time_reaching(lines, 100.0, 0.60) == (20.0, 2)
-  assert benchmarking_sweeps.first_time_reaching(lines, 100.0, 0.65) == (40.0, 4)
-  assert benchmarking_sweeps.first_time_reaching(lines, 100.0, 0.70) is None
+  assert scaling.first_time_reaching(lines, 100.0, 0.60) == (20.0, 2)
+  assert scaling.first_time_reaching(lines, 100.0, 0.65) == (40.0, 4)
+  assert scaling.first_time_reaching(lines, 100.0, 0.70) is None

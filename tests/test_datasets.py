@@ -1,4 +1,4 @@
-"""Tests for xtal2dos_jax.datasets: the container, label validation, the ASE-db and Mat2Spec
+"""Tests for xtal2dos_jax.input_pipeline.readers: the container, label validation, the ASE-db and Mat2Spec
 readers, and load_raw_dataset (the phononDoS CSV, structure-folder and split tests have
 files of their own)."""
 
@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax import datasets, graph_cache
-from xtal2dos_jax.datasets import validation
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.input_pipeline import readers
+from xtal2dos_jax.input_pipeline import graph_cache
+from xtal2dos_jax.input_pipeline.readers import validation
+from xtal2dos_jax.core.errors import InputError
 
 L_Y = 8
 
@@ -63,7 +64,7 @@ def _data_config(**overrides):
 
 def test_raw_dataset_len_and_subset():
   crystals = _crystals()
-  ds = datasets.RawDataset(
+  ds = readers.RawDataset(
       ids=list(crystals), structures=list(crystals.values()),
       labels=_labels(3), grid=np.arange(L_Y, dtype=np.float32),
       extras={"cv300": np.array([1.0, 2.0, 3.0])}, skipped=[("x", "bad")])
@@ -75,7 +76,7 @@ def test_raw_dataset_len_and_subset():
   chex.assert_trees_all_close(sub.extras["cv300"], np.array([3.0, 1.0]))
   assert sub.skipped == [("x", "bad")] and len(sub) == 2
   with pytest.raises(ValueError):
-    datasets.RawDataset(ids=["a"], structures=[])
+    readers.RawDataset(ids=["a"], structures=[])
 
 
 def test_validate_labels():
@@ -85,15 +86,15 @@ def test_validate_labels():
   labels[3] = 0.0
   labels[4, 2] = np.inf
   ids = ["a", "b", "c", "d", "e"]
-  bad = dict(datasets.validate_labels(ids, labels, L_Y, "src"))
+  bad = dict(readers.validate_labels(ids, labels, L_Y, "src"))
   assert set(bad) == {"b", "c", "d", "e"}
   assert "NaN" in bad["b"] and "negative" in bad["c"]
   assert "all zero" in bad["d"] and "inf" in bad["e"]
-  assert datasets.validate_labels(ids[:1], labels[:1], L_Y, "src") == []
+  assert readers.validate_labels(ids[:1], labels[:1], L_Y, "src") == []
   with pytest.raises(InputError, match=r"src: .*8.*51|src: .*51.*8"):
-    datasets.validate_labels(ids, labels, 51, "src")
+    readers.validate_labels(ids, labels, 51, "src")
   with pytest.raises(InputError, match="src: .*2-D"):
-    datasets.validate_labels(ids, labels[0], L_Y, "src")
+    readers.validate_labels(ids, labels[0], L_Y, "src")
 
 
 def test_summarise_skipped_groups_by_reason_and_caps_the_list():
@@ -128,7 +129,7 @@ def test_read_ase_db(tmp_path):
   _write_db(path, crystals, _labels(3), extra_rows=[
       (bulk("Al"), {"material_id": "mp-4", "cv300": 1.0}, {}),  # no label
   ])
-  ds = datasets.read_ase_db(str(path), l_y=L_Y)
+  ds = readers.read_ase_db(str(path), l_y=L_Y)
   assert ds.ids == ["mp-1", "mp-2", "mp-3"]
   chex.assert_shape(ds.labels, (3, L_Y))
   assert ds.labels.dtype == np.float32
@@ -146,7 +147,7 @@ def test_read_ase_db_without_material_id(tmp_path):
   with ase.db.connect(str(path)) as db:
     for atoms in _crystals().values():
       db.write(atoms, data={"dos": np.ones(L_Y)})
-  ds = datasets.read_ase_db(str(path))
+  ds = readers.read_ase_db(str(path))
   assert ds.ids == ["1", "2", "3"] and ds.grid is None
 
 
@@ -154,24 +155,24 @@ def test_read_ase_db_errors(tmp_path):
   path = tmp_path / "small.db"
   _write_db(path, _crystals(), _labels(3))
   with pytest.raises(InputError, match=f"{path}: .*length 8.*l_y = 51"):
-    datasets.read_ase_db(str(path), l_y=51)
+    readers.read_ase_db(str(path), l_y=51)
   missing = tmp_path / "missing.db"
   with pytest.raises(InputError, match="missing.db: no such file"):
-    datasets.read_ase_db(str(missing))
+    readers.read_ase_db(str(missing))
   assert not missing.exists()  # ase.db.connect would have created it
   empty = tmp_path / "empty.db"
   empty.write_bytes(b"")
   with pytest.raises(InputError, match="empty.db: file is empty"):
-    datasets.read_ase_db(str(empty))
+    readers.read_ase_db(str(empty))
   assert empty.stat().st_size == 0  # not turned into a new database
   junk = tmp_path / "junk.db"
   junk.write_bytes(b"this is not sqlite" * 100)
   with pytest.raises(InputError, match="junk.db: not a readable ASE database"):
-    datasets.read_ase_db(str(junk))
+    readers.read_ase_db(str(junk))
 
 
 def test_embedded_phdos_db():
-  ds = datasets.read_ase_db(datasets.embedded_phdos_path())
+  ds = readers.read_ase_db(readers.embedded_phdos_path())
   assert len(ds) == 1024 and not ds.skipped
   assert len(set(ds.ids)) == 1024  # version 1.1: one row per material id
   chex.assert_shape(ds.labels, (1024, 51))
@@ -184,7 +185,7 @@ def test_embedded_phdos_db():
 
 
 def test_embedded_edos_mat2spec():
-  ds = datasets.read_mat2spec(datasets.embedded_edos_path(), l_y=128)
+  ds = readers.read_mat2spec(readers.embedded_edos_path(), l_y=128)
   assert len(ds) == 164 and not ds.skipped
   chex.assert_shape(ds.labels, (164, 128))
   chex.assert_trees_all_close(ds.grid[[0, -1]],
@@ -225,7 +226,7 @@ def _write_mat2spec(root, crystals, labels, structures="json"):
 def test_read_mat2spec(tmp_path, variant):
   crystals = _crystals()
   _write_mat2spec(tmp_path, crystals, _labels(3), structures=variant)
-  ds = datasets.read_mat2spec(str(tmp_path), l_y=L_Y)
+  ds = readers.read_mat2spec(str(tmp_path), l_y=L_Y)
   assert ds.ids == list(crystals) and not ds.skipped
   chex.assert_trees_all_close(ds.labels, _labels(3))
   chex.assert_trees_all_close(ds.grid, np.linspace(-1, 1, L_Y,
@@ -241,7 +242,7 @@ def test_read_mat2spec_missing_and_broken_structures(tmp_path):
   _write_mat2spec(tmp_path, crystals, _labels(3))
   (tmp_path / "materials_with_edos" / "dos_mp-2.json").unlink()
   (tmp_path / "materials_with_edos" / "dos_mp-3.json").write_text("{trunc")
-  ds = datasets.read_mat2spec(str(tmp_path))
+  ds = readers.read_mat2spec(str(tmp_path))
   assert ds.ids == ["mp-1"]
   chex.assert_trees_all_close(ds.labels, _labels(3)[:1])
   reasons = dict(ds.skipped)
@@ -254,16 +255,16 @@ def test_read_mat2spec_row_count_and_duplicates(tmp_path):
   _write_mat2spec(tmp_path / "a", crystals, _labels(4))
   with pytest.raises(InputError,
                      match=r"total_dos_8\.npy: has 4 label rows .* 3 ids"):
-    datasets.read_mat2spec(str(tmp_path / "a"))
+    readers.read_mat2spec(str(tmp_path / "a"))
   _write_mat2spec(tmp_path / "b", crystals, _labels(3))
   with open(tmp_path / "b" / "label_edos" / "mpids.csv", "w") as f:
     f.write("mpid\nmp-1\nmp-2\nmp-1\n")
   with pytest.raises(InputError, match="duplicate id 'mp-1'"):
-    datasets.read_mat2spec(str(tmp_path / "b"))
+    readers.read_mat2spec(str(tmp_path / "b"))
   with pytest.raises(InputError, match=r"total_dos_8\.npy: .*8.*l_y = 128"):
-    datasets.read_mat2spec(str(tmp_path / "b"), l_y=128)
+    readers.read_mat2spec(str(tmp_path / "b"), l_y=128)
   with pytest.raises(InputError, match="mpids.csv"):
-    datasets.read_mat2spec(str(tmp_path))  # no label_edos in the root
+    readers.read_mat2spec(str(tmp_path))  # no label_edos in the root
 
 
 def test_read_mat2spec_pickle_problems(tmp_path):
@@ -272,16 +273,16 @@ def test_read_mat2spec_pickle_problems(tmp_path):
   with open(tmp_path / "a" / "structures.pkl", "wb") as f:
     pickle.dump([bulk("Cu")], f)
   with pytest.raises(InputError, match=r"structures\.pkl: holds 1 .* 3 ids"):
-    datasets.read_mat2spec(str(tmp_path / "a"))
+    readers.read_mat2spec(str(tmp_path / "a"))
   # A pickle of objects from a module we do not have (e.g. pymatgen).
   (tmp_path / "a" / "structures.pkl").write_bytes(
       b"cno_such_module_xyz\nStructure\n(tR.")
   with pytest.raises(InputError, match="no_such_module_xyz"):
-    datasets.read_mat2spec(str(tmp_path / "a"))
+    readers.read_mat2spec(str(tmp_path / "a"))
   # A dict missing one id: that id is skipped, the rest read.
   with open(tmp_path / "a" / "structures.pkl", "wb") as f:
     pickle.dump({"mp-1": crystals["mp-1"], "mp-3": {"bad": 1}}, f)
-  ds = datasets.read_mat2spec(str(tmp_path / "a"))
+  ds = readers.read_mat2spec(str(tmp_path / "a"))
   assert ds.ids == ["mp-1"]
   reasons = dict(ds.skipped)
   assert "no structure" in reasons["mp-2"]
@@ -305,8 +306,8 @@ def test_load_raw_dataset_skips_and_warns(tmp_path, caplog):
       (bulk("NaCl", "rocksalt", a=5.7), {"material_id": "mp-1", "cv300": 1.0},
        {"dos": np.ones(L_Y)}),  # same material again: skipped
   ])
-  with caplog.at_level(logging.WARNING, logger="xtal2dos_jax.datasets"):
-    ds = datasets.load_raw_dataset(_data_config(path=str(path),
+  with caplog.at_level(logging.WARNING, logger="xtal2dos_jax.input_pipeline.readers"):
+    ds = readers.load_raw_dataset(_data_config(path=str(path),
                                                 grid_stop=20.0 * (L_Y - 1)))
   # Overlapping atoms are found at featurisation (it has the distances anyway).
   assert ds.ids == ["mp-1", "mp-3", "mp-5"]
@@ -330,13 +331,13 @@ def test_load_raw_dataset_refuses_a_label_grid_other_than_the_configs(tmp_path):
   path = tmp_path / "d.db"
   _write_db(path, _crystals(), _labels(3))          # metadata freq_cm: 0, 20, .., 140
   with pytest.raises(InputError) as info:
-    datasets.load_raw_dataset(_data_config(path=str(path)))  # config grid 0..7
+    readers.load_raw_dataset(_data_config(path=str(path)))  # config grid 0..7
   message = str(info.value)
   assert message == (
       f"{path}: label grid 0..140 (8 points) does not match the config's grid 0..7 "
       "(8 points); set config.data.grid_start=0, config.data.grid_stop=140 and "
       "config.data.l_y=8")
-  ds = datasets.load_raw_dataset(_data_config(path=str(path), grid_stop=140.0))
+  ds = readers.load_raw_dataset(_data_config(path=str(path), grid_stop=140.0))
   chex.assert_trees_all_close(ds.grid, np.arange(L_Y, dtype=np.float32) * 20)
 
 
@@ -345,7 +346,7 @@ def test_load_raw_dataset_names_an_uneven_label_grid(tmp_path):
   _write_db(path, _crystals(), _labels(3), metadata=False)
   ase.db.connect(str(path)).metadata = {"freq_cm": [0.0, 1, 2, 4, 8, 16, 32, 64]}
   with pytest.raises(InputError, match=r"label grid 0..64 \(8 points\) \(not evenly spaced"):
-    datasets.load_raw_dataset(_data_config(path=str(path), grid_stop=64.0))
+    readers.load_raw_dataset(_data_config(path=str(path), grid_stop=64.0))
 
 
 def test_load_raw_dataset_errors(tmp_path):
@@ -354,28 +355,28 @@ def test_load_raw_dataset_errors(tmp_path):
   _write_db(path, crystals, _labels(3), extra_rows=[
       (bulk("Cu"), {"material_id": "mp-1"}, {"dos": np.ones(L_Y)})])
   with pytest.raises(InputError, match="duplicate id 'mp-1' for different"):
-    datasets.load_raw_dataset(_data_config(path=str(path)))
+    readers.load_raw_dataset(_data_config(path=str(path)))
   with pytest.raises(InputError, match="config.data.format: unknown format "
                      "'xyz'; expected one of ase_db"):
-    datasets.load_raw_dataset(_data_config(format="xyz"))
+    readers.load_raw_dataset(_data_config(format="xyz"))
   with pytest.raises(InputError, match="missing.csv: no such file"):
-    datasets.load_raw_dataset(_data_config(format="phonondos_csv",
+    readers.load_raw_dataset(_data_config(format="phonondos_csv",
                                            path=str(tmp_path / "missing.csv")))
   zero = tmp_path / "zero.db"
   _write_db(zero, crystals, np.zeros((3, L_Y), np.float32))
   with pytest.raises(InputError, match="zero.db: no usable crystals among 3"):
-    datasets.load_raw_dataset(_data_config(path=str(zero)))
+    readers.load_raw_dataset(_data_config(path=str(zero)))
   nolabel = tmp_path / "nolabel.db"
   with ase.db.connect(str(nolabel)) as db:
     db.write(bulk("Cu"))
   with pytest.raises(InputError, match="nolabel.db: has no labels"):
-    datasets.load_raw_dataset(_data_config(path=str(nolabel)))
+    readers.load_raw_dataset(_data_config(path=str(nolabel)))
 
 
 def test_load_raw_dataset_formats(tmp_path):
   crystals = _crystals()
   _write_mat2spec(tmp_path / "m2s", crystals, _labels(3))
-  ds = datasets.load_raw_dataset(_data_config(format="mat2spec", path=str(tmp_path / "m2s"),
+  ds = readers.load_raw_dataset(_data_config(format="mat2spec", path=str(tmp_path / "m2s"),
                                               grid_start=-1.0, grid_stop=1.0))
   assert ds.ids == list(crystals)
   csv_path = tmp_path / "p.csv"
@@ -384,7 +385,7 @@ def test_load_raw_dataset_formats(tmp_path):
     w.writerow(["structure", "phfreq", "phdos"])
     w.writerow([repr(bulk("Si", "diamond", a=5.43).todict()),
                 "[0, 7]", "[1, 1]"])
-  ds = datasets.load_raw_dataset(_data_config(format="phonondos_csv",
+  ds = readers.load_raw_dataset(_data_config(format="phonondos_csv",
                                               path=str(csv_path)))
   assert ds.ids == ["0"]
   chex.assert_trees_all_close(ds.labels, np.ones((1, L_Y), np.float32))
@@ -392,12 +393,12 @@ def test_load_raw_dataset_formats(tmp_path):
 
 def test_load_embedded_defaults():
   from configs import phdos, phdos_chgnet  # pylint: disable=g-import-not-at-top
-  ds = datasets.load_raw_dataset(phdos.get_config().data)
-  assert ds.source == datasets.embedded_dfpt_path()
+  ds = readers.load_raw_dataset(phdos.get_config().data)
+  assert ds.source == readers.embedded_dfpt_path()
   assert ds.labels.shape == (1521, 51) and not ds.skipped
-  chgnet = datasets.load_raw_dataset(phdos_chgnet.get_config().data)
-  assert chgnet.source == datasets.embedded_phdos_path()
+  chgnet = readers.load_raw_dataset(phdos_chgnet.get_config().data)
+  assert chgnet.source == readers.embedded_phdos_path()
   assert chgnet.labels.shape == (1024, 51) and not chgnet.skipped
-  edos = datasets.load_raw_dataset(_data_config(
+  edos = readers.load_raw_dataset(_data_config(
       format="mat2spec", l_y=128, grid_start=-3.96875, grid_stop=3.96875))
   assert len(edos) == 164 and edos.labels.shape == (164, 128)

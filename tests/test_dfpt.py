@@ -8,19 +8,21 @@ import jax
 import numpy as np
 
 from configs import phdos, phdos_chgnet, phdos_ensemble
-from xtal2dos_jax import batching, model_setup, run_data
-from xtal2dos_jax import datasets
+from xtal2dos_jax.input_pipeline import batching
+from xtal2dos_jax.training import model_setup
+from xtal2dos_jax.input_pipeline import run_data
+from xtal2dos_jax.input_pipeline import readers
 
 
 def _raw_rows():
   """The CSV's rows parsed with the standard library only (the test's own reader)."""
   csv.field_size_limit(2**31 - 1)
-  with open(datasets.embedded_dfpt_path(), newline="", encoding="utf-8") as f:
+  with open(readers.embedded_dfpt_path(), newline="", encoding="utf-8") as f:
     return list(csv.DictReader(f))
 
 
 def test_dfpt_reader_on_the_shipped_file():
-  ds = datasets.load_raw_dataset(phdos.get_config().data)
+  ds = readers.load_raw_dataset(phdos.get_config().data)
   rows = _raw_rows()
   assert len(rows) == 1521
   assert len(ds) == 1521 and not ds.skipped
@@ -55,7 +57,7 @@ def test_default_split_has_the_paper_sizes(tmp_path):
 
 def test_universal_potential_set_is_one_config_away():
   config = phdos_chgnet.get_config()
-  ds = datasets.load_raw_dataset(config.data)
+  ds = readers.load_raw_dataset(config.data)
   assert len(ds) == 1024 and "cv300" in ds.extras
   assert config.model.to_dict() == phdos.get_config().model.to_dict()
 
@@ -74,13 +76,14 @@ def test_five_folds_test_every_crystal_once(tmp_path):
     assert sum(map(len, ids.values())) == 1521
     assert len(ids["test"]) in (304, 305) and len(ids["validation"]) == 152
     tested += list(ids["test"])
-  assert sorted(tested) == sorted(datasets.load_raw_dataset(config.data).ids)
+  assert sorted(tested) == sorted(readers.load_raw_dataset(config.data).ids)
 
 
 def test_paper_config_builds_and_trains(tmp_path):
   """The published recipe as configured, shrunk only in size and length."""
   from configs import phdos_paper
-  from xtal2dos_jax import models, train
+  from xtal2dos_jax import models
+  from xtal2dos_jax.training import train
   config = phdos_paper.get_config()
   assert (config.model.d_model, config.model.num_heads, config.model.decoder_layers,
           config.train.batch_size, config.train.num_epochs) == (512, 8, 6, 128, 200)

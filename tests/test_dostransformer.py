@@ -22,15 +22,18 @@ import jraph
 import numpy as np
 import pytest
 
-from experiments import common
-from xtal2dos_jax import batching, labels, losses, model_setup, train
-from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.featurize import featurize_crystal
-from xtal2dos_jax.graph_cache import GraphSet
+from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.input_pipeline import batching
+from xtal2dos_jax.input_pipeline import labels
+from xtal2dos_jax.objectives import losses
+from xtal2dos_jax.training import model_setup
+from xtal2dos_jax.training import train
+from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline.featurize import featurize_crystal
+from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
 from xtal2dos_jax.models import DECODERS, create_model
 from xtal2dos_jax.models.dostransformer import AUX_TERM, DOSTransformerDecoder
-from xtal2dos_jax.models.dostransformer_encoder import (DOSTransformerGNN, edge_features,
-                                                        mass_onehot_table, smooth_cutoff)
+from xtal2dos_jax.models.dostransformer_encoder import DOSTransformerGNN, edge_features, mass_onehot_table, smooth_cutoff
 from xtal2dos_jax.models.transformer_decoder import AtomStates
 
 from test_equations import (D_MODEL, DISTANCES, N_EDGE, N_NODE, NODES, RECEIVERS, REF_TOL,
@@ -317,7 +320,7 @@ def test_decoder_factory_checks_the_prompt_keys(tiny_config):
 def test_own_encoder_config_takes_a_train_step(tiny_crystals):
   """The config's model (the original's layer counts, joint loss) and one train step of it
   at smoke size, through `train.Trainer` (so the sown term joins the loss)."""
-  config = common.load_config_file(os.path.join(REPO, "configs", "ablations",
+  config = cli.load_config_file(os.path.join(REPO, "configs", "ablations",
                                                 "dostransformer_own_encoder.py"))
   full = create_model(config)
   assert isinstance(full.encoder, DOSTransformerGNN) and full.encoder.num_layers == 3

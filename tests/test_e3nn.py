@@ -21,14 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import common
-from xtal2dos_jax import batching
-from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.featurize import featurize_crystal
-from xtal2dos_jax.graph_cache import GraphSet
+from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.input_pipeline import batching
+from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline.featurize import featurize_crystal
+from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
 from xtal2dos_jax.models import create_model
-from xtal2dos_jax.models.e3nn import (E3NNEncoder, GatePointsConvolution, gaussian_radial_basis,
-                                      self_connection_mask)
+from xtal2dos_jax.models.e3nn import E3NNEncoder, GatePointsConvolution, gaussian_radial_basis, self_connection_mask
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
 from xtal2dos_jax.models.transformer_decoder import CausalTransformerDecoder
 
@@ -225,7 +224,7 @@ def test_padding_does_not_change_a_crystals_output(run, data, budget):
     ("e3nn", MLPDecoder, "chen2021"), ("e3nn_new", MLPDecoder, "gate_points"),
     ("e3nn2dos", CausalTransformerDecoder, "gate_points")])
 def test_ablation_configs_build_and_take_a_train_step(name, decoder, variant, train_one_step):
-  config = common.load_config_file(os.path.join(REPO, "configs", "ablations", f"{name}.py"))
+  config = cli.load_config_file(os.path.join(REPO, "configs", "ablations", f"{name}.py"))
   assert config.model.encoder == "e3nn" and config.data.max_num_nbr == 0
   assert config.data.radius == 5.0 and config.model.encoder_layers == 2
   full = create_model(config)
@@ -249,10 +248,10 @@ def test_benchmark_config_compiles_each_step_once(tmp_path):
   executable and nothing compiles after the first epoch. (The first train epoch's count
   also holds the small programs e3nn-jax runs eagerly while the step is traced: the
   second moments of its activations, over 10^6 samples, that normalise them.)"""
-  from experiments.benchmarking import quick_config
-  from xtal2dos_jax import compile_counter
+  from xtal2dos_jax.workflows.benchmarks.harness import quick_config
+  from xtal2dos_jax.workflows.benchmarks import compile_counter
   from xtal2dos_jax.models import needs_edge_vectors
-  config = common.load_config_file(os.path.join(REPO, "configs", "bench_e3nn.py"))
+  config = cli.load_config_file(os.path.join(REPO, "configs", "bench_e3nn.py"))
   assert config.model.encoder == "e3nn" and needs_edge_vectors(config)
   assert config.data.max_num_nbr == 0 and config.data.radius == 5.0
   config = _shrink(quick_config(config))

@@ -12,11 +12,18 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from xtal2dos_jax import (Predictor, batching, inference, model_setup, pretrained,
-                          thermodynamics, train)
-from xtal2dos_jax import checkpoints as checkpoints_lib
-from xtal2dos_jax import workdir as workdir_lib
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.input_pipeline import batching
+from xtal2dos_jax.training import restore
+from xtal2dos_jax.evaluation import evaluate
+from xtal2dos_jax.training import model_setup
+from xtal2dos_jax.inference import export
+from xtal2dos_jax.inference import pretrained
+from xtal2dos_jax.physics import thermodynamics
+from xtal2dos_jax.training import train
+from xtal2dos_jax import Predictor
+from xtal2dos_jax.training import checkpoints as checkpoints_lib
+from xtal2dos_jax.training import workdir as workdir_lib
+from xtal2dos_jax.core.errors import InputError
 
 
 def _config(seed: int = 0, ensemble_size: int = 1):
@@ -85,7 +92,7 @@ def test_vmapped_members_equal_separate_runs_with_their_seeds(runs):
   noise, ~1e-8, which Adam's g / (|g| + eps) turns into updates of any sign; they change
   no output."""
   ensemble = _latest_params(runs["ensemble"])
-  loaded, data = inference.restore_run_and_data(runs["ensemble"])
+  loaded, data = restore.restore_run_and_data(runs["ensemble"])
   part = data.splits["test"]
   members = loaded.trainer.predict(loaded.trainer.replicate(ensemble.params), part,
                                    data.budget)
@@ -97,11 +104,11 @@ def test_vmapped_members_equal_separate_runs_with_their_seeds(runs):
     chex.assert_trees_all_close(members[k], own[0], rtol=1e-4, atol=1e-6)
   assert not np.allclose(members[0], members[1], atol=1e-3)  # two different models
 def test_evaluation_scores_the_members_mean(runs):
-  loaded, data = inference.restore_run_and_data(runs["ensemble"])
+  loaded, data = restore.restore_run_and_data(runs["ensemble"])
   part = data.splits["test"]
-  members = inference.predict_members(loaded, part, data.budget)
+  members = restore.predict_members(loaded, part, data.budget)
   chex.assert_shape(members, (2, len(part.graphs), data.grid.shape[0]))
-  out = inference.evaluate_run(runs["ensemble"], "test")
+  out = evaluate.evaluate_run(runs["ensemble"], "test")
   saved = np.load(os.path.join(runs["ensemble"], "predictions_test.npz"))
   _, mean_original = data.scaler.metric_predictions(members.mean(0), part.y_scale)
   chex.assert_trees_all_close(saved["y_pred"], np.asarray(mean_original), rtol=1e-5,
@@ -134,7 +141,7 @@ def test_single_model_fine_tunes_every_member(runs):
   state = model_setup.create_train_state(
       _config(5, 2), workdir_lib.Workdir(runs["seed0"]).load_setup().budget, 3)
   tuned = model_setup.init_from_run(state, runs["seed0"])
-  source = inference.restore_run_and_data(runs["seed0"])[0]
+  source = restore.restore_run_and_data(runs["seed0"])[0]
   one = jax.tree.map(lambda x: np.asarray(x[0]), source.params)
   for k in range(2):
     chex.assert_trees_all_close(jax.tree.map(lambda x, k=k: x[k], tuned.params), one)
@@ -143,9 +150,9 @@ def test_single_model_fine_tunes_every_member(runs):
 def test_exported_ensemble_carries_its_validation_spread(runs, tmp_path):
   """Export fits the high-spread threshold and the std factors on the validation split;
   a prediction's stds are the members' std times those factors."""
-  path = pretrained.export_run(runs["ensemble"], str(tmp_path / "ens"))
+  path = export.export_run(runs["ensemble"], str(tmp_path / "ens"))
   model = pretrained.load_exported(path)
-  data = inference.load_eval_data(runs["ensemble"])
+  data = restore.load_eval_data(runs["ensemble"])
   val = data.splits["validation"]
   members = model.predict_members(val, data.budget)
   n = val.graphs.n_node.astype(np.float64)
@@ -173,7 +180,7 @@ def test_exported_ensemble_carries_its_validation_spread(runs, tmp_path):
 def test_recalibration_factor_restores_one_sigma_coverage():
   """Errors drawn with 3x the predicted spread: the factor is ~3, and ignores values
   whose spread is 0; the coverage is counted as in numpy."""
-  from xtal2dos_jax import calibration
+  from xtal2dos_jax.evaluation import calibration
   rng = np.random.default_rng(0)
   std = rng.uniform(0.5, 2.0, 20000)
   err = 3.0 * std * rng.standard_normal(20000)

@@ -25,7 +25,7 @@ import jraph
 import numpy as np
 import pytest
 
-from xtal2dos_jax.featurize import atom_feature_table
+from xtal2dos_jax.input_pipeline.featurize import atom_feature_table
 from xtal2dos_jax.models import graph_layers
 from xtal2dos_jax.models.transformer_decoder import AtomStates, CausalTransformerDecoder, TransformerDecoderLayer
 from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer

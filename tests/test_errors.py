@@ -1,9 +1,9 @@
-"""Tests for xtal2dos_jax.errors: one-line InputError messages and `check_choice`."""
+"""Tests for xtal2dos_jax.core.errors: one-line InputError messages and `check_choice`."""
 from __future__ import annotations
 
 import pytest
 
-from xtal2dos_jax.errors import InputError, check_choice
+from xtal2dos_jax.core.errors import InputError, check_choice
 
 
 def test_check_choice_returns_a_valid_value():

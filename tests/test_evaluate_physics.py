@@ -1,6 +1,6 @@
 """C_v(300 K) and mean-frequency errors of evaluation against an independent numpy reference.
 
-The reference below is written from the formulas, not from xtal2dos_jax.physics:
+The reference below is written from the formulas, not from xtal2dos_jax.physics.dos_properties:
   g_3N = g * 3N / ∫ g dω,   C_v/N = (N_A k_B / N) ∫ g_3N E(x) dω,   E(x) = x² eˣ / (eˣ - 1)²,
   x = h c ω / (k_B T) (E(0) = 1),   <ω> = ∫ ω g dω / ∫ g dω,
 integrals by the trapezoid rule written out as weights, constants CODATA 2018 (exact SI).
@@ -14,8 +14,8 @@ import chex
 import numpy as np
 import pytest
 
-from xtal2dos_jax import physics
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.physics import dos_properties
+from xtal2dos_jax.core.errors import InputError
 
 # CODATA 2018 exact values, SI.
 PLANCK = 6.62607015e-34        # J s
@@ -70,8 +70,8 @@ def _random_dos(rng, n, l=51):
 
 
 def test_constants_agree_with_the_module():
-  np.testing.assert_allclose(physics.R_GAS, GAS, rtol=1e-15)
-  np.testing.assert_allclose(physics.HC_OVER_KB, PLANCK * LIGHT * 100 / BOLTZMANN, rtol=1e-15)
+  np.testing.assert_allclose(dos_properties.R_GAS, GAS, rtol=1e-15)
+  np.testing.assert_allclose(dos_properties.HC_OVER_KB, PLANCK * LIGHT * 100 / BOLTZMANN, rtol=1e-15)
   np.testing.assert_allclose(3 * GAS, 24.943387854, rtol=1e-10)  # Dulong-Petit, J/K/mol-atom
 
 
@@ -85,7 +85,7 @@ def test_einstein_solid_on_the_dfpt_grid(omega_e):
   n_atoms = np.array([1, 2, 7])
   x = PLANCK * LIGHT * 100 * omega_e / (BOLTZMANN * 300.0)
   expected = 3 * GAS * x ** 2 * np.exp(x) / np.expm1(x) ** 2
-  got = physics.phonon_properties(DFPT_GRID, dos, n_atoms)
+  got = dos_properties.phonon_properties(DFPT_GRID, dos, n_atoms)
   np.testing.assert_allclose(got["cv_J_per_K_mol_atom"], expected, rtol=1e-12)
   np.testing.assert_allclose(got["cv_J_per_K_mol_cell"], expected * n_atoms, rtol=1e-12)
   np.testing.assert_allclose(got["mean_freq_cm"], omega_e, rtol=1e-12)
@@ -96,10 +96,10 @@ def test_einstein_solid_broadened_peak_and_high_temperature_limit():
   dos = np.exp(-0.5 * ((freq - 400.0) / 0.5) ** 2)[None, :]
   x = PLANCK * LIGHT * 100 * 400.0 / (BOLTZMANN * 300.0)
   einstein = 3 * GAS * x ** 2 * np.exp(x) / np.expm1(x) ** 2
-  got = physics.phonon_properties(freq, dos, [4], 300.0)["cv_J_per_K_mol_atom"]
+  got = dos_properties.phonon_properties(freq, dos, [4], 300.0)["cv_J_per_K_mol_atom"]
   np.testing.assert_allclose(got, einstein, rtol=1e-5)  # peak width ~ sigma^2 f''/2f
   # High temperature: every mode carries k_B, C_v -> 3R = 24.94 J/K/mol-atom from below.
-  hot = physics.phonon_properties(DFPT_GRID, _random_dos(np.random.default_rng(1), 4),
+  hot = dos_properties.phonon_properties(DFPT_GRID, _random_dos(np.random.default_rng(1), 4),
                                   np.arange(1, 5), 1e6)["cv_J_per_K_mol_atom"]
   np.testing.assert_allclose(hot, 24.9434, rtol=1e-6)
   assert np.all(hot <= 3 * GAS * (1 + 1e-12))
@@ -109,7 +109,7 @@ def test_zero_frequency_bin_is_the_classical_limit():
   dos = np.zeros((2, 51))
   dos[0, 0] = 1.0                 # all weight at ω = 0: E(0) = 1 exactly, C_v = 3R
   dos[1] = 1.0                    # flat DoS including the ω = 0 bin
-  got = physics.phonon_properties(DFPT_GRID, dos, [3, 5])
+  got = dos_properties.phonon_properties(DFPT_GRID, dos, [3, 5])
   chex.assert_tree_all_finite(got["cv_J_per_K_mol_atom"])
   np.testing.assert_allclose(got["cv_J_per_K_mol_atom"][0], 3 * GAS, rtol=1e-14)
   assert got["mean_freq_cm"][0] == 0.0
@@ -126,15 +126,15 @@ def test_results_do_not_depend_on_the_label_scale():
   physical = shape * (3 * n_atoms / (shape @ _trapezoid_weights(DFPT_GRID)))[:, None]
   variants = [shape, shape / shape.sum(1, keepdims=True), physical,
               physical / physical.max(1, keepdims=True)]
-  outs = [physics.phonon_properties(DFPT_GRID, v, n_atoms) for v in variants]
+  outs = [dos_properties.phonon_properties(DFPT_GRID, v, n_atoms) for v in variants]
   for o in outs[1:]:
     for key in o:
       np.testing.assert_allclose(o[key], outs[0][key], rtol=1e-12)
-  g = physics.rescale_to_modes(DFPT_GRID, variants[1], n_atoms)
+  g = dos_properties.rescale_to_modes(DFPT_GRID, variants[1], n_atoms)
   np.testing.assert_allclose(g @ _trapezoid_weights(DFPT_GRID), 3 * n_atoms, rtol=1e-12)
   np.testing.assert_allclose(g, physical, rtol=1e-12)
   # N cancels in C_v per mole of atoms (it is 3R <E>_g); per cell it scales with N.
-  other_n = physics.phonon_properties(DFPT_GRID, shape, n_atoms + 3)
+  other_n = dos_properties.phonon_properties(DFPT_GRID, shape, n_atoms + 3)
   np.testing.assert_allclose(other_n["cv_J_per_K_mol_atom"], outs[0]["cv_J_per_K_mol_atom"],
                              rtol=1e-12)
   np.testing.assert_allclose(other_n["cv_J_per_K_mol_cell"],
@@ -148,7 +148,7 @@ def test_phonon_errors_match_the_independent_reference():
   true = _random_dos(rng, n)
   pred = np.clip(true + 0.15 * rng.standard_normal(true.shape), 0, None) * rng.uniform(0.1, 9, (n, 1))
   pred[:5] -= 0.05                # some negative values, as a standardized head can give
-  summary, per = physics.phonon_errors(DFPT_GRID, true, pred, n_atoms)
+  summary, per = dos_properties.phonon_errors(DFPT_GRID, true, pred, n_atoms)
   cv_t, w_t = _reference(DFPT_GRID, true, n_atoms)
   cv_p, w_p = _reference(DFPT_GRID, pred, n_atoms)   # negatives clipped to 0 in the reference
   np.testing.assert_allclose(per["cv300_true_J_per_K_mol_atom"], cv_t, rtol=1e-12)
@@ -169,7 +169,7 @@ def test_phonon_errors_match_the_independent_reference():
   np.testing.assert_allclose(summary["mean_freq_mean_rel_error"],
                              np.mean(np.abs(w_p - w_t) / w_t), rtol=1e-12)
   # A perfect prediction at another scale has zero error.
-  perfect, _ = physics.phonon_errors(DFPT_GRID, true, 17.0 * true, n_atoms)
+  perfect, _ = dos_properties.phonon_errors(DFPT_GRID, true, 17.0 * true, n_atoms)
   assert perfect["cv300_mae_J_per_K_mol_atom"] < 1e-12 and perfect["mean_freq_mae_cm"] < 1e-9
   json.dumps(summary, allow_nan=False)
 
@@ -181,30 +181,30 @@ def test_phonon_errors_leave_out_crystals_without_weight():
   pred[1] = 0.0
   pred[3] = -1.0                  # all negative: nothing left after clipping
   pred[4] *= 1.1
-  summary, per = physics.phonon_errors(DFPT_GRID, true, pred, np.full(5, 4))
+  summary, per = dos_properties.phonon_errors(DFPT_GRID, true, pred, np.full(5, 4))
   assert summary["count"] == 3 and summary["n_excluded"] == 2
   assert np.isnan(per["cv300_pred_J_per_K_mol_atom"][[1, 3]]).all()
   assert np.isfinite(per["cv300_true_J_per_K_mol_atom"]).all()
   assert summary["cv300_mae_J_per_K_mol_atom"] < 1e-12
-  table = physics.physics_table(summary)
+  table = dos_properties.physics_table(summary)
   assert "2 without weight left out" in table
-  none, _ = physics.phonon_errors(DFPT_GRID, true[:2], np.zeros((2, 51)), [2, 2])
+  none, _ = dos_properties.phonon_errors(DFPT_GRID, true[:2], np.zeros((2, 51)), [2, 2])
   assert none["count"] == 0 and none["cv300_mae_J_per_K_mol_atom"] is None
   json.dumps(none, allow_nan=False)
-  assert "n/a" in physics.physics_table(none)
+  assert "n/a" in dos_properties.physics_table(none)
 
 
 def test_physics_table_lines():
   rng = np.random.default_rng(4)
   true = _random_dos(rng, 8)
-  summary, _ = physics.phonon_errors(DFPT_GRID, true, true[::-1], np.arange(2, 10))
-  lines = physics.physics_table(summary).splitlines()
+  summary, _ = dos_properties.phonon_errors(DFPT_GRID, true, true[::-1], np.arange(2, 10))
+  lines = dos_properties.physics_table(summary).splitlines()
   assert len(lines) == 2
   assert lines[0].startswith("C_v(300 K)") and "J/K/mol-atom" in lines[0]
   assert f"{summary['cv300_mae_J_per_K_mol_atom']:.3f}" in lines[0] and "8 crystals" in lines[0]
   assert lines[1].startswith("mean frequency") and "cm^-1" in lines[1]
   assert f"{summary['mean_freq_mae_cm']:.2f}" in lines[1]
-  assert physics.physics_table(None) == "" and physics.physics_table({}) == ""
+  assert dos_properties.physics_table(None) == "" and dos_properties.physics_table({}) == ""
 
 
 def test_band_gap_errors_on_hand_made_gaps():
@@ -212,10 +212,10 @@ def test_band_gap_errors_on_hand_made_gaps():
   ramp = lambda gap: 5.0 * (np.maximum(-e, 0) + np.maximum(e - gap, 0))
   true = np.stack([ramp(g) for g in (0.7, 1.3, 2.2)])
   pred = np.stack([ramp(g) for g in (0.5, 1.3, 2.9)]) * 3.0   # scale must not matter
-  summary, per = physics.band_gap_errors(e, true, pred)
+  summary, per = dos_properties.band_gap_errors(e, true, pred)
   assert summary["kind"] == "electronic" and summary["count"] == 3
-  np.testing.assert_allclose(per["band_gap_true_eV"], physics.band_gap(e, true), rtol=1e-12)
-  np.testing.assert_allclose(per["band_gap_pred_eV"], physics.band_gap(e, pred / 3.0), rtol=1e-12)
+  np.testing.assert_allclose(per["band_gap_true_eV"], dos_properties.band_gap(e, true), rtol=1e-12)
+  np.testing.assert_allclose(per["band_gap_pred_eV"], dos_properties.band_gap(e, pred / 3.0), rtol=1e-12)
   np.testing.assert_allclose(summary["band_gap_mae_eV"],
                              np.mean(np.abs(per["band_gap_pred_eV"] - per["band_gap_true_eV"])),
                              rtol=1e-12)
@@ -223,9 +223,9 @@ def test_band_gap_errors_on_hand_made_gaps():
   np.testing.assert_allclose(per["band_gap_true_eV"], [0.7, 1.3, 2.2], atol=0.0625 + 0.08)
   np.testing.assert_allclose(per["band_gap_pred_eV"] - per["band_gap_true_eV"],
                              [-0.2, 0.0, 0.7], atol=0.0625)
-  assert "band gap" in physics.physics_table(summary)
+  assert "band gap" in dos_properties.physics_table(summary)
   with pytest.raises(InputError, match="kind"):
-    physics.derived_property_errors("magnetic", e, true, pred, [1, 1, 1])
+    dos_properties.derived_property_errors("magnetic", e, true, pred, [1, 1, 1])
 
 
 # ---------------------------------------------------------------- a real tiny trained run
@@ -247,10 +247,11 @@ def _read_dfpt_csv(path):
 @pytest.fixture(scope="module")
 def dfpt_run(tmp_path_factory):
   from configs import smoke
-  from xtal2dos_jax import datasets, train
+  from xtal2dos_jax.input_pipeline import readers
+  from xtal2dos_jax.training import train
   config = smoke.get_config()
   config.data.format = "phonondos_csv"
-  config.data.path = datasets.embedded_dfpt_path()
+  config.data.path = readers.embedded_dfpt_path()
   config.data.l_y, config.data.grid_start, config.data.grid_stop = 51, 0.0, 1000.0
   config.data.kind = "phonon"
   config.data.limit = 40
@@ -263,9 +264,9 @@ def dfpt_run(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_evaluate_reports_physics_of_a_trained_run(dfpt_run, split):
-  from xtal2dos_jax import inference
+  from xtal2dos_jax.evaluation import evaluate
   workdir, csv_path = dfpt_run
-  out = inference.evaluate_run(workdir, split)
+  out = evaluate.evaluate_run(workdir, split)
   summary = out[split]["physics"]
   with open(os.path.join(workdir, f"eval_{split}.json")) as f:
     assert json.load(f)[split]["physics"] == summary
@@ -292,8 +293,8 @@ def test_evaluate_reports_physics_of_a_trained_run(dfpt_run, split):
   # The true values are physical: 0 < C_v < 3R per mole of atoms, mean ω inside the grid.
   assert np.all((cv_t > 0) & (cv_t < 3 * GAS)) and np.all((w_t > 0) & (w_t < 1000))
   # The normalised prediction gives the same numbers (the 3N rescaling removes the scale).
-  again, _ = physics.phonon_errors(DFPT_GRID, true, z["y_pred"] / z["y_pred"].sum(1, keepdims=True),
+  again, _ = dos_properties.phonon_errors(DFPT_GRID, true, z["y_pred"] / z["y_pred"].sum(1, keepdims=True),
                                    n_atoms)
   np.testing.assert_allclose(again["cv300_mae_J_per_K_mol_atom"],
                              summary["cv300_mae_J_per_K_mol_atom"], rtol=1e-5)
-  assert physics.physics_table(summary).count("\n") == 1
+  assert dos_properties.physics_table(summary).count("\n") == 1

@@ -1,8 +1,8 @@
-"""Tests for xtal2dos_jax.featurize: neighbour graphs vs two brute-force references.
+"""Tests for xtal2dos_jax.input_pipeline.featurize: neighbour graphs vs two brute-force references.
 
 `reference_neighbours` (here) checks the physics: every periodic neighbour within the
 radius in a generous image box, compared up to ties. `brute_force_graph`
-(experiments/neighbour_bench.py, the all-image distance tensor) pins the exact graph:
+(xtal2dos_jax/workflows/benchmarks/neighbours.py, the all-image distance tensor) pins the exact graph:
 the featuriser must reproduce it bit for bit (senders, receivers, distances,
 displacement vectors, edge order, truncation inside groups of equal distances) on special cells and on the
 shipped data sets.
@@ -21,9 +21,11 @@ from ase.build import bulk
 from ase.geometry import cellpar_to_cell
 
 from configs import phdos, phdos_chgnet
-from experiments.neighbour_bench import brute_force_graph
-from xtal2dos_jax import datasets, featurize
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.workflows.benchmarks.neighbours import brute_force_graph
+from xtal2dos_jax.input_pipeline import readers
+from xtal2dos_jax.input_pipeline import featurize
+from xtal2dos_jax.core import paths
+from xtal2dos_jax.core.errors import InputError
 
 MAX_NBR = 12
 DIST_TOL = 1e-5
@@ -339,7 +341,7 @@ def test_neighbours_exactly_on_the_cutoff_are_kept(crystals, radius, expected):
 @pytest.fixture(scope="module", params=sorted(SHIPPED_SETS))
 def shipped_sample(request):
   """(set name, ids, structures): a fixed random sample of one shipped set, or all of it."""
-  raw = datasets.load_raw_dataset(SHIPPED_SETS[request.param].get_config().data)
+  raw = readers.load_raw_dataset(SHIPPED_SETS[request.param].get_config().data)
   picked = np.arange(len(raw.ids))
   if os.environ.get("XTAL2DOS_FULL_NEIGHBOUR_CHECK") != "1":
     picked = np.sort(np.random.default_rng(0).choice(picked, SHIPPED_SAMPLE, replace=False))
@@ -496,7 +498,7 @@ def test_atom_feature_table():
   chex.assert_shape(table, (101, 92))
   assert table.dtype == np.float32
   np.testing.assert_array_equal(table[0], 0.0)
-  path = os.path.join(os.path.dirname(featurize.__file__), "data", "atom_init.json")
+  path = os.path.join(paths.DATA_DIR, "atom_init.json")
   with open(path) as f:
     raw = json.load(f)
   np.testing.assert_array_equal(table[8], np.asarray(raw["8"], np.float32))

@@ -11,9 +11,12 @@ import optax
 import pytest
 
 from configs import smoke
-from xtal2dos_jax import inference, model_setup, optimizers, train
-from xtal2dos_jax import workdir as workdir_lib
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.training import restore
+from xtal2dos_jax.training import model_setup
+from xtal2dos_jax.training import optimizers
+from xtal2dos_jax.training import train
+from xtal2dos_jax.training import workdir as workdir_lib
+from xtal2dos_jax.core.errors import InputError
 
 
 def _config(**train_values):
@@ -38,7 +41,7 @@ def _fresh_state(config, source_run):
 
 def test_init_from_gives_the_source_runs_best_params(source_run):
   best = jax.tree.map(lambda x: np.asarray(x[0]),
-                      inference.restore_run_and_data(source_run)[0].params)
+                      restore.restore_run_and_data(source_run)[0].params)
   state = _fresh_state(_config(seed=5), source_run)
   with pytest.raises(AssertionError):  # a fresh initialisation differs
     chex.assert_trees_all_equal(state.params, best)
@@ -83,8 +86,8 @@ def test_finetune_run_frozen_encoder_and_resume_does_not_reinitialise(source_run
   workdir = str(tmp_path / "finetune")
   config = _config(init_from=source_run, freeze="encoder", seed=1)
   train.train_and_evaluate(config, workdir)
-  source = inference.restore_run_and_data(source_run)[0].params
-  tuned = inference.restore_run_and_data(workdir)[0].params
+  source = restore.restore_run_and_data(source_run)[0].params
+  tuned = restore.restore_run_and_data(workdir)[0].params
   chex.assert_trees_all_equal(tuned["encoder"], source["encoder"])   # frozen for an epoch
   with pytest.raises(AssertionError):
     chex.assert_trees_all_equal(tuned["decoder"], source["decoder"])

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import common
-from xtal2dos_jax.featurize import atom_feature_table
+from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.input_pipeline.featurize import atom_feature_table
 from xtal2dos_jax.models import AtomStates, create_model
 from xtal2dos_jax.models.gatgnn import AGATLayer, GATGNNEncoder, GATGNNHead
 
@@ -245,7 +245,7 @@ def test_output_local_to_its_crystal(check_locality, make_tiny_batch, predict):
 
 @pytest.mark.long
 def test_ablation_config_builds_and_takes_a_train_step(train_one_step):
-  config = common.load_config_file(os.path.join(REPO, "configs", "ablations", "gatgnn.py"))
+  config = cli.load_config_file(os.path.join(REPO, "configs", "ablations", "gatgnn.py"))
   full = create_model(config)
   assert isinstance(full.encoder, GATGNNEncoder) and isinstance(full.decoder, GATGNNHead)
   assert (full.encoder.d_model, full.encoder.num_heads, full.encoder.num_layers) == (128, 4, 3)

@@ -1,4 +1,4 @@
-"""Tests for xtal2dos_jax.graph_cache: flat storage, save/load and the featurisation cache."""
+"""Tests for xtal2dos_jax.input_pipeline.graph_cache: flat storage, save/load and the featurisation cache."""
 import logging
 import os
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax import featurize, graph_cache
-from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.graph_cache import GraphSet
+from xtal2dos_jax.input_pipeline import featurize
+from xtal2dos_jax.input_pipeline import graph_cache
+from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
 
 RADIUS = 6.0
 MAX_NBR = 8

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import common
-from xtal2dos_jax.featurize import atom_feature_table
+from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.input_pipeline.featurize import atom_feature_table
 from xtal2dos_jax.models import create_model
 from xtal2dos_jax.models.graph_network import GraphNetworkBlock, GraphNetworkEncoder
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
@@ -158,7 +158,7 @@ def test_output_local_to_its_crystal(check_locality, predict):
 @pytest.mark.parametrize("name,layers,energy", [("graph_network", 4, False),
                                                 ("graph_network_energy", 3, True)])
 def test_ablation_configs_build_and_take_a_train_step(name, layers, energy, train_one_step):
-  config = common.load_config_file(os.path.join(REPO, "configs", "ablations", f"{name}.py"))
+  config = cli.load_config_file(os.path.join(REPO, "configs", "ablations", f"{name}.py"))
   full = create_model(config)
   assert isinstance(full.encoder, GraphNetworkEncoder) and type(full.decoder) is MLPDecoder
   assert full.encoder.num_layers == layers and full.decoder.energy_embedding == energy

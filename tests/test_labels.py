@@ -1,4 +1,4 @@
-"""Tests for xtal2dos_jax.labels."""
+"""Tests for xtal2dos_jax.input_pipeline.labels."""
 import json
 
 import chex
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from xtal2dos_jax import labels
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.input_pipeline import labels
+from xtal2dos_jax.core.errors import InputError
 
 L_Y = 51
 

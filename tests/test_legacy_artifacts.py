@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from xtal2dos_jax import Predictor
-from xtal2dos_jax import inference
+from xtal2dos_jax.evaluation import evaluate
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_0_1_0")
 IDS = ["NaCl", "Si", "MgAlO"]
@@ -67,7 +67,7 @@ def test_old_exported_ensemble_predicts_what_it_predicted(expected):
 
 def test_old_run_dir_evaluates_to_the_same_metrics(expected, tmp_path):
   run = shutil.copytree(os.path.join(FIXTURES, "run_smoke"), tmp_path / "run")
-  out = inference.evaluate_run(str(run), "test")["test"]
+  out = evaluate.evaluate_run(str(run), "test")["test"]
   want = expected["evaluate_test"]
   for scale in ("normalized", "original"):
     for key, value in want[scale].items():

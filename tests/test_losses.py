@@ -1,4 +1,4 @@
-"""Tests for xtal2dos_jax.losses."""
+"""Tests for xtal2dos_jax.objectives.losses."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from xtal2dos_jax import losses
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.objectives import losses
+from xtal2dos_jax.core.errors import InputError
 
 L_Y = 51
 NAMES = ("kl", "wd", "mae", "mse")

@@ -12,12 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import common
-from xtal2dos_jax import train
+from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.training import train_steps
 from xtal2dos_jax.models import AtomStates, DECODERS, create_model
 from xtal2dos_jax.models.gatgnn import GATGNNEncoder
-from xtal2dos_jax.models.mat2spec import (AUX_LOSS, AUX_TERMS, Mat2SpecDecoder, contrastive_loss,
-                                          diagonal_gaussian_kl, mixture_latent_kl)
+from xtal2dos_jax.models.mat2spec import AUX_LOSS, AUX_TERMS, Mat2SpecDecoder, contrastive_loss, diagonal_gaussian_kl, mixture_latent_kl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -135,7 +134,7 @@ def small():
 
 
 def test_aux_collection_is_the_train_steps():
-  assert AUX_LOSS == train.AUX_LOSS
+  assert AUX_LOSS == train_steps.AUX_LOSS
 
 
 def test_parameters_of_both_branches_exist_after_init(small):
@@ -204,7 +203,7 @@ def test_training_samples_and_sows_the_three_terms(small):
 
 @pytest.mark.long
 def test_config_builds_and_takes_a_train_step(train_one_step):
-  config = common.load_config_file(os.path.join(REPO, "configs", "ablations", "mat2spec.py"))
+  config = cli.load_config_file(os.path.join(REPO, "configs", "ablations", "mat2spec.py"))
   model = create_model(config)
   assert "mat2spec" in DECODERS and type(model.decoder) is Mat2SpecDecoder
   assert isinstance(model.encoder, GATGNNEncoder)

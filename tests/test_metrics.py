@@ -1,4 +1,4 @@
-"""Tests for xtal2dos_jax.metrics against independent float64 implementations."""
+"""Tests for xtal2dos_jax.objectives.metrics against independent float64 implementations."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import scipy.stats
 from absl.testing import parameterized
 
-from xtal2dos_jax import metrics
+from xtal2dos_jax.objectives import metrics
 
 L_Y = 51
 _batch_stats = jax.jit(metrics.batch_stats)  # one compile per shape, shared by tests

@@ -12,12 +12,10 @@ import numpy as np
 import optax
 import pytest
 
-from xtal2dos_jax import losses
-from xtal2dos_jax.errors import InputError
-from xtal2dos_jax.batching import Budget
-from xtal2dos_jax.models import (DECODERS, ENCODERS, AtomStates, CausalTransformerDecoder,
-                                 CrystalContext, SequenceDecoder, UniMPEncoder, UniMPLayer,
-                                 Xtal2DoS, count_params, create_model, output_activation_for)
+from xtal2dos_jax.objectives import losses
+from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline.batching import Budget
+from xtal2dos_jax.models import DECODERS, ENCODERS, AtomStates, CausalTransformerDecoder, CrystalContext, SequenceDecoder, UniMPEncoder, UniMPLayer, Xtal2DoS, count_params, create_model, output_activation_for
 from xtal2dos_jax.models import graph_layers
 from xtal2dos_jax.models.attention import MultiHeadAttention, masked_softmax, segment_softmax
 from xtal2dos_jax.models.precision import bf16_dot_general

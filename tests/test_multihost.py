@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import common
+from xtal2dos_jax.training import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/smoke.py", "--config.data.limit=60", "--config.train.num_epochs=2",
@@ -112,19 +112,20 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
   assert len(lines) == 2
 
 
-# A two-process program set up as the training binary is (common.run, setup_runtime,
+# A two-process program set up as the training binary is (cli.run, setup_runtime,
 # lost_processes), doing psums over all devices; `MODE` says what process 1 does.
 _CHILD = textwrap.dedent("""
     import os, sys, time
-    from experiments import common
+    from xtal2dos_jax.training import distributed
+    from xtal2dos_jax.workflows import cli
 
     def main(argv):
-      common.setup_runtime()
+      cli.setup_runtime()
       import jax, numpy as np
       psum = jax.pmap(lambda x: jax.lax.psum(x, "i"), axis_name="i")
       ones = np.ones(jax.local_device_count(), np.float32)
       mode, me = os.environ["MODE"], jax.process_index()
-      with common.lost_processes(os.environ["WORKDIR"]):
+      with distributed.lost_processes(os.environ["WORKDIR"]):
         open(os.path.join(os.environ["WORKDIR"], f"ready{me}"), "w").close()
         if me == 1 and mode == "late":
           time.sleep(float(os.environ["DELAY"]))
@@ -136,7 +137,7 @@ _CHILD = textwrap.dedent("""
           total = jax.block_until_ready(psum(ones))
       print("sum", float(total[0]))
 
-    common.run(main)
+    cli.run(main)
     """)
 
 
@@ -181,14 +182,14 @@ def test_killed_process_is_reported_in_one_line(tmp_path):
   time.sleep(1)
   start = time.time()
   procs[1].kill()
-  _, err = procs[0].communicate(timeout=common.HEARTBEAT_TIMEOUT_S + 60)
+  _, err = procs[0].communicate(timeout=distributed.HEARTBEAT_TIMEOUT_S + 60)
   procs[1].communicate()
-  assert procs[0].returncode == common.LOST_PROCESS_EXIT, err[-3000:]
+  assert procs[0].returncode == distributed.LOST_PROCESS_EXIT, err[-3000:]
   last = err.strip().splitlines()[-1]
   assert last.startswith("error: lost process 1 of 2 ("), err[-3000:]
   assert last.endswith("); process 0 stops. Nothing is lost: rerun the same command on "
                        "every host to resume from epoch 2")
-  assert time.time() - start < common.HEARTBEAT_TIMEOUT_S
+  assert time.time() - start < distributed.HEARTBEAT_TIMEOUT_S
 
 
 @pytest.mark.slow
@@ -196,11 +197,11 @@ def test_process_that_fails_stops_its_peers(tmp_path):
   """A process that ends with an error tells its peers, which otherwise would wait for
   it in their next collective until the heartbeat timeout aborts them."""
   procs, _ = _start_children(tmp_path, "fails")
-  outs = [p.communicate(timeout=common.HEARTBEAT_TIMEOUT_S + 60) for p in procs]
+  outs = [p.communicate(timeout=distributed.HEARTBEAT_TIMEOUT_S + 60) for p in procs]
   # Process 1 prints its own error (its exit status may then be jax's abort once
   # process 0, which holds the coordination service, has gone).
   assert procs[1].returncode != 0 and "RuntimeError: process 1 fails" in outs[1][1]
-  assert procs[0].returncode == common.LOST_PROCESS_EXIT, outs[0][1][-3000:]
+  assert procs[0].returncode == distributed.LOST_PROCESS_EXIT, outs[0][1][-3000:]
   assert outs[0][1].strip().splitlines()[-1] == (
       "error: lost process 1 of 2 (it stopped: an error or a preemption, see its log); "
       "process 0 stops. Nothing is lost: rerun the same command on every host to resume "

@@ -16,7 +16,8 @@ import numpy as np
 import jax
 from ase.build import bulk
 from configs import smoke
-from xtal2dos_jax import batching, graph_cache, labels, model_setup, train
+from xtal2dos_jax.input_pipeline import batching, graph_cache, labels
+from xtal2dos_jax.training import model_setup, train
 
 assert jax.local_device_count() == 4, jax.devices()
 config = smoke.get_config()

@@ -1,4 +1,4 @@
-"""Tests for xtal2dos_jax.datasets.phonondos_csv: structure strings and the CSV reader."""
+"""Tests for xtal2dos_jax.input_pipeline.readers.phonondos_csv: structure strings and the CSV reader."""
 
 import csv
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax.datasets import phonondos_csv
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.input_pipeline.readers import phonondos_csv
+from xtal2dos_jax.core.errors import InputError
 
 
 # ---------------------------------------------------------------------------

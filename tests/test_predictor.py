@@ -15,9 +15,15 @@ import pytest
 from ase.build import bulk
 
 from configs import smoke
-from xtal2dos_jax import Predictor, inference, predictor as predictor_lib, pretrained
-from xtal2dos_jax import thermodynamics, train
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.training import restore
+from xtal2dos_jax.inference import predictor as predictor_lib
+from xtal2dos_jax.evaluation import uncertainty as uncertainty_lib
+from xtal2dos_jax.inference import export
+from xtal2dos_jax.inference import pretrained
+from xtal2dos_jax import Predictor
+from xtal2dos_jax.physics import thermodynamics
+from xtal2dos_jax.training import train
+from xtal2dos_jax.core.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,8 +46,8 @@ def exports(run, tmp_path_factory):
   root = tmp_path_factory.mktemp("exports")
   copy = str(root / "workdir_copy")
   shutil.copytree(run, copy)
-  pretrained.export_run(copy, str(root / "models" / "f32"))
-  pretrained.export_run(copy, str(root / "models" / "f16"), dtype="float16")
+  export.export_run(copy, str(root / "models" / "f32"))
+  export.export_run(copy, str(root / "models" / "f16"), dtype="float16")
   shutil.rmtree(copy)
   return str(root / "models")
 
@@ -100,14 +106,14 @@ def test_permuting_the_inputs_permutes_the_outputs(run):
 def test_std_over_members_is_numpys(run, monkeypatch):
   """Three fake members: the mean / std of the DoS and of C_v(300 K) are numpy's over the
   members' own values."""
-  real = inference.predict_members
+  real = restore.predict_members
   shapes = np.random.default_rng(0).dirichlet(np.ones(51), 2).astype(np.float32)
 
   def three(loaded, part, budget):
     one = real(loaded, part, budget)[0]
     return np.stack([one, 0.5 * one + 0.5 * shapes[0], 0.3 * one + 0.7 * shapes[1]])
 
-  monkeypatch.setattr(inference, "predict_members", three)
+  monkeypatch.setattr(restore, "predict_members", three)
   pred = Predictor(run).predict(_structures()[:2])
   assert pred.num_members == 3
   members = pred.dos_members
@@ -172,10 +178,10 @@ def test_export_refuses_to_overwrite(run, exports, tmp_path):
   target = os.path.join(exports, "f32")
   before = {f: os.path.getmtime(os.path.join(target, f)) for f in os.listdir(target)}
   with pytest.raises(InputError, match="already exists"):
-    pretrained.export_run(run, target)
+    export.export_run(run, target)
   (tmp_path / "empty").mkdir()
   with pytest.raises(InputError, match="already exists"):
-    pretrained.export_run(run, str(tmp_path / "empty"))
+    export.export_run(run, str(tmp_path / "empty"))
   assert {f: os.path.getmtime(os.path.join(target, f)) for f in os.listdir(target)} == before
 
 
@@ -266,7 +272,7 @@ def test_fit_std_scales_is_the_quantile_of_error_over_spread():
   n_atoms = rng.integers(1, 9, 40)
   true = rng.dirichlet(np.ones(51), 40) * (3 * n_atoms / 20.0)[:, None]
   members = np.clip(true[None] * (1 + 0.2 * rng.standard_normal((4, 40, 51))), 0, None)
-  scales = predictor_lib.fit_std_scales("phonon", grid, true, members, n_atoms)
+  scales = uncertainty_lib.fit_std_scales("phonon", grid, true, members, n_atoms)
   m, s = members.mean(0), members.std(0)
   keep = s > 0
   assert scales["dos"] == pytest.approx(
@@ -278,6 +284,6 @@ def test_fit_std_scales_is_the_quantile_of_error_over_spread():
   assert scales["cv_J_per_K_mol"] == pytest.approx(expect, rel=1e-6)
   assert scales["cv_J_per_K_mol_atom"] == pytest.approx(expect, rel=1e-6)
   assert {"mean_frequency_cm", "s300_J_per_K_mol", "zpe_kJ_per_mol"} <= set(scales)
-  electronic = predictor_lib.fit_std_scales("electronic", np.linspace(-4, 4, 51), true,
+  electronic = uncertainty_lib.fit_std_scales("electronic", np.linspace(-4, 4, 51), true,
                                             members, n_atoms)
   assert set(electronic) <= {"dos", "band_gap_eV", "dos_at_fermi_level", "gamma_mJ_per_mol_K2"}

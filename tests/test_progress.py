@@ -1,7 +1,7 @@
 """ProgressBar: redrawn on a terminal, one line per epoch elsewhere, silent when disabled."""
 import io
 
-from xtal2dos_jax.progress import ProgressBar
+from xtal2dos_jax.training.progress import ProgressBar
 
 
 class _Terminal(io.StringIO):

@@ -10,9 +10,12 @@ import sys
 import pytest
 
 from configs import smoke
-from xtal2dos_jax import checkpoints as checkpoints_lib
-from xtal2dos_jax import inference, train, workdir as workdir_lib
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.training import checkpoints as checkpoints_lib
+from xtal2dos_jax.evaluation import evaluate
+from xtal2dos_jax.training import train
+from xtal2dos_jax.core import atomic_io
+from xtal2dos_jax.training import workdir as workdir_lib
+from xtal2dos_jax.core.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +90,7 @@ def test_full_disk_never_tears_a_saved_file(run_dir, tmp_path, monkeypatch):
 
   monkeypatch.setattr(json, "dump", no_space)
   with pytest.raises(OSError, match="No space left"):
-    workdir_lib.write_json_atomic(path, {"metrics": {}})
+    atomic_io.write_json_atomic(path, {"metrics": {}})
   assert open(path).read() == before
   assert not [f for f in os.listdir(run_dir) if f.endswith(".tmp")]
 
@@ -99,26 +102,26 @@ def test_checkpoint_from_another_model_size_is_named(run_dir, tmp_path):
   config["model"]["d_model"] = 32
   json.dump(config, open(os.path.join(workdir, "config.json"), "w"))
   with pytest.raises(InputError, match=r"checkpoints/best/\d+: checkpoint cannot be restored"):
-    inference.evaluate_run(workdir)
+    evaluate.evaluate_run(workdir)
 
 
 def test_evaluate_without_best_checkpoint_says_it_uses_the_latest(run_dir, tmp_path, caplog):
   """A workdir whose checkpoints/best is gone is evaluated on the latest checkpoint with a
   warning naming its epoch, not silently as if it were the best one."""
   import logging
-  from experiments import common
+  from xtal2dos_jax.workflows import cli
   workdir = str(tmp_path / "run")
   shutil.copytree(run_dir, workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "best"))
   with caplog.at_level(logging.WARNING):
-    out = inference.evaluate_run(workdir)
+    out = evaluate.evaluate_run(workdir)
   best_dir = os.path.join(workdir, "checkpoints", "best")
   assert f"no best checkpoint in {best_dir}; evaluating the latest, epoch 2" in [
       r.getMessage() for r in caplog.records]
   assert out["best_epoch"] == 2
   assert out["checkpoint"] == {"kind": "latest", "epoch": 2, "step": 2000000}
-  assert common.checkpoint_used(out) == "latest, epoch 2"
-  assert common.checkpoint_used({"best_epoch": 1}) == "epoch 1"
+  assert cli.checkpoint_used(out) == "latest, epoch 2"
+  assert cli.checkpoint_used({"best_epoch": 1}) == "epoch 1"
 
 
 def test_workdir_without_setup_or_eval_data_gets_them_once(run_dir, tmp_path, caplog,
@@ -128,20 +131,20 @@ def test_workdir_without_setup_or_eval_data_gets_them_once(run_dir, tmp_path, ca
   Both give the training run's metrics."""
   import logging
   import chex
-  from xtal2dos_jax import run_data
+  from xtal2dos_jax.input_pipeline import run_data
   workdir = str(tmp_path / "run")
   shutil.copytree(run_dir, workdir)
   os.remove(os.path.join(workdir, "setup.json"))
   shutil.rmtree(os.path.join(workdir, "eval_data"))
   with caplog.at_level(logging.INFO):
-    first = inference.evaluate_run(workdir)
+    first = evaluate.evaluate_run(workdir)
   assert [r.getMessage() for r in caplog.records if "setup.json" in r.getMessage()] == [
       f"{workdir} has no setup.json / eval_data (trained before they were kept): reading "
       "the dataset once to write them"]
   assert os.path.exists(os.path.join(workdir, "setup.json"))
   monkeypatch.setattr(run_data, "prepare_run_data",
                       lambda *a, **k: pytest.fail("read the dataset again"))
-  second = inference.evaluate_run(workdir)
+  second = evaluate.evaluate_run(workdir)
   trained = json.load(open(os.path.join(workdir, "results.json")))["metrics"]["test"]
   for out in (first, second):
     for scale in ("normalized", "original"):

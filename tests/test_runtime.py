@@ -12,14 +12,14 @@ import sys
 
 import pytest
 
-from xtal2dos_jax import runtime
+from xtal2dos_jax.training import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
 import json, sys
 import jax
-from xtal2dos_jax import runtime
+from xtal2dos_jax.training import runtime
 count = None if sys.argv[1] == "default" else int(sys.argv[1])
 set_to = runtime.split_cpu_into_devices(count)
 print(json.dumps({"set": set_to, "devices": jax.device_count(),

@@ -1,16 +1,16 @@
-"""Tests for xtal2dos_jax.datasets.splits: seeded splits, k-fold folds, learning-curve subsets."""
+"""Tests for xtal2dos_jax.input_pipeline.data_splits: seeded splits, k-fold folds, learning-curve subsets."""
 
 import chex
 import numpy as np
 import pytest
 
-from xtal2dos_jax import datasets
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.input_pipeline import data_splits
+from xtal2dos_jax.core.errors import InputError
 
 
 @pytest.mark.parametrize("n", [3, 10, 101, 1077])
 def test_split_indices_partition(n):
-  split = datasets.split_indices(n, seed=3)
+  split = data_splits.split_indices(n, seed=3)
   assert set(split) == {"train", "validation", "test"}
   everything = np.concatenate(list(split.values()))
   np.testing.assert_array_equal(np.sort(everything), np.arange(n))
@@ -22,64 +22,64 @@ def test_split_indices_partition(n):
 
 
 def test_split_indices_seeded():
-  a = datasets.split_indices(200, seed=0)
-  b = datasets.split_indices(200, seed=0)
-  c = datasets.split_indices(200, seed=1)
+  a = data_splits.split_indices(200, seed=0)
+  b = data_splits.split_indices(200, seed=0)
+  c = data_splits.split_indices(200, seed=1)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
   assert not np.array_equal(a["test"], c["test"])
 
 
 def test_train_subset_for_learning_curves():
-  train = datasets.split_indices(200, seed=0)["train"]
-  assert datasets.train_subset(train, 1.0) is train
-  half = datasets.train_subset(train, 0.5, seed=0)
-  quarter = datasets.train_subset(train, 0.25, seed=0)
+  train = data_splits.split_indices(200, seed=0)["train"]
+  assert data_splits.train_subset(train, 1.0) is train
+  half = data_splits.train_subset(train, 0.5, seed=0)
+  quarter = data_splits.train_subset(train, 0.25, seed=0)
   chex.assert_shape(half, (80,))
   chex.assert_shape(quarter, (40,))
   assert set(quarter) < set(half) < set(train)          # nested: a learning curve adds data
   assert np.all(np.diff(half) > 0)
-  np.testing.assert_array_equal(half, datasets.train_subset(train, 0.5, seed=0))
-  assert set(datasets.train_subset(train, 0.5, seed=1)) != set(half)
-  assert len(datasets.train_subset(train, 1e-6)) == 1
+  np.testing.assert_array_equal(half, data_splits.train_subset(train, 0.5, seed=0))
+  assert set(data_splits.train_subset(train, 0.5, seed=1)) != set(half)
+  assert len(data_splits.train_subset(train, 1e-6)) == 1
   for bad in (0.0, -0.5, 1.5, "x"):
     with pytest.raises(InputError, match="config.data.train_fraction"):
-      datasets.train_subset(train, bad)
+      data_splits.train_subset(train, bad)
 
 
 def test_split_indices_zero_fraction_and_errors():
-  split = datasets.split_indices(5, fractions=(1.0, 0.0, 0.0))
+  split = data_splits.split_indices(5, fractions=(1.0, 0.0, 0.0))
   assert len(split["train"]) == 5 and len(split["test"]) == 0
   for bad in [(0.5, 0.5, 0.5), (1.2, -0.1, -0.1), (0.5, 0.5)]:
     with pytest.raises(InputError, match="config.data.split"):
-      datasets.split_indices(10, fractions=bad)
+      data_splits.split_indices(10, fractions=bad)
   with pytest.raises(InputError, match=r"config.data.split: .*n=2"):
-    datasets.split_indices(2)
+    data_splits.split_indices(2)
 
 
 def test_fold_indices_partition_and_test_every_crystal_once():
   n, k = 23, 5
   tested = []
   for fold in range(k):
-    parts = datasets.fold_indices(n, k, fold, validation_fraction=0.1, seed=4)
-    everything = np.concatenate([parts[s] for s in datasets.SPLITS])
+    parts = data_splits.fold_indices(n, k, fold, validation_fraction=0.1, seed=4)
+    everything = np.concatenate([parts[s] for s in data_splits.SPLITS])
     np.testing.assert_array_equal(np.sort(everything), np.arange(n))
     assert len(parts["test"]) in (4, 5) and len(parts["validation"]) == 2
-    assert all(np.all(np.diff(parts[s]) > 0) for s in datasets.SPLITS)
+    assert all(np.all(np.diff(parts[s]) > 0) for s in data_splits.SPLITS)
     tested += parts["test"].tolist()
   assert sorted(tested) == list(range(n))
 
 
 def test_fold_arguments_are_checked():
   with pytest.raises(InputError, match="config.data.num_folds: needs 2..10 folds"):
-    datasets.fold_indices(10, 1, 0)
+    data_splits.fold_indices(10, 1, 0)
   with pytest.raises(InputError, match="config.data.fold: must be in 0..4 for 5 folds, got 5"):
-    datasets.fold_indices(10, 5, 5)
+    data_splits.fold_indices(10, 5, 5)
   with pytest.raises(InputError, match="config.data.split: .*leaves no training crystal"):
-    datasets.fold_indices(10, 2, 0, validation_fraction=0.5)
-  a, b = datasets.fold_indices(100, 5, 2, seed=1), datasets.fold_indices(100, 5, 2, seed=1)
+    data_splits.fold_indices(10, 2, 0, validation_fraction=0.5)
+  a, b = data_splits.fold_indices(100, 5, 2, seed=1), data_splits.fold_indices(100, 5, 2, seed=1)
   assert all(np.array_equal(a[k], b[k]) for k in a)
-  c = datasets.fold_indices(100, 5, 2, seed=2)
+  c = data_splits.fold_indices(100, 5, 2, seed=2)
   assert not np.array_equal(a["test"], c["test"])
 
 
@@ -88,7 +88,8 @@ def test_exclude_ids_leaves_out_another_runs_evaluation_crystals(tmp_path):
   the new run, and every other crystal still is; a bad spec is one line naming the key."""
   import json
   from configs import smoke
-  from xtal2dos_jax import run_data
+  from xtal2dos_jax.input_pipeline import run_data
+  from xtal2dos_jax.input_pipeline import data_splits
   config = smoke.get_config()
   config.data.limit = 40
   full = run_data.prepare_run_data(config)
@@ -101,16 +102,16 @@ def test_exclude_ids_leaves_out_another_runs_evaluation_crystals(tmp_path):
   left_out = set(splits["validation"]) | set(splits["test"])
   assert not ids(kept) & left_out and set(splits["train"]) <= ids(kept)
   (tmp_path / "ids.txt").write_text("\n".join(sorted(left_out)) + "\n")
-  assert run_data.excluded_ids(str(tmp_path / "ids.txt")) == left_out
+  assert data_splits.excluded_ids(str(tmp_path / "ids.txt")) == left_out
   (tmp_path / "ids.json").write_text(json.dumps(sorted(left_out)))
-  assert run_data.excluded_ids(str(tmp_path / "ids.json")) == left_out
+  assert data_splits.excluded_ids(str(tmp_path / "ids.json")) == left_out
   with pytest.raises(InputError, match="config.data.exclude_ids: .* not a JSON object with "
                                        "lists under 'nope'"):
-    run_data.excluded_ids(f"{tmp_path / 'splits.json'}:nope")
+    data_splits.excluded_ids(f"{tmp_path / 'splits.json'}:nope")
   with pytest.raises(InputError, match="config.data.exclude_ids: cannot read"):
-    run_data.excluded_ids(str(tmp_path / "missing.txt"))
+    data_splits.excluded_ids(str(tmp_path / "missing.txt"))
   with pytest.raises(InputError, match="not a list of ids"):
-    run_data.excluded_ids(str(tmp_path / "splits.json"))
+    data_splits.excluded_ids(str(tmp_path / "splits.json"))
 
 
 def test_split_file_gives_exactly_its_splits_and_rejects_bad_files(tmp_path):
@@ -120,7 +121,7 @@ def test_split_file_gives_exactly_its_splits_and_rejects_bad_files(tmp_path):
   line naming the file."""
   import json
   from configs import smoke
-  from xtal2dos_jax import run_data
+  from xtal2dos_jax.input_pipeline import run_data
   config = smoke.get_config()
   config.data.limit = 30
   ids = [str(i) for part in run_data.prepare_run_data(config).splits.values()

@@ -1,4 +1,4 @@
-"""Tests for xtal2dos_jax.datasets.structure_folder: the structure files predict reads."""
+"""Tests for xtal2dos_jax.input_pipeline.readers.structure_folder: the structure files predict reads."""
 
 import os
 
@@ -6,8 +6,8 @@ import ase.io
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax import datasets
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.input_pipeline import readers
+from xtal2dos_jax.core.errors import InputError
 
 
 def _write_folder(folder):
@@ -24,7 +24,7 @@ def _write_folder(folder):
 def test_read_structure_folder(tmp_path):
   folder = tmp_path / "structs"
   _write_folder(folder)
-  ds = datasets.read_structure_folder(str(folder))
+  ds = readers.read_structure_folder(str(folder))
   assert sorted(os.path.basename(i) for i in ds.ids) == [
       "POSCAR", "cu.extxyz", "nacl.cif"]
   assert ds.labels is None and len(ds.structures) == 3
@@ -33,7 +33,7 @@ def test_read_structure_folder(tmp_path):
                           str(folder / "truncated.cif")}
   assert all("\n" not in r and r for r in skipped.values())
   # Glob pattern: only the cif files.
-  ds = datasets.read_structure_folder(str(folder / "*.cif"))
+  ds = readers.read_structure_folder(str(folder / "*.cif"))
   assert ds.ids == [str(folder / "nacl.cif")]
   assert [p for p, _ in ds.skipped] == [str(folder / "truncated.cif")]
 
@@ -44,7 +44,7 @@ def test_read_structure_folder_nothing_usable(tmp_path):
   (folder / "a.cif").write_text("data_x\n_cell_length_a")
   pattern = str(folder / "*.cif")
   with pytest.raises(InputError, match=r"\*\.cif: none of the 1 file"):
-    datasets.read_structure_folder(pattern)
+    readers.read_structure_folder(pattern)
   with pytest.raises(InputError, match=r"\*\.xyz: no files match"):
-    datasets.read_structure_folder(str(folder / "*.xyz"))
+    readers.read_structure_folder(str(folder / "*.xyz"))
 

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from xtal2dos_jax import comparison, optimizers, sweeps, train
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.workflows import comparison
+from xtal2dos_jax.training import optimizers
+from xtal2dos_jax.workflows import sweeps
+from xtal2dos_jax.training import train
+from xtal2dos_jax.core.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""Crystal-system detection for the DOSTransformer prompts (xtal2dos_jax/symmetry.py).
+"""Crystal-system detection for the DOSTransformer prompts (xtal2dos_jax/input_pipeline/symmetry.py).
 
 Noisy structures are real ase cells with seeded position jitter of 0.01-0.02 Å, the
 noise level of relaxed DFT cells, so the tests exercise spglib itself.
@@ -12,8 +12,8 @@ import ase.build
 import numpy as np
 import pytest
 
-from xtal2dos_jax import symmetry
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.input_pipeline import symmetry
+from xtal2dos_jax.core.errors import InputError
 
 
 def _jittered(atoms: ase.Atoms, distance: float, rng: np.random.Generator) -> ase.Atoms:

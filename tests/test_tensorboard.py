@@ -12,7 +12,8 @@ import struct
 
 import pytest
 
-from xtal2dos_jax import tensorboard, workdir as workdir_lib
+from xtal2dos_jax.training import tensorboard
+from xtal2dos_jax.training import workdir as workdir_lib
 
 tensorboardX = pytest.importorskip("tensorboardX")
 from tensorboardX.proto import event_pb2  # noqa: E402

@@ -1,12 +1,12 @@
-"""Tests for xtal2dos_jax.thermodynamics against closed forms (Einstein solid, Debye model,
+"""Tests for xtal2dos_jax.physics.dos_properties.thermodynamics against closed forms (Einstein solid, Debye model,
 free-electron metal) and against phonopy's harmonic formulas re-derived here in eV units.
 numpy only; every case is a few ms."""
 import chex
 import numpy as np
 import pytest
 
-from xtal2dos_jax import thermodynamics as th
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.physics import thermodynamics as th
+from xtal2dos_jax.core.errors import InputError
 
 # CODATA 2018, written out here so the tests do not reuse the module's constants.
 R = 6.02214076e23 * 1.380649e-23            # J/(K mol)

@@ -12,11 +12,19 @@ import pytest
 from ase.build import bulk
 
 from configs import smoke
-from xtal2dos_jax import checkpoints as checkpoints_lib
-from xtal2dos_jax import (datasets, inference, optimizers, predictor, preemption, run_data,
-                          thermodynamics, train)
-from xtal2dos_jax import workdir as workdir_lib
-from xtal2dos_jax.errors import InputError
+from xtal2dos_jax.training import checkpoints as checkpoints_lib
+from xtal2dos_jax.input_pipeline import readers
+from xtal2dos_jax.training import restore
+from xtal2dos_jax.evaluation import evaluate
+from xtal2dos_jax.training import optimizers
+from xtal2dos_jax.inference import predictor
+from xtal2dos_jax.training import preemption
+from xtal2dos_jax.input_pipeline import run_data
+from xtal2dos_jax.physics import thermodynamics
+from xtal2dos_jax.training import train_steps
+from xtal2dos_jax.training import train
+from xtal2dos_jax.training import workdir as workdir_lib
+from xtal2dos_jax.core.errors import InputError
 
 
 def _config(**train_overrides):
@@ -37,7 +45,7 @@ def trained(tmp_path_factory):
   the tests then do with the workdir (evaluate, predict, rerun) needs the workdir alone.
   """
   data = tmp_path_factory.mktemp("data") / "phdos_dfpt.csv"
-  shutil.copy(datasets.embedded_dfpt_path(), data)
+  shutil.copy(readers.embedded_dfpt_path(), data)
   config = _config()
   config.data.path = str(data)
   workdir = str(tmp_path_factory.mktemp("run"))
@@ -134,7 +142,7 @@ def test_evaluate_from_workdir_only(trained):
   workdir only, and gives the training run's final metrics."""
   workdir, summary, config = trained
   assert not os.path.exists(config.data.path)
-  out = inference.evaluate_run(workdir, "test")
+  out = evaluate.evaluate_run(workdir, "test")
   # The same best checkpoint and test split as at the end of training.
   for scale in ("normalized", "original"):
     chex.assert_trees_all_close(out["test"][scale], summary["metrics"]["test"][scale],
@@ -206,7 +214,7 @@ def test_predict_reports_bad_files_and_finishes_the_rest(trained, tmp_path):
 
 def test_evaluate_without_run_is_one_line_error(tmp_path):
   with pytest.raises(InputError, match="not a training workdir"):
-    inference.evaluate_run(str(tmp_path))
+    evaluate.evaluate_run(str(tmp_path))
 
 
 @pytest.mark.slow
@@ -221,7 +229,7 @@ def test_corrupt_checkpoint_is_named(trained, tmp_path):
       with open(os.path.join(root, f), "wb") as fh:
         fh.write(b"\0garbage")
   with pytest.raises(InputError, match="checkpoint cannot be restored"):
-    inference.evaluate_run(workdir)
+    evaluate.evaluate_run(workdir)
 
 
 @pytest.mark.slow
@@ -273,7 +281,7 @@ def test_edos_config_trains_evaluates_and_predicts_band_gaps(tmp_path):
   workdir = str(tmp_path / "edos")
   summary = train.train_and_evaluate(config, workdir)
   assert summary["metrics"]["test"]["normalized"]["count"] == 6
-  out = inference.evaluate_run(workdir)
+  out = evaluate.evaluate_run(workdir)
   with np.load(os.path.join(workdir, "predictions_test.npz")) as z:
     chex.assert_shape(z["y_pred"], (6, 128))
     assert z["grid"][0] == pytest.approx(-3.96875) and z["grid"][-1] == pytest.approx(3.96875)
@@ -282,10 +290,10 @@ def test_edos_config_trains_evaluates_and_predicts_band_gaps(tmp_path):
   pred = predictor.predict_structures(workdir, str(tmp_path / "si.cif"), str(tmp_path / "p"))
   # The reported gap is the one of the DoS it wrote (band_gap itself is tested against
   # exact windows in test_physics.py).
-  from xtal2dos_jax import physics
+  from xtal2dos_jax.physics import dos_properties
   with np.load(tmp_path / "p" / "predictions.npz") as z:
     chex.assert_shape(z["dos_mean"], (1, 128))
-    expected = physics.band_gap(z["grid"], z["dos_mean"])
+    expected = dos_properties.band_gap(z["grid"], z["dos_mean"])
   np.testing.assert_allclose(pred["band_gap_eV"], expected)
   csv_gap = float(open(tmp_path / "p" / "predictions.csv").read().splitlines()[1].split(",")[3])
   np.testing.assert_allclose(csv_gap, expected[0], rtol=1e-5, atol=1e-6)
@@ -321,9 +329,9 @@ def test_unknown_selection_metric_is_named(tmp_path):
 def test_update_ema_warms_up_then_uses_the_decay():
   ema, params = {"w": np.zeros(3, np.float32)}, {"w": np.ones(3, np.float32)}
   # Step 0: d = min(0.99, 1/10) = 0.1, so the average is mostly the new weights.
-  chex.assert_trees_all_close(train.update_ema(ema, params, 0.0, 0.99), {"w": np.full(3, 0.9)})
+  chex.assert_trees_all_close(train_steps.update_ema(ema, params, 0.0, 0.99), {"w": np.full(3, 0.9)})
   # Late in training the configured decay applies.
-  chex.assert_trees_all_close(train.update_ema(ema, params, 1e6, 0.99), {"w": np.full(3, 0.01)},
+  chex.assert_trees_all_close(train_steps.update_ema(ema, params, 1e6, 0.99), {"w": np.full(3, 0.01)},
                               rtol=1e-5)
 
 
@@ -337,10 +345,10 @@ def test_ema_weights_are_checkpointed_and_used_for_evaluation(tmp_path):
   diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), saved["ema_params"],
                                        saved["params"]))
   assert max(diffs) > 0  # the average is not the last weights
-  loaded, _ = inference.restore_run_and_data(workdir)
+  loaded, _ = restore.restore_run_and_data(workdir)
   chex.assert_trees_all_close(jax.tree.map(lambda x: np.asarray(x[0]), loaded.params),
                               saved["ema_params"])
-  out = inference.evaluate_run(workdir)
+  out = evaluate.evaluate_run(workdir)
   assert out["test"]["normalized"]["r2"] == pytest.approx(
       summary["metrics"]["test"]["normalized"]["r2"], rel=1e-5)
 
@@ -417,7 +425,7 @@ def test_noam_schedule_matches_the_formula():
 def test_crystal_system_warnings_name_the_crystals(monkeypatch, caplog):
   """The dostransformer's crystal systems: spglib's warnings name crystals by id."""
   import logging
-  from xtal2dos_jax import symmetry
+  from xtal2dos_jax.input_pipeline import symmetry
   config = _config()
   config.model.decoder = "dostransformer"
   monkeypatch.setattr(symmetry, "find_space_group", lambda *a, **k: None)  # spglib fails

@@ -8,7 +8,8 @@ import stat
 import pytest
 
 from configs import smoke
-from xtal2dos_jax import workdir as workdir_lib
+from xtal2dos_jax.core import atomic_io
+from xtal2dos_jax.training import workdir as workdir_lib
 
 
 @pytest.fixture
@@ -29,12 +30,12 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, mask, expected):
   """Temp-file-and-rename writes get the mode a plain open() would (0o666 & ~umask),
   not mkstemp's 0600, so collaborators can read a shared run's files."""
   umask(mask)
-  assert workdir_lib.current_umask() == mask
+  assert atomic_io.current_umask() == mask
   path = tmp_path / "results.json"
-  workdir_lib.write_json_atomic(str(path), {"metrics": {"mae": 1.0}})
+  atomic_io.write_json_atomic(str(path), {"metrics": {"mae": 1.0}})
   assert _mode(path) == expected
   assert json.load(open(path)) == {"metrics": {"mae": 1.0}}
-  workdir_lib.write_text_atomic(str(tmp_path / "notes.txt"), "x")
+  atomic_io.write_text_atomic(str(tmp_path / "notes.txt"), "x")
   assert _mode(tmp_path / "notes.txt") == expected
   with open(tmp_path / "plain.txt", "w") as f:
     f.write("x")
@@ -67,7 +68,7 @@ def test_current_umask_without_proc(monkeypatch, umask):
     return real_open(path, *a, **k)
 
   monkeypatch.setattr("builtins.open", no_proc)
-  assert workdir_lib.current_umask() == 0o027
+  assert atomic_io.current_umask() == 0o027
   assert os.umask(0o027) == 0o027                           # left unchanged
 
 

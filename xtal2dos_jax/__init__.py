@@ -4,7 +4,7 @@ A JAX/Flax reimplementation of Xtal2DoS (UniMP graph encoder + masked-causal
 transformer decoder). See README.md for the command-line entry points.
 
 `from xtal2dos_jax import Predictor` is the Python API for prediction
-(`xtal2dos_jax.predictor`). It is imported on first use, so `import xtal2dos_jax.allocator`
+(`xtal2dos_jax.inference.predictor`). It is imported on first use, so `import xtal2dos_jax.training.allocator`
 still runs before numpy and JAX are loaded.
 """
 
@@ -14,6 +14,6 @@ __all__ = ["Predictor", "Prediction"]
 
 def __getattr__(name: str):
   if name in ("Predictor", "Prediction"):
-    from xtal2dos_jax import predictor
+    from xtal2dos_jax.inference import predictor
     return getattr(predictor, name)
   raise AttributeError(f"module 'xtal2dos_jax' has no attribute {name!r}")

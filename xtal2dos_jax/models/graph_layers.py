@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 import jraph
 
-from xtal2dos_jax.featurize import atom_feature_table, gaussian_expansion
+from xtal2dos_jax.input_pipeline.featurize import atom_feature_table, gaussian_expansion
 from xtal2dos_jax.models.precision import DotGeneral, same_precision
 Dtype = Any
 

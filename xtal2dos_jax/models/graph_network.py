@@ -36,7 +36,7 @@ from jax import lax
 import jraph
 import ml_collections
 
-from xtal2dos_jax.featurize import atom_feature_table, gaussian_expansion
+from xtal2dos_jax.input_pipeline.featurize import atom_feature_table, gaussian_expansion
 from xtal2dos_jax.models.graph_layers import MessagePassingEncoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 Dtype = Any

@@ -44,8 +44,8 @@ import jax.numpy as jnp
 from jax import lax
 import ml_collections
 
-from xtal2dos_jax import losses
-from xtal2dos_jax.activations import output_activation_for
+from xtal2dos_jax.objectives import losses
+from xtal2dos_jax.input_pipeline.labels import output_activation_for
 from xtal2dos_jax.models.transformer_decoder import AtomStates, SequenceDecoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 Dtype = Any

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from xtal2dos_jax.errors import check_choice
+from xtal2dos_jax.core.errors import check_choice
 
 Dtype = Any
 DotGeneral = Callable[..., jax.Array]

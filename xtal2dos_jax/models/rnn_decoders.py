@@ -57,8 +57,8 @@ from jax import lax
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax.activations import OUTPUT_ACTIVATIONS, output_activation_for
-from xtal2dos_jax.errors import InputError, check_choice
+from xtal2dos_jax.input_pipeline.labels import OUTPUT_ACTIVATIONS, output_activation_for
+from xtal2dos_jax.core.errors import InputError, check_choice
 from xtal2dos_jax.models.attention import masked_softmax
 from xtal2dos_jax.models.transformer_decoder import AtomStates, SequenceDecoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
