@@ -39,8 +39,8 @@ import tempfile
 
 from absl import flags, logging
 
-from xtal2dos_jax.workflows import cli
 from xtal2dos_jax.training import allocator
+from xtal2dos_jax.workflows import cli
 
 FLAGS = flags.FLAGS
 cli.define_config_file("config", "configs/bench.py", "Benchmark config file.",
@@ -82,7 +82,8 @@ def main(argv):
     FLAGS.no_compilation_cache = True   # cold compile rows: not the user's XLA cache
   cli.setup_runtime(inference=FLAGS.inference_only)
   from xtal2dos_jax.training import runtime
-  from xtal2dos_jax.workflows.benchmarks.harness import context, inference_rows, quick_config, run_benchmark
+  from xtal2dos_jax.workflows.benchmarks.harness import (context, inference_rows, quick_config,
+                                                         run_benchmark)
   from xtal2dos_jax.workflows.benchmarks.tools import format_rows
   xla_cache = FLAGS.xla_cache_dir or tempfile.mkdtemp(prefix="xtal2dos_bench_xla_")
   runtime.enable_compilation_cache(xla_cache)

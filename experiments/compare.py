@@ -43,9 +43,8 @@ import sys
 
 from absl import app, flags, logging
 
-from xtal2dos_jax.workflows import cli
 from xtal2dos_jax.training import allocator
-from xtal2dos_jax.workflows import comparison
+from xtal2dos_jax.workflows import cli, comparison
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", None, "Comma-separated config files, one per variant.")
@@ -78,11 +77,11 @@ def main(argv):
                for p in FLAGS.configs]                     # all parsed before any training
   cli.setup_runtime()
   # after the runtime (devices, distributed) is set up
-  from xtal2dos_jax.training import preemption
-  from xtal2dos_jax.workflows.compare_tables import INFERENCE_JSON
-  from xtal2dos_jax.workflows.comparison import run_names, time_inference, train_variant
-  from xtal2dos_jax.workflows.compare_tables import build_table, published_rows, to_markdown, write_table
   from xtal2dos_jax.core.atomic_io import write_json_atomic
+  from xtal2dos_jax.training import preemption
+  from xtal2dos_jax.workflows.compare_tables import (build_table, INFERENCE_JSON, published_rows,
+                                                     to_markdown, write_table)
+  from xtal2dos_jax.workflows.comparison import run_names, time_inference, train_variant
   runs = {}
   seeds, folds = [int(s) for s in FLAGS.seeds], FLAGS.folds
   with cli.user_errors():

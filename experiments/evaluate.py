@@ -20,8 +20,8 @@ def main(argv):
   del argv
   cli.setup_runtime(inference=True)
   from xtal2dos_jax.evaluation import evaluate
-  from xtal2dos_jax.physics import dos_properties
   from xtal2dos_jax.objectives import metrics
+  from xtal2dos_jax.physics import dos_properties
   with cli.user_errors():
     out = evaluate.evaluate_run(FLAGS.workdir, FLAGS.split)
   print(metrics.format_table({FLAGS.split: out[FLAGS.split]}))

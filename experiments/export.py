@@ -33,8 +33,7 @@ def main(argv):
     if not FLAGS.name and not FLAGS.outdir:
       raise InputError("--name", "is required (or give --outdir)")
   cli.setup_runtime(inference=True)
-  from xtal2dos_jax.inference import export
-  from xtal2dos_jax.inference import pretrained
+  from xtal2dos_jax.inference import export, pretrained
   with cli.user_errors():
     outdir = FLAGS.outdir or os.path.join(pretrained.PACKAGE_DIR, FLAGS.name)
     export.export_run(FLAGS.workdir, outdir, FLAGS.name, FLAGS.dtype,

@@ -33,12 +33,9 @@ import sys
 
 from absl import flags, logging
 
-from xtal2dos_jax.workflows import cli
-from xtal2dos_jax.training import allocator
-from xtal2dos_jax.workflows import comparison
-from xtal2dos_jax.workflows import compare_tables
-from xtal2dos_jax.workflows import sweeps
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.training import allocator
+from xtal2dos_jax.workflows import cli, compare_tables, comparison, sweeps
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/phdos.py", "Config file every cell starts from.")
@@ -87,8 +84,7 @@ def main(argv):
       raise InputError("--grid", "two cells get the same run directory name; write the "
                        "values with letters, digits and ._+- only")
   cli.setup_runtime()
-  from xtal2dos_jax.training import train
-  from xtal2dos_jax.training import preemption
+  from xtal2dos_jax.training import preemption, train
   seeds = [int(s) for s in FLAGS.seeds]
   finished = []
   with cli.user_errors():

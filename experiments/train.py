@@ -7,9 +7,8 @@ import sys
 
 from absl import flags, logging
 
+from xtal2dos_jax.training import allocator, distributed
 from xtal2dos_jax.workflows import cli
-from xtal2dos_jax.training import distributed
-from xtal2dos_jax.training import allocator
 
 FLAGS = flags.FLAGS
 cli.define_config_file("config", "configs/phdos.py", "Training config file.",
@@ -23,9 +22,8 @@ def main(argv):
   allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/training/allocator.py)
   cli.setup_runtime()
   # after the runtime (devices, distributed) is set up
-  from xtal2dos_jax.training import preemption
   from xtal2dos_jax.objectives import metrics
-  from xtal2dos_jax.training import train
+  from xtal2dos_jax.training import preemption, train
   config = FLAGS.config
   workdir = FLAGS.workdir or cli.default_workdir(flags.FLAGS["config"].config_filename)
   with cli.user_errors(), distributed.lost_processes(workdir):

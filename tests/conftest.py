@@ -22,15 +22,13 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from xtal2dos_jax.input_pipeline import batching
-from xtal2dos_jax.input_pipeline import labels
-from xtal2dos_jax.objectives import losses
-from xtal2dos_jax.training import model_setup
-from xtal2dos_jax.training import train
+from xtal2dos_jax.input_pipeline import batching, labels
+from xtal2dos_jax.input_pipeline.batching import assemble, Batch, Budget, LabelledGraphs
 from xtal2dos_jax.input_pipeline.featurize import featurize_crystal
 from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
-from xtal2dos_jax.input_pipeline.batching import Batch, Budget, LabelledGraphs, assemble
 from xtal2dos_jax.models import create_model
+from xtal2dos_jax.objectives import losses
+from xtal2dos_jax.training import model_setup, train
 from xtal2dos_jax.training.runtime import enable_compilation_cache
 
 

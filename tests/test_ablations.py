@@ -18,20 +18,19 @@ import numpy as np
 import optax
 import pytest
 
-from xtal2dos_jax.objectives import losses
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline.labels import apply_output_activation
-from xtal2dos_jax.models import DECODERS, ENCODERS, AtomStates, SequenceDecoder, create_model
+from xtal2dos_jax.models import AtomStates, create_model, DECODERS, ENCODERS, SequenceDecoder
 from xtal2dos_jax.models.dostransformer import DOSTransformerDecoder
 from xtal2dos_jax.models.gat import GATEncoder
 from xtal2dos_jax.models.gatgnn import GATGNNHead
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
-from xtal2dos_jax.models.rnn_decoders import ChunkRNNAttentionDecoder, ChunkRNNDecoder, RNNAttentionDecoder, RNNDecoder
+from xtal2dos_jax.models.rnn_decoders import (ChunkRNNAttentionDecoder, ChunkRNNDecoder,
+                                              RNNAttentionDecoder, RNNDecoder)
 from xtal2dos_jax.models.xtal2dos import Xtal2DoS
+from xtal2dos_jax.objectives import losses
 
-from xtal2dos_jax.workflows import cli
-from xtal2dos_jax.workflows import compare_tables
-from xtal2dos_jax.workflows import comparison
+from xtal2dos_jax.workflows import cli, compare_tables, comparison
 
 from test_equations import REF_TOL, as_numpy, dostransformer_reference, mlp_reference, perturb
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
+from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline import featurize
 from xtal2dos_jax.input_pipeline import batching as ip
-from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
 
 RADIUS = 3.0   # small: edge counts differ between crystals (4, 6 or 12 per atom)

@@ -8,9 +8,7 @@ import tempfile
 import pytest
 
 from configs import smoke
-from xtal2dos_jax.workflows.benchmarks import scaling
-from xtal2dos_jax.workflows.benchmarks import tools
-from xtal2dos_jax.workflows.benchmarks import compile_counter
+from xtal2dos_jax.workflows.benchmarks import compile_counter, scaling, tools
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

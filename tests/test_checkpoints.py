@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.training import checkpoints as checkpoints_lib
 
 
 @flax.struct.dataclass

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax.input_pipeline import readers
-from xtal2dos_jax.input_pipeline import graph_cache
-from xtal2dos_jax.input_pipeline.readers import validation
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline import graph_cache, readers
+from xtal2dos_jax.input_pipeline.readers import validation
 
 L_Y = 8
 

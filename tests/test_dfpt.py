@@ -8,10 +8,8 @@ import jax
 import numpy as np
 
 from configs import phdos, phdos_chgnet, phdos_ensemble
-from xtal2dos_jax.input_pipeline import batching
+from xtal2dos_jax.input_pipeline import batching, readers, run_data
 from xtal2dos_jax.training import model_setup
-from xtal2dos_jax.input_pipeline import run_data
-from xtal2dos_jax.input_pipeline import readers
 
 
 def _raw_rows():

@@ -22,19 +22,18 @@ import jraph
 import numpy as np
 import pytest
 
-from xtal2dos_jax.workflows import cli
-from xtal2dos_jax.input_pipeline import batching
-from xtal2dos_jax.input_pipeline import labels
-from xtal2dos_jax.objectives import losses
-from xtal2dos_jax.training import model_setup
-from xtal2dos_jax.training import train
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline import batching, labels
 from xtal2dos_jax.input_pipeline.featurize import featurize_crystal
 from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
-from xtal2dos_jax.models import DECODERS, create_model
+from xtal2dos_jax.models import create_model, DECODERS
 from xtal2dos_jax.models.dostransformer import AUX_TERM, DOSTransformerDecoder
-from xtal2dos_jax.models.dostransformer_encoder import DOSTransformerGNN, edge_features, mass_onehot_table, smooth_cutoff
+from xtal2dos_jax.models.dostransformer_encoder import (DOSTransformerGNN, edge_features,
+                                                        mass_onehot_table, smooth_cutoff)
 from xtal2dos_jax.models.transformer_decoder import AtomStates
+from xtal2dos_jax.objectives import losses
+from xtal2dos_jax.training import model_setup, train
+from xtal2dos_jax.workflows import cli
 
 from test_equations import (D_MODEL, DISTANCES, N_EDGE, N_NODE, NODES, RECEIVERS, REF_TOL,
                             SENDERS, as_numpy, attention_block_reference, dense, layer_norm,

@@ -21,15 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xtal2dos_jax.workflows import cli
-from xtal2dos_jax.input_pipeline import batching
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline import batching
 from xtal2dos_jax.input_pipeline.featurize import featurize_crystal
 from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
 from xtal2dos_jax.models import create_model
-from xtal2dos_jax.models.e3nn import E3NNEncoder, GatePointsConvolution, gaussian_radial_basis, self_connection_mask
+from xtal2dos_jax.models.e3nn import (E3NNEncoder, GatePointsConvolution, gaussian_radial_basis,
+                                      self_connection_mask)
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
 from xtal2dos_jax.models.transformer_decoder import CausalTransformerDecoder
+from xtal2dos_jax.workflows import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RADIUS = 4.0
@@ -248,9 +249,9 @@ def test_benchmark_config_compiles_each_step_once(tmp_path):
   executable and nothing compiles after the first epoch. (The first train epoch's count
   also holds the small programs e3nn-jax runs eagerly while the step is traced: the
   second moments of its activations, over 10^6 samples, that normalise them.)"""
-  from xtal2dos_jax.workflows.benchmarks.harness import quick_config
-  from xtal2dos_jax.workflows.benchmarks import compile_counter
   from xtal2dos_jax.models import needs_edge_vectors
+  from xtal2dos_jax.workflows.benchmarks import compile_counter
+  from xtal2dos_jax.workflows.benchmarks.harness import quick_config
   config = cli.load_config_file(os.path.join(REPO, "configs", "bench_e3nn.py"))
   assert config.model.encoder == "e3nn" and needs_edge_vectors(config)
   assert config.data.max_num_nbr == 0 and config.data.radius == 5.0

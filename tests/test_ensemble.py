@@ -12,18 +12,15 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from xtal2dos_jax.input_pipeline import batching
-from xtal2dos_jax.training import restore
-from xtal2dos_jax.evaluation import evaluate
-from xtal2dos_jax.training import model_setup
-from xtal2dos_jax.inference import export
-from xtal2dos_jax.inference import pretrained
-from xtal2dos_jax.physics import thermodynamics
-from xtal2dos_jax.training import train
 from xtal2dos_jax import Predictor
+from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.evaluation import evaluate
+from xtal2dos_jax.inference import export, pretrained
+from xtal2dos_jax.input_pipeline import batching
+from xtal2dos_jax.physics import thermodynamics
+from xtal2dos_jax.training import model_setup, restore, train
 from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import workdir as workdir_lib
-from xtal2dos_jax.core.errors import InputError
 
 
 def _config(seed: int = 0, ensemble_size: int = 1):

@@ -27,9 +27,10 @@ import pytest
 
 from xtal2dos_jax.input_pipeline.featurize import atom_feature_table
 from xtal2dos_jax.models import graph_layers
-from xtal2dos_jax.models.transformer_decoder import AtomStates, CausalTransformerDecoder, TransformerDecoderLayer
-from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
 from xtal2dos_jax.models.gat import GATEncoder, GATLayer
+from xtal2dos_jax.models.transformer_decoder import (AtomStates, CausalTransformerDecoder,
+                                                     TransformerDecoderLayer)
+from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
 from xtal2dos_jax.models.xtal2dos import CrystalContext
 
 # float32 module vs float64 reference.

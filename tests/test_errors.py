@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from xtal2dos_jax.core.errors import InputError, check_choice
+from xtal2dos_jax.core.errors import check_choice, InputError
 
 
 def test_check_choice_returns_a_valid_value():

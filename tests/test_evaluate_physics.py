@@ -14,8 +14,8 @@ import chex
 import numpy as np
 import pytest
 
-from xtal2dos_jax.physics import dos_properties
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.physics import dos_properties
 
 # CODATA 2018 exact values, SI.
 PLANCK = 6.62607015e-34        # J s

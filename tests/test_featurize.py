@@ -21,11 +21,10 @@ from ase.build import bulk
 from ase.geometry import cellpar_to_cell
 
 from configs import phdos, phdos_chgnet
-from xtal2dos_jax.workflows.benchmarks.neighbours import brute_force_graph
-from xtal2dos_jax.input_pipeline import readers
-from xtal2dos_jax.input_pipeline import featurize
 from xtal2dos_jax.core import paths
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline import featurize, readers
+from xtal2dos_jax.workflows.benchmarks.neighbours import brute_force_graph
 
 MAX_NBR = 12
 DIST_TOL = 1e-5

@@ -11,12 +11,9 @@ import optax
 import pytest
 
 from configs import smoke
-from xtal2dos_jax.training import restore
-from xtal2dos_jax.training import model_setup
-from xtal2dos_jax.training import optimizers
-from xtal2dos_jax.training import train
-from xtal2dos_jax.training import workdir as workdir_lib
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.training import model_setup, optimizers, restore, train
+from xtal2dos_jax.training import workdir as workdir_lib
 
 
 def _config(**train_values):

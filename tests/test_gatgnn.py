@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xtal2dos_jax.workflows import cli
 from xtal2dos_jax.input_pipeline.featurize import atom_feature_table
 from xtal2dos_jax.models import AtomStates, create_model
 from xtal2dos_jax.models.gatgnn import AGATLayer, GATGNNEncoder, GATGNNHead
+from xtal2dos_jax.workflows import cli
 
 from test_equations import (D_MODEL, LAYER_EDGE_MASK, N_EDGE, NODES, NUM_HEADS, RECEIVERS,
                             REF_TOL, SENDERS, _layer_inputs, as_numpy, dense, hand_graph,

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax.input_pipeline import featurize
-from xtal2dos_jax.input_pipeline import graph_cache
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline import featurize, graph_cache
 from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
 
 RADIUS = 6.0

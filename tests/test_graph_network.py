@@ -15,11 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from xtal2dos_jax.workflows import cli
 from xtal2dos_jax.input_pipeline.featurize import atom_feature_table
 from xtal2dos_jax.models import create_model
 from xtal2dos_jax.models.graph_network import GraphNetworkBlock, GraphNetworkEncoder
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
+from xtal2dos_jax.workflows import cli
 
 from test_equations import (D_MODEL, LAYER_EDGE_MASK, NODES, RECEIVERS, REF_TOL, SENDERS,
                             as_numpy, dense, hand_graph, layer_norm, perturb,

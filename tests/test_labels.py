@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from xtal2dos_jax.input_pipeline import labels
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline import labels
 
 L_Y = 51
 

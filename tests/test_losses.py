@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from xtal2dos_jax.objectives import losses
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.objectives import losses
 
 L_Y = 51
 NAMES = ("kl", "wd", "mae", "mse")

@@ -12,11 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xtal2dos_jax.workflows import cli
-from xtal2dos_jax.training import train_steps
-from xtal2dos_jax.models import AtomStates, DECODERS, create_model
+from xtal2dos_jax.models import AtomStates, create_model, DECODERS
 from xtal2dos_jax.models.gatgnn import GATGNNEncoder
-from xtal2dos_jax.models.mat2spec import AUX_LOSS, AUX_TERMS, Mat2SpecDecoder, contrastive_loss, diagonal_gaussian_kl, mixture_latent_kl
+from xtal2dos_jax.models.mat2spec import (AUX_LOSS, AUX_TERMS, contrastive_loss,
+                                          diagonal_gaussian_kl, Mat2SpecDecoder, mixture_latent_kl)
+from xtal2dos_jax.training import train_steps
+from xtal2dos_jax.workflows import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = dict(rtol=1e-5, atol=1e-6)

@@ -12,13 +12,15 @@ import numpy as np
 import optax
 import pytest
 
-from xtal2dos_jax.objectives import losses
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline.batching import Budget
-from xtal2dos_jax.models import DECODERS, ENCODERS, AtomStates, CausalTransformerDecoder, CrystalContext, SequenceDecoder, UniMPEncoder, UniMPLayer, Xtal2DoS, count_params, create_model, output_activation_for
-from xtal2dos_jax.models import graph_layers
-from xtal2dos_jax.models.attention import MultiHeadAttention, masked_softmax, segment_softmax
+from xtal2dos_jax.models import (AtomStates, CausalTransformerDecoder, count_params, create_model,
+                                 CrystalContext, DECODERS, ENCODERS, graph_layers,
+                                 output_activation_for, SequenceDecoder, UniMPEncoder, UniMPLayer,
+                                 Xtal2DoS)
+from xtal2dos_jax.models.attention import masked_softmax, MultiHeadAttention, segment_softmax
 from xtal2dos_jax.models.precision import bf16_dot_general
+from xtal2dos_jax.objectives import losses
 
 from test_equations import (REF_TOL, as_numpy, context_reference, encoder_reference, perturb,
                             transformer_decoder_reference, unimp_layer_reference)

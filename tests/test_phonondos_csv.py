@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax.input_pipeline.readers import phonondos_csv
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline.readers import phonondos_csv
 
 
 # ---------------------------------------------------------------------------

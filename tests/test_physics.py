@@ -7,8 +7,8 @@ import pytest
 import scipy.integrate
 
 from xtal2dos_jax.core import paths
-from xtal2dos_jax.physics import dos_properties
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.physics import dos_properties
 
 R = dos_properties.R_GAS
 C2 = dos_properties.HC_OVER_KB

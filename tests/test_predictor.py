@@ -15,15 +15,13 @@ import pytest
 from ase.build import bulk
 
 from configs import smoke
-from xtal2dos_jax.training import restore
-from xtal2dos_jax.inference import predictor as predictor_lib
-from xtal2dos_jax.evaluation import uncertainty as uncertainty_lib
-from xtal2dos_jax.inference import export
-from xtal2dos_jax.inference import pretrained
 from xtal2dos_jax import Predictor
-from xtal2dos_jax.physics import thermodynamics
-from xtal2dos_jax.training import train
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.evaluation import uncertainty as uncertainty_lib
+from xtal2dos_jax.inference import export, pretrained
+from xtal2dos_jax.inference import predictor as predictor_lib
+from xtal2dos_jax.physics import thermodynamics
+from xtal2dos_jax.training import restore, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

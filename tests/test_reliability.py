@@ -10,12 +10,12 @@ import sys
 import pytest
 
 from configs import smoke
-from xtal2dos_jax.training import checkpoints as checkpoints_lib
+from xtal2dos_jax.core import atomic_io
+from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.evaluation import evaluate
 from xtal2dos_jax.training import train
-from xtal2dos_jax.core import atomic_io
+from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import workdir as workdir_lib
-from xtal2dos_jax.core.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
+from xtal2dos_jax import Predictor
 from xtal2dos_jax.inference import pretrained
 from xtal2dos_jax.input_pipeline import run_data
 from xtal2dos_jax.physics import thermodynamics
-from xtal2dos_jax import Predictor
 
 SHIPPED = pretrained.available(pretrained.PACKAGE_DIR)
 

@@ -4,8 +4,8 @@ import chex
 import numpy as np
 import pytest
 
-from xtal2dos_jax.input_pipeline import data_splits
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline import data_splits
 
 
 @pytest.mark.parametrize("n", [3, 10, 101, 1077])
@@ -88,8 +88,7 @@ def test_exclude_ids_leaves_out_another_runs_evaluation_crystals(tmp_path):
   the new run, and every other crystal still is; a bad spec is one line naming the key."""
   import json
   from configs import smoke
-  from xtal2dos_jax.input_pipeline import run_data
-  from xtal2dos_jax.input_pipeline import data_splits
+  from xtal2dos_jax.input_pipeline import data_splits, run_data
   config = smoke.get_config()
   config.data.limit = 40
   full = run_data.prepare_run_data(config)

@@ -6,8 +6,8 @@ import ase.io
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax.input_pipeline import readers
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline import readers
 
 
 def _write_folder(folder):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from xtal2dos_jax.input_pipeline import structures
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline import structures
 
 ROCKSALT_MATRIX = [[0.0, 2.82, 2.82], [2.82, 0.0, 2.82], [2.82, 2.82, 0.0]]
 TRICLINIC_MATRIX = [[4.0, 0.0, 0.0], [1.0, 5.0, 0.0], [0.5, 1.5, 6.0]]

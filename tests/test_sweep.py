@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from xtal2dos_jax.workflows import comparison
-from xtal2dos_jax.training import optimizers
-from xtal2dos_jax.workflows import sweeps
-from xtal2dos_jax.training import train
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.training import optimizers, train
+from xtal2dos_jax.workflows import comparison, sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,8 +12,8 @@ import ase.build
 import numpy as np
 import pytest
 
-from xtal2dos_jax.input_pipeline import symmetry
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline import symmetry
 
 
 def _jittered(atoms: ase.Atoms, distance: float, rng: np.random.Generator) -> ase.Atoms:

@@ -5,8 +5,8 @@ import chex
 import numpy as np
 import pytest
 
-from xtal2dos_jax.physics import thermodynamics as th
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.physics import thermodynamics as th
 
 # CODATA 2018, written out here so the tests do not reuse the module's constants.
 R = 6.02214076e23 * 1.380649e-23            # J/(K mol)

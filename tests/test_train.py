@@ -12,19 +12,14 @@ import pytest
 from ase.build import bulk
 
 from configs import smoke
-from xtal2dos_jax.training import checkpoints as checkpoints_lib
-from xtal2dos_jax.input_pipeline import readers
-from xtal2dos_jax.training import restore
-from xtal2dos_jax.evaluation import evaluate
-from xtal2dos_jax.training import optimizers
-from xtal2dos_jax.inference import predictor
-from xtal2dos_jax.training import preemption
-from xtal2dos_jax.input_pipeline import run_data
-from xtal2dos_jax.physics import thermodynamics
-from xtal2dos_jax.training import train_steps
-from xtal2dos_jax.training import train
-from xtal2dos_jax.training import workdir as workdir_lib
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.evaluation import evaluate
+from xtal2dos_jax.inference import predictor
+from xtal2dos_jax.input_pipeline import readers, run_data
+from xtal2dos_jax.physics import thermodynamics
+from xtal2dos_jax.training import optimizers, preemption, restore, train, train_steps
+from xtal2dos_jax.training import checkpoints as checkpoints_lib
+from xtal2dos_jax.training import workdir as workdir_lib
 
 
 def _config(**train_overrides):

@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from xtal2dos_jax.evaluation import calibration
-from xtal2dos_jax.physics.member_properties import CURVES, REPORT_TEMPERATURE_K, derived_members
+from xtal2dos_jax.physics.member_properties import CURVES, derived_members, REPORT_TEMPERATURE_K
 
 
 def _labelled_values(kind: str, grid: np.ndarray, dos_true: np.ndarray,

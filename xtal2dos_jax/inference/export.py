@@ -21,13 +21,13 @@ import numpy as np
 from absl import logging
 
 from xtal2dos_jax.core import atomic_io
-from xtal2dos_jax.core.errors import InputError, check_choice
+from xtal2dos_jax.core.errors import check_choice, InputError
 from xtal2dos_jax.evaluation import uncertainty
-from xtal2dos_jax.inference.pretrained import (PARAMS_FILE, STORAGE_DTYPES, ExportedModel,
-                                               load_exported, save_params)
+from xtal2dos_jax.inference.pretrained import (ExportedModel, load_exported, PARAMS_FILE,
+                                               save_params, STORAGE_DTYPES)
 from xtal2dos_jax.input_pipeline import batching, labels, readers
-from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import model_setup, restore
+from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import workdir as workdir_lib
 
 

@@ -35,7 +35,7 @@ from flax import serialization
 
 from xtal2dos_jax import models
 from xtal2dos_jax.core import paths
-from xtal2dos_jax.core.errors import InputError, check_choice
+from xtal2dos_jax.core.errors import check_choice, InputError
 from xtal2dos_jax.input_pipeline import batching, labels
 from xtal2dos_jax.training import model_setup
 from xtal2dos_jax.training import workdir as workdir_lib

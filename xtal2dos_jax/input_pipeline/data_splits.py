@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xtal2dos_jax.core.errors import InputError, error_text
+from xtal2dos_jax.core.errors import error_text, InputError
 
 SPLITS = ("train", "validation", "test")
 

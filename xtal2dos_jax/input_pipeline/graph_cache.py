@@ -19,7 +19,8 @@ from absl import logging
 
 from xtal2dos_jax.core.atomic_io import mkstemp_like_open
 from xtal2dos_jax.core.errors import InputError
-from xtal2dos_jax.input_pipeline.featurize import FEATURIZER_VERSION, CrystalGraph, featurize_crystal
+from xtal2dos_jax.input_pipeline.featurize import (CrystalGraph, featurize_crystal,
+                                                   FEATURIZER_VERSION)
 
 
 class GraphSet:

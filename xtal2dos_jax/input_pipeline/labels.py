@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xtal2dos_jax.core.errors import InputError, check_choice
+from xtal2dos_jax.core.errors import check_choice, InputError
 
 OUTPUT_ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
     "softmax": lambda x: jax.nn.softmax(x, axis=-1),   # over the l_y positions

@@ -16,7 +16,8 @@ import numpy as np
 from absl import logging
 
 from xtal2dos_jax.core.errors import InputError
-from xtal2dos_jax.input_pipeline import batching, data_splits, graph_cache, labels, readers, symmetry
+from xtal2dos_jax.input_pipeline import (batching, data_splits, graph_cache, labels, readers,
+                                         symmetry)
 from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
 
 # The splits whose crystals and labels a workdir keeps for evaluation.

@@ -32,7 +32,7 @@ import numpy as np
 from ase.geometry import cellpar_to_cell
 from ase.symbols import string2symbols
 
-from xtal2dos_jax.core.errors import InputError, error_text
+from xtal2dos_jax.core.errors import error_text, InputError
 
 # Closest distance two atoms (or an atom and its own periodic image) may have.
 MIN_DISTANCE = 0.1  # Angstrom

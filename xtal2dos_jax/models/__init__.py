@@ -19,19 +19,14 @@ import jax
 import ml_collections
 import numpy as np
 
+from xtal2dos_jax.core.errors import check_choice, InputError
 from xtal2dos_jax.input_pipeline.labels import apply_output_activation, output_activation_for
-from xtal2dos_jax.core.errors import InputError, check_choice
-from xtal2dos_jax.models import dostransformer
-from xtal2dos_jax.models import dostransformer_encoder
-from xtal2dos_jax.models import gat
-from xtal2dos_jax.models import gatgnn
-from xtal2dos_jax.models import graph_network
-from xtal2dos_jax.models import mat2spec
-from xtal2dos_jax.models import mlp_decoder
-from xtal2dos_jax.models import rnn_decoders
-from xtal2dos_jax.models.transformer_decoder import POSITION_EMBEDDINGS, AtomStates, CausalTransformerDecoder, SequenceDecoder
+from xtal2dos_jax.models import (dostransformer, dostransformer_encoder, gat, gatgnn, graph_network,
+                                 mat2spec, mlp_decoder, rnn_decoders)
+from xtal2dos_jax.models.precision import bf16_dot_general, precision_kwargs, PRECISIONS
+from xtal2dos_jax.models.transformer_decoder import (AtomStates, CausalTransformerDecoder,
+                                                     POSITION_EMBEDDINGS, SequenceDecoder)
 from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
-from xtal2dos_jax.models.precision import PRECISIONS, bf16_dot_general, precision_kwargs
 from xtal2dos_jax.models.xtal2dos import COMPOSITION_ACTIVATIONS, CrystalContext, Xtal2DoS
 
 ModelFactory = Callable[[ml_collections.ConfigDict], nn.Module]

@@ -48,13 +48,13 @@ import jax.numpy as jnp
 from jax import lax
 import ml_collections
 
-from xtal2dos_jax.objectives import losses
+from xtal2dos_jax.core.errors import check_choice, InputError
 from xtal2dos_jax.input_pipeline.labels import output_activation_for
-from xtal2dos_jax.core.errors import InputError, check_choice
-from xtal2dos_jax.models.attention import MultiHeadAttention, key_padding_mask
-from xtal2dos_jax.models.transformer_decoder import AtomStates, FeedForward, SequenceDecoder
-from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 from xtal2dos_jax.input_pipeline.symmetry import NUM_CRYSTAL_SYSTEMS
+from xtal2dos_jax.models.attention import key_padding_mask, MultiHeadAttention
+from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
+from xtal2dos_jax.models.transformer_decoder import AtomStates, FeedForward, SequenceDecoder
+from xtal2dos_jax.objectives import losses
 Dtype = Any
 
 

@@ -90,7 +90,7 @@ import jraph
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax.core.errors import InputError, check_choice
+from xtal2dos_jax.core.errors import check_choice, InputError
 from xtal2dos_jax.input_pipeline.featurize import MAX_Z
 from xtal2dos_jax.models.dostransformer_encoder import smooth_cutoff
 from xtal2dos_jax.models.graph_layers import edge_mask

@@ -53,7 +53,7 @@ import jraph
 import ml_collections
 
 from xtal2dos_jax.models.attention import segment_softmax
-from xtal2dos_jax.models.graph_layers import StackedGraphEncoder, node_graph_index
+from xtal2dos_jax.models.graph_layers import node_graph_index, StackedGraphEncoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 from xtal2dos_jax.models.transformer_decoder import AtomStates, SequenceDecoder
 Dtype = Any

@@ -44,10 +44,10 @@ import jax.numpy as jnp
 from jax import lax
 import ml_collections
 
-from xtal2dos_jax.objectives import losses
 from xtal2dos_jax.input_pipeline.labels import output_activation_for
-from xtal2dos_jax.models.transformer_decoder import AtomStates, SequenceDecoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
+from xtal2dos_jax.models.transformer_decoder import AtomStates, SequenceDecoder
+from xtal2dos_jax.objectives import losses
 Dtype = Any
 
 # Names of the per-crystal terms the decoder sows into `train.AUX_LOSS` in training.

@@ -57,11 +57,11 @@ from jax import lax
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax.input_pipeline.labels import OUTPUT_ACTIVATIONS, output_activation_for
-from xtal2dos_jax.core.errors import InputError, check_choice
+from xtal2dos_jax.core.errors import check_choice, InputError
+from xtal2dos_jax.input_pipeline.labels import output_activation_for, OUTPUT_ACTIVATIONS
 from xtal2dos_jax.models.attention import masked_softmax
-from xtal2dos_jax.models.transformer_decoder import AtomStates, SequenceDecoder
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
+from xtal2dos_jax.models.transformer_decoder import AtomStates, SequenceDecoder
 Dtype = Any
 Carry = Tuple[jax.Array, jax.Array, jax.Array]
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from xtal2dos_jax.core.errors import check_choice
-from xtal2dos_jax.models.attention import MultiHeadAttention, causal_mask, key_padding_mask
+from xtal2dos_jax.models.attention import causal_mask, key_padding_mask, MultiHeadAttention
 from xtal2dos_jax.models.precision import DotGeneral, same_precision
 Dtype = Any
 

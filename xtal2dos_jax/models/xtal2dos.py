@@ -22,13 +22,13 @@ import jax.numpy as jnp
 from jax import lax
 import jraph
 
-from xtal2dos_jax.input_pipeline.labels import apply_output_activation
 from xtal2dos_jax.core.errors import check_choice
-from xtal2dos_jax.input_pipeline.featurize import composition_fractions
 from xtal2dos_jax.input_pipeline.batching import Batch
-from xtal2dos_jax.models.transformer_decoder import AtomStates
+from xtal2dos_jax.input_pipeline.featurize import composition_fractions
+from xtal2dos_jax.input_pipeline.labels import apply_output_activation
 from xtal2dos_jax.models.graph_layers import mean_pool
 from xtal2dos_jax.models.precision import DotGeneral, same_precision
+from xtal2dos_jax.models.transformer_decoder import AtomStates
 Dtype = Any
 
 # config.model.composition_activation -> activation of the composition embedding.

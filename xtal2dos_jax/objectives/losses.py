@@ -14,8 +14,8 @@ from typing import Callable, Dict
 import jax
 import jax.numpy as jnp
 
+from xtal2dos_jax.core.errors import check_choice, InputError
 from xtal2dos_jax.input_pipeline.labels import apply_output_activation
-from xtal2dos_jax.core.errors import InputError, check_choice
 
 LossFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 

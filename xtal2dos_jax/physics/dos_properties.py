@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from xtal2dos_jax.core.errors import InputError, check_choice
+from xtal2dos_jax.core.errors import check_choice, InputError
 
 # CODATA 2018 exact SI values.
 _H = 6.62607015e-34        # J s

@@ -32,8 +32,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from xtal2dos_jax.physics import dos_properties
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.physics import dos_properties
 
 R_GAS = dos_properties.R_GAS              # J/(K mol)
 HC_OVER_KB = dos_properties.HC_OVER_KB    # cm K: θ[K] = HC_OVER_KB * ω[cm^-1]

@@ -22,8 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from xtal2dos_jax.training import workdir as workdir_lib
 from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.training import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,12 +19,12 @@ import ml_collections
 import numpy as np
 from flax.training import train_state
 
-from xtal2dos_jax.input_pipeline import batching
 from xtal2dos_jax import models
+from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline import batching
 from xtal2dos_jax.training import optimizers
 from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import workdir as workdir_lib
-from xtal2dos_jax.core.errors import InputError
 
 
 class TrainState(train_state.TrainState):

@@ -18,8 +18,8 @@ from absl import logging
 
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline import batching, run_data
-from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import model_setup
+from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import train as train_lib
 from xtal2dos_jax.training import workdir as workdir_lib
 

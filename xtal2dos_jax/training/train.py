@@ -20,17 +20,17 @@ import numpy as np
 from absl import logging
 
 from xtal2dos_jax import models
-from xtal2dos_jax.core.errors import InputError, check_choice
+from xtal2dos_jax.core.errors import check_choice, InputError
 from xtal2dos_jax.input_pipeline import batching, run_data
 from xtal2dos_jax.objectives import losses, metrics
 from xtal2dos_jax.objectives.metrics import format_table
-from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import model_setup, optimizers
+from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import workdir as workdir_lib
 from xtal2dos_jax.training.preemption import Preempted, StopFlag
 from xtal2dos_jax.training.progress import ProgressBar
-from xtal2dos_jax.training.train_steps import (AXIS, eval_step, member_train_step,
-                                               predict_step, train_step)
+from xtal2dos_jax.training.train_steps import (AXIS, eval_step, member_train_step, predict_step,
+                                               train_step)
 
 
 class Trainer:

@@ -230,8 +230,8 @@ def _ensemble_metrics(dirs: Sequence[str]) -> dict[str, Any]:
   the runs' scaled predictions are averaged per crystal, then scored like one run."""
   import numpy as np
 
-  from xtal2dos_jax.training import restore
   from xtal2dos_jax.objectives import metrics
+  from xtal2dos_jax.training import restore
   out: dict[str, Any] = {}
   loaded_runs = [restore.restore_run_and_data(d) for d in dirs]
   for split in ("validation", "test"):

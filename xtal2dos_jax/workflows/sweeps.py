@@ -13,9 +13,9 @@ import re
 import statistics
 from typing import Any, Mapping, Sequence
 
+from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.workflows import compare_tables
 from xtal2dos_jax.workflows.compare_tables import format_cell
-from xtal2dos_jax.core.errors import InputError
 
 SWEEP_JSON = "sweep.json"
 SWEEP_MARKDOWN = "sweep.md"

@@ -26,12 +26,14 @@ format):
 * `splits`: `split_indices`, `fold_indices`, `train_subset`.
 """
 
+from xtal2dos_jax.input_pipeline.data_splits import (fold_indices, split_indices, SPLITS,
+                                                     train_subset)
 from xtal2dos_jax.input_pipeline.readers.ase_db import read_ase_db
 from xtal2dos_jax.input_pipeline.readers.loading import FORMATS, load_raw_dataset
 from xtal2dos_jax.input_pipeline.readers.mat2spec import read_mat2spec
 from xtal2dos_jax.input_pipeline.readers.phonondos_csv import read_phonondos_csv
-from xtal2dos_jax.input_pipeline.readers.raw_dataset import RawDataset, embedded_dfpt_path, embedded_edos_path, embedded_phdos_path
-from xtal2dos_jax.input_pipeline.data_splits import SPLITS, fold_indices, split_indices, train_subset
+from xtal2dos_jax.input_pipeline.readers.raw_dataset import (embedded_dfpt_path, embedded_edos_path,
+                                                             embedded_phdos_path, RawDataset)
 from xtal2dos_jax.input_pipeline.readers.structure_folder import read_structure_folder
 from xtal2dos_jax.input_pipeline.readers.validation import validate_labels
 

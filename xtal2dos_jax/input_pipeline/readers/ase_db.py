@@ -13,8 +13,8 @@ from typing import Any, Mapping
 import ase.db
 import numpy as np
 
+from xtal2dos_jax.core.errors import error_text, InputError
 from xtal2dos_jax.input_pipeline.readers.raw_dataset import RawDataset
-from xtal2dos_jax.core.errors import InputError, error_text
 
 # Keys of db.metadata that may hold the label grid (first one found is used).
 _GRID_METADATA_KEYS = ("freq_cm", "grid", "energies_ev", "energy_ev")

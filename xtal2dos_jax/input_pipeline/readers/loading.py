@@ -11,13 +11,15 @@ import logging
 import ml_collections
 import numpy as np
 
+from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline import structures as structures_lib
 from xtal2dos_jax.input_pipeline.readers.ase_db import read_ase_db
 from xtal2dos_jax.input_pipeline.readers.mat2spec import read_mat2spec
 from xtal2dos_jax.input_pipeline.readers.phonondos_csv import read_phonondos_csv
-from xtal2dos_jax.input_pipeline.readers.raw_dataset import RawDataset, embedded_dfpt_path, embedded_edos_path, embedded_phdos_path
-from xtal2dos_jax.input_pipeline.readers.validation import check_label_shape, label_row_problems, summarise_skipped
-from xtal2dos_jax.core.errors import InputError
+from xtal2dos_jax.input_pipeline.readers.raw_dataset import (embedded_dfpt_path, embedded_edos_path,
+                                                             embedded_phdos_path, RawDataset)
+from xtal2dos_jax.input_pipeline.readers.validation import (check_label_shape, label_row_problems,
+                                                            summarise_skipped)
 
 logger = logging.getLogger(__name__)
 

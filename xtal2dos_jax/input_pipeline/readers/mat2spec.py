@@ -14,10 +14,10 @@ from typing import Any, Mapping, Sequence
 import ase
 import numpy as np
 
+from xtal2dos_jax.core.errors import error_text, InputError
 from xtal2dos_jax.input_pipeline import structures as structures_lib
 from xtal2dos_jax.input_pipeline.readers.raw_dataset import RawDataset
 from xtal2dos_jax.input_pipeline.readers.validation import check_label_shape
-from xtal2dos_jax.core.errors import InputError, error_text
 
 # Column names that may hold crystal ids (CSV files).
 _ID_COLUMNS = ("mpid", "mp_id", "material_id", "id", "mpids", "ids")

@@ -18,9 +18,9 @@ import ase
 import ase.io.jsonio
 import numpy as np
 
+from xtal2dos_jax.core.errors import error_text, InputError
 from xtal2dos_jax.input_pipeline import structures as structures_lib
 from xtal2dos_jax.input_pipeline.readers.raw_dataset import RawDataset
-from xtal2dos_jax.core.errors import InputError, error_text
 
 # --------------------------------------------------------------------------
 # Structure strings: Atoms(...) / dict reprs, parsed without eval.

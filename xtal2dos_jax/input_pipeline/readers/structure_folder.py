@@ -8,9 +8,9 @@ skipped with their reason, so one bad file does not stop a prediction run.
 import glob
 import os
 
+from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline import structures as structures_lib
 from xtal2dos_jax.input_pipeline.readers.raw_dataset import RawDataset
-from xtal2dos_jax.core.errors import InputError
 
 
 def read_structure_folder(pattern_or_dir: str,

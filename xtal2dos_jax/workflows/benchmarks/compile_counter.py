@@ -18,10 +18,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax.input_pipeline import batching
-from xtal2dos_jax.training import model_setup
-from xtal2dos_jax.input_pipeline import run_data
-from xtal2dos_jax.training import train
+from xtal2dos_jax.input_pipeline import batching, run_data
+from xtal2dos_jax.training import model_setup, train
 
 # Fired by JAX around every XLA backend compilation (or persistent-cache load) of an
 # executable; see jax/_src/dispatch.py.

@@ -24,16 +24,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax.workflows.benchmarks.scaling import bf16_matmul_rows, scaling_rows, time_to_accuracy_rows
-from xtal2dos_jax.workflows.benchmarks.tools import Row, best_of, device_batches, device_sharding, peak_rss_mib, rate_row, run_device_batches, timed, warm_up, whole_set
+from xtal2dos_jax.input_pipeline import batching, graph_cache, readers, run_data
+from xtal2dos_jax.training import allocator, train
+from xtal2dos_jax.workflows.benchmarks.compile_counter import (CountedStep, install_listener,
+                                                               TrainingRun)
 from xtal2dos_jax.workflows.benchmarks.neighbours import neighbour_rows
-from xtal2dos_jax.training import allocator
-from xtal2dos_jax.input_pipeline import batching
-from xtal2dos_jax.input_pipeline import readers
-from xtal2dos_jax.input_pipeline import graph_cache
-from xtal2dos_jax.input_pipeline import run_data
-from xtal2dos_jax.training import train
-from xtal2dos_jax.workflows.benchmarks.compile_counter import CountedStep, TrainingRun, install_listener
+from xtal2dos_jax.workflows.benchmarks.scaling import (bf16_matmul_rows, scaling_rows,
+                                                       time_to_accuracy_rows)
+from xtal2dos_jax.workflows.benchmarks.tools import (best_of, device_batches, device_sharding,
+                                                     peak_rss_mib, rate_row, Row,
+                                                     run_device_batches, timed, warm_up, whole_set)
 
 
 # What `--quick` takes from configs/smoke.py besides the batch size and the data subset.

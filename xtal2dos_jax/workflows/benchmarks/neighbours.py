@@ -22,8 +22,7 @@ from typing import Callable
 import ase
 import numpy as np
 
-from xtal2dos_jax.input_pipeline import readers
-from xtal2dos_jax.input_pipeline import featurize
+from xtal2dos_jax.input_pipeline import featurize, readers
 from xtal2dos_jax.input_pipeline.featurize import CrystalGraph
 
 BASE_ID = "mp-1000"

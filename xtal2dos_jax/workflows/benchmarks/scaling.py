@@ -16,12 +16,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax.workflows.benchmarks.tools import Row, device_batches, network_rate, run_device_batches, timed, warm_up, with_overrides
-from xtal2dos_jax.input_pipeline import batching
-from xtal2dos_jax.input_pipeline import graph_cache
-from xtal2dos_jax.input_pipeline import run_data
+from xtal2dos_jax.input_pipeline import batching, graph_cache, run_data
 from xtal2dos_jax.training import train
 from xtal2dos_jax.workflows.benchmarks.compile_counter import TrainingRun
+from xtal2dos_jax.workflows.benchmarks.tools import (device_batches, network_rate, Row,
+                                                     run_device_batches, timed, warm_up,
+                                                     with_overrides)
 
 
 def supercell_set(atoms_per_cell: int, count: int, config: ml_collections.ConfigDict,

@@ -13,9 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax.input_pipeline import batching
-from xtal2dos_jax.input_pipeline import graph_cache
-from xtal2dos_jax.input_pipeline import run_data
+from xtal2dos_jax.input_pipeline import batching, graph_cache, run_data
 from xtal2dos_jax.training import train_steps
 from xtal2dos_jax.workflows.benchmarks.compile_counter import CountedStep, TrainingRun
 
