@@ -1,1 +1,2 @@
-"""TODO."""
+"""Stage 0, what every stage uses: one-line input errors, atomic file writes, the
+package's shipped-file paths. Imports nothing of the package."""

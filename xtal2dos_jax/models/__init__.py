@@ -19,24 +19,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax.core.errors import check_choice, InputError
 from xtal2dos_jax.input_pipeline.labels import apply_output_activation, output_activation_for
 from xtal2dos_jax.models import (dostransformer, dostransformer_encoder, gat, gatgnn, graph_network,
                                  mat2spec, mlp_decoder, rnn_decoders)
 from xtal2dos_jax.models.precision import bf16_dot_general, precision_kwargs, PRECISIONS
 from xtal2dos_jax.models.transformer_decoder import (AtomStates, CausalTransformerDecoder,
-                                                     POSITION_EMBEDDINGS, SequenceDecoder)
+                                                     SequenceDecoder)
 from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
 from xtal2dos_jax.models.xtal2dos import COMPOSITION_ACTIVATIONS, CrystalContext, Xtal2DoS
 
 ModelFactory = Callable[[ml_collections.ConfigDict], nn.Module]
-
-
-def _check_heads(config: ml_collections.ConfigDict) -> None:
-  m = config.model
-  if m.num_heads < 1 or m.d_model % m.num_heads:
-    raise InputError("config.model.num_heads",
-                     f"num_heads={m.num_heads} must be >= 1 and divide d_model={m.d_model}")
 
 
 def _unimp(config: ml_collections.ConfigDict) -> nn.Module:
@@ -53,9 +45,7 @@ def _transformer(config: ml_collections.ConfigDict) -> nn.Module:
                                   num_layers=m.decoder_layers, ff_dim=m.ff_dim,
                                   dropout=m.decoder_dropout, causal=m.causal,
                                   source_attention=m.source_attention,
-                                  position_embedding=check_choice(
-                                      m.position_embedding, POSITION_EMBEDDINGS,
-                                      "config.model.position_embedding"),
+                                  position_embedding=m.position_embedding,
                                   **precision_kwargs(config))
 
 
@@ -92,21 +82,12 @@ DECODERS: Dict[str, ModelFactory] = {
 
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
-  """The model named by config.model.{encoder, decoder}, sized by config.model / config.data.
-
-  Raises InputError naming the config key for an unknown encoder, decoder, dtype,
-  scaling, position embedding or composition activation, or heads that do not divide
-  d_model.
-  """
+  """The model named by config.model.{encoder, decoder}, sized by config.model / config.data
+  (a config `training.config_check.validate` accepts)."""
   m = config.model
-  encoder_factory = ENCODERS[check_choice(m.encoder, ENCODERS, "config.model.encoder")]
-  decoder_factory = DECODERS[check_choice(m.decoder, DECODERS, "config.model.decoder")]
-  _check_heads(config)
-  composition_activation = check_choice(m.composition_activation, COMPOSITION_ACTIVATIONS,
-                                        "config.model.composition_activation")
-  return Xtal2DoS(encoder=encoder_factory(config), decoder=decoder_factory(config),
+  return Xtal2DoS(encoder=ENCODERS[m.encoder](config), decoder=DECODERS[m.decoder](config),
                   output_activation=output_activation_for(config.data.scaling),
-                  composition_activation=composition_activation, **precision_kwargs(config))
+                  composition_activation=m.composition_activation, **precision_kwargs(config))
 
 
 def needs_edge_vectors(config: ml_collections.ConfigDict) -> bool:
@@ -114,9 +95,8 @@ def needs_edge_vectors(config: ml_collections.ConfigDict) -> bool:
   (its class sets `uses_edge_vectors`: e3nn). The batches of every other model leave
   `Batch.edge_vectors` zero-width (`batching.assemble(..., edge_vectors=False)`), which
   takes 12 of the 24 bytes per edge (distance, sender, receiver, vector) off the
-  host->device path.
-  Raises InputError for an unknown encoder."""
-  factory = ENCODERS[check_choice(config.model.encoder, ENCODERS, "config.model.encoder")]
+  host->device path."""
+  factory = ENCODERS[config.model.encoder]
   return bool(getattr(factory(config), "uses_edge_vectors", False))
 
 

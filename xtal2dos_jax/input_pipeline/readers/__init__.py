@@ -1,4 +1,4 @@
-"""Labelled crystal datasets from the layouts users have, plus seeded splits.
+"""Labelled crystal datasets from the layouts users have.
 
 Readers return a `RawDataset`: structures as `ase.Atoms`, DoS labels in their
 original scale (float32 [N, l_y]) and the x-axis grid. Inputs that cannot be
@@ -23,11 +23,10 @@ format):
 * `validation`: label checks and the summary of skipped crystals.
 * `loading`: `load_raw_dataset`, `config.data` -> the reader, then the shared
   checks.
-* `splits`: `split_indices`, `fold_indices`, `train_subset`.
+
+Splits of the crystals they read are `input_pipeline.data_splits`.
 """
 
-from xtal2dos_jax.input_pipeline.data_splits import (fold_indices, split_indices, SPLITS,
-                                                     train_subset)
 from xtal2dos_jax.input_pipeline.readers.ase_db import read_ase_db
 from xtal2dos_jax.input_pipeline.readers.loading import FORMATS, load_raw_dataset
 from xtal2dos_jax.input_pipeline.readers.mat2spec import read_mat2spec
@@ -38,8 +37,7 @@ from xtal2dos_jax.input_pipeline.readers.structure_folder import read_structure_
 from xtal2dos_jax.input_pipeline.readers.validation import validate_labels
 
 __all__ = [
-    "FORMATS", "SPLITS", "RawDataset", "embedded_dfpt_path", "embedded_edos_path",
-    "embedded_phdos_path", "fold_indices", "load_raw_dataset", "read_ase_db",
-    "read_mat2spec", "read_phonondos_csv", "read_structure_folder", "split_indices",
-    "train_subset", "validate_labels",
+    "FORMATS", "RawDataset", "embedded_dfpt_path", "embedded_edos_path",
+    "embedded_phdos_path", "load_raw_dataset", "read_ase_db",
+    "read_mat2spec", "read_phonondos_csv", "read_structure_folder", "validate_labels",
 ]
