@@ -1,50 +1,20 @@
-r"""Compare model variants on one split with one budget (paper Tables 3-5).
+r"""Compare model variants on one split with one budget (paper Tables 3-5):
 
   python -m experiments.compare \
       --configs=configs/phdos.py,configs/ablations/mlp.py,configs/ablations/rnn.py \
       --workdir=runs/compare [--config_overrides=train.num_epochs=5 ...] [--seeds=0,1,2]
 
-Each config file (its `get_config()`, then every `--config_overrides key=value`) is
-trained with `xtal2dos_jax.training.train.train_and_evaluate` in `<workdir>/<name>` (name = the
-file's stem, made unique). A finished run is not retrained, so rerunning the command
-only re-measures inference and rebuilds the table. The variants share the data config,
-hence the split; the table records whether the saved test splits agree.
-
-With `--seeds`, every variant is trained once per seed (`config.seed`: initialisation,
-dropout and data order; the split stays `data.split_seed`) in `<workdir>/<name>/seed_<s>`,
-and the accuracy columns become mean ± standard deviation over the seeds. On a few
-hundred validation crystals one run per variant differs by ~0.02 R^2 from seed to seed,
-so claims that one decoder beats another want several seeds.
-
-With `--folds=K`, every variant is trained on each fold of a seeded K-fold
-cross-validation (`config.data.num_folds`/`fold`: the fold is the test split, the
-validation split is drawn from the rest) in `<workdir>/<name>/fold_<k>[/seed_<s>]`; the
-columns are mean ± standard deviation over all the runs. This tells recipes apart where
-one 152-crystal test split moves R^2 by ±0.05. On the embedded DFPT set the paper's
-Table 1 rows are printed under ours. `--ensemble` adds, per variant, the row of its
-seeds' averaged predictions (an ensemble of len(--seeds) members per split).
-
-Then one table, one row per variant, printed as markdown and written to
-`<workdir>/compare.json` and `<workdir>/compare.md`:
-
-  model | val R^2                         validation split, normalised scale (choose on this)
-  R^2 | MAE | MSE | RMSE | WD             test split, normalised label scale
-  R^2 (orig)                              test split, original label scale
-  params                                  trainable parameters
-  s/epoch                                 median training seconds per epoch from
-                                          metrics.jsonl, the first epoch (which includes
-                                          compilation) excluded when there are others
-  crystals/s                              inference throughput: `Trainer.predict` over the
-                                          test split, best of --inference_repeats timed
-                                          runs after a warm-up (<name>/inference.json)
+Each config file (its `get_config()`, then every --config_overrides key=value) is trained
+in `<workdir>/<name>[/fold_<k>][/seed_<s>]` (name = the file's stem); a finished run is
+not retrained. One table, one row per variant (validation R^2; test R^2, MAE, MSE, RMSE,
+WD; parameters, s/epoch, inference crystals/s), printed as markdown and written to
+`<workdir>/compare.json` and `compare.md`; its columns are described in
+`xtal2dos_jax/workflows/compare_tables.py`.
 """
-import os
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 
 from xtal2dos_jax.training import allocator
-from xtal2dos_jax.workflows import cli, comparison
+from xtal2dos_jax.workflows import cli, commands, comparison
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", None, "Comma-separated config files, one per variant.")
@@ -69,38 +39,12 @@ flags.register_validator("folds", lambda folds: folds != 1,
 
 def main(argv):
   del argv
-  allocator.keep_freed_memory()  # before numpy/jax start threads (xtal2dos_jax/training/allocator.py)
+  allocator.keep_freed_memory()  # before numpy/jax start threads
   if not FLAGS.configs:
     raise app.UsageError("--configs is required (comma-separated config files)")
-  with cli.user_errors():
-    configs = [cli.load_config_file(p, FLAGS.config_overrides)
-               for p in FLAGS.configs]                     # all parsed before any training
-  cli.setup_runtime()
-  # after the runtime (devices, distributed) is set up
-  from xtal2dos_jax.core.atomic_io import write_json_atomic
-  from xtal2dos_jax.training import preemption
-  from xtal2dos_jax.workflows.compare_tables import (build_table, INFERENCE_JSON, published_rows,
-                                                     to_markdown, write_table)
-  from xtal2dos_jax.workflows.comparison import run_names, time_inference, train_variant
-  runs = {}
-  seeds, folds = [int(s) for s in FLAGS.seeds], FLAGS.folds
-  with cli.user_errors():
-    names = run_names(FLAGS.configs)
-    for name, path, config in zip(names, FLAGS.configs, configs):
-      try:
-        dirs = train_variant(name, path, config, FLAGS.workdir, seeds, folds,
-                             overwrite=FLAGS.overwrite)
-      except preemption.Preempted as e:
-        logging.warning("%s", e)
-        sys.exit(143)
-      speed = time_inference(dirs[0], FLAGS.inference_repeats)   # speed does not depend on the seed
-      write_json_atomic(os.path.join(dirs[0], INFERENCE_JSON), speed)
-      runs[name] = dirs
-    table = build_table(runs, published=published_rows(configs[0]),
-                        ensemble_members=len(seeds) if FLAGS.ensemble else 0)
-  json_path, md_path = write_table(table, FLAGS.workdir)
-  print(to_markdown(table))
-  print(f"wrote {json_path} and {md_path}")
+  commands.compare(FLAGS.configs, FLAGS.workdir, FLAGS.config_overrides,
+                   [int(s) for s in FLAGS.seeds], FLAGS.folds, FLAGS.ensemble,
+                   FLAGS.inference_repeats, FLAGS.overwrite)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ eval_<split>.json, predictions_<split>.npz and eval_<split>.png into the workdir
 """
 from absl import flags
 
-from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.workflows import cli, commands
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
@@ -18,19 +18,7 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
-  cli.setup_runtime(inference=True)
-  from xtal2dos_jax.evaluation import evaluate
-  from xtal2dos_jax.objectives import metrics
-  from xtal2dos_jax.physics import dos_properties
-  with cli.user_errors():
-    out = evaluate.evaluate_run(FLAGS.workdir, FLAGS.split)
-  print(metrics.format_table({FLAGS.split: out[FLAGS.split]}))
-  physics_lines = dos_properties.physics_table(out[FLAGS.split].get("physics"))
-  if physics_lines:
-    print(physics_lines)
-  print(f"checkpoint: {cli.checkpoint_used(out)}")
-  print(f"wrote {FLAGS.workdir}/eval_{FLAGS.split}.json, predictions_{FLAGS.split}.npz, "
-        f"eval_{FLAGS.split}.png")
+  commands.evaluate(FLAGS.workdir, FLAGS.split)
 
 
 if __name__ == "__main__":

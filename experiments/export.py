@@ -8,11 +8,9 @@ budget, training elements), test split ids, the best checkpoint's evaluation par
 overwritten. Predict with it: `python -m experiments.predict --model=NAME ...` or
 `Predictor.pretrained("NAME")`.
 """
-import os
-
 from absl import flags
 
-from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.workflows import cli, commands
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
@@ -28,17 +26,7 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   del argv
-  from xtal2dos_jax.core.errors import InputError
-  with cli.user_errors():
-    if not FLAGS.name and not FLAGS.outdir:
-      raise InputError("--name", "is required (or give --outdir)")
-  cli.setup_runtime(inference=True)
-  from xtal2dos_jax.inference import export, pretrained
-  with cli.user_errors():
-    outdir = FLAGS.outdir or os.path.join(pretrained.PACKAGE_DIR, FLAGS.name)
-    export.export_run(FLAGS.workdir, outdir, FLAGS.name, FLAGS.dtype,
-                          description=FLAGS.description)
-  print(f"exported {FLAGS.workdir} -> {outdir}")
+  commands.export(FLAGS.workdir, FLAGS.name, FLAGS.outdir, FLAGS.dtype, FLAGS.description)
 
 
 if __name__ == "__main__":

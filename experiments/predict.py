@@ -4,16 +4,15 @@ r"""Predict DoS for new structures:
 
 Any ase-readable file (CIF, POSCAR, extxyz, ...) or pymatgen-dict JSON. Unreadable
 inputs are reported and skipped; the rest are predicted. Writes predictions.csv (per
-structure: formula, C_v / S / F at 300 K with their std (the ensemble's spread times the
-factor fitted on validation that the exported model carries), mean frequency, Debye
+structure: formula, C_v / S / F at 300 K with their std, mean frequency, Debye
 temperatures, flags, then the mean DoS; electronic DoS: the band gap), predictions.npz
 (mean, std and members' DoS, thermodynamic curves over --temperatures), a PNG per
-structure (the first 50) and predictions.png to --outdir (default: a new predict-N under
-the workdir, or under the current directory for an exported model).
+structure (the first --max_plots) and predictions.png to --outdir (default: a new
+predict-N under the workdir, or under the current directory for an exported model).
 """
 from absl import flags
 
-from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.workflows import cli, commands
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
@@ -33,22 +32,8 @@ flags.mark_flags_as_required(["structures"])
 
 def main(argv):
   del argv
-  from xtal2dos_jax.core.errors import InputError
-  with cli.user_errors():
-    if FLAGS.workdir and FLAGS.model:
-      raise InputError("--model", "give --model or --workdir, not both")
-  cli.setup_runtime(inference=True)
-  from xtal2dos_jax.inference import predictor as predictor_lib
-  with cli.user_errors():
-    temperatures = predictor_lib.parse_temperatures(FLAGS.temperatures)
-    if FLAGS.workdir:
-      p = predictor_lib.Predictor(FLAGS.workdir)
-    else:
-      p = predictor_lib.Predictor.pretrained(FLAGS.model, FLAGS.models_dir)
-    out = predictor_lib.predict_to_dir(p, FLAGS.structures, FLAGS.outdir, temperatures,
-                                       FLAGS.max_plots)
-  print(f"predicted {len(out['ids'])} structures with {p.source} -> {out['outdir']}"
-        + (f" ({len(out['skipped'])} skipped, see skipped.json)" if out["skipped"] else ""))
+  commands.predict(FLAGS.structures, FLAGS.workdir, FLAGS.model, FLAGS.models_dir,
+                   FLAGS.outdir, FLAGS.temperatures, FLAGS.max_plots)
 
 
 if __name__ == "__main__":

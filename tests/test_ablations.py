@@ -30,6 +30,7 @@ from xtal2dos_jax.models.rnn_decoders import (ChunkRNNAttentionDecoder, ChunkRNN
 from xtal2dos_jax.models.xtal2dos import Xtal2DoS
 from xtal2dos_jax.objectives import losses
 
+from xtal2dos_jax.training.config_check import validate
 from xtal2dos_jax.workflows import cli, compare_tables, comparison
 
 from test_equations import REF_TOL, as_numpy, dostransformer_reference, mlp_reference, perturb
@@ -255,7 +256,7 @@ def test_softmax_rnn_starts_near_uniform(tiny_config, decoder_inputs):
 def test_chunk_size_validation(tiny_config):
   config = _config(tiny_config, decoder="chunk_rnn_attn", chunk_size=0)
   with pytest.raises(InputError, match="chunk_size"):
-    create_model(config)
+    validate(config)
   for size in (1, 12, 13):      # one value per step, one chunk, one padded chunk
     config.model.chunk_size = size
     decoder = create_model(config).decoder

@@ -13,11 +13,14 @@ import chex
 import ml_collections
 import numpy as np
 import pytest
+
+from configs import smoke
 from ase.build import bulk
 
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline import graph_cache, readers
 from xtal2dos_jax.input_pipeline.readers import validation
+from xtal2dos_jax.training.config_check import validate
 
 L_Y = 8
 
@@ -355,9 +358,11 @@ def test_load_raw_dataset_errors(tmp_path):
       (bulk("Cu"), {"material_id": "mp-1"}, {"dos": np.ones(L_Y)})])
   with pytest.raises(InputError, match="duplicate id 'mp-1' for different"):
     readers.load_raw_dataset(_data_config(path=str(path)))
+  config = smoke.get_config()
+  config.data.format = "xyz"
   with pytest.raises(InputError, match="config.data.format: unknown format "
                      "'xyz'; expected one of ase_db"):
-    readers.load_raw_dataset(_data_config(format="xyz"))
+    validate(config)
   with pytest.raises(InputError, match="missing.csv: no such file"):
     readers.load_raw_dataset(_data_config(format="phonondos_csv",
                                            path=str(tmp_path / "missing.csv")))

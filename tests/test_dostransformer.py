@@ -34,6 +34,7 @@ from xtal2dos_jax.models.transformer_decoder import AtomStates
 from xtal2dos_jax.objectives import losses
 from xtal2dos_jax.training import model_setup, train
 from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.training.config_check import validate
 
 from test_equations import (D_MODEL, DISTANCES, N_EDGE, N_NODE, NODES, RECEIVERS, REF_TOL,
                             SENDERS, as_numpy, attention_block_reference, dense, layer_norm,
@@ -303,13 +304,18 @@ def test_joint_loss_term_is_the_prompt_free_loss(tiny_config, decoder_inputs):
   assert not none_sown
 
 
-def test_decoder_factory_checks_the_prompt_keys(tiny_config):
-  with pytest.raises(InputError, match="dostransformer_prompt"):
-    _decoder(tiny_config, dostransformer_prompt="lattice")
+def test_config_check_refuses_bad_prompt_keys(tiny_config):
+  def config(**model):
+    c = tiny_config.copy_and_resolve_references()
+    c.model.update(model)
+    return c
+  with pytest.raises(InputError, match="dostransformer_prompt: unknown dostransformer "
+                     "prompt 'lattice'"):
+    validate(config(dostransformer_prompt="lattice"))
   with pytest.raises(InputError, match="needs config.model.dostransformer_prompt='system'"):
-    _decoder(tiny_config, dostransformer_prompt="none", dostransformer_prompt_free_weight=1.0)
+    validate(config(dostransformer_prompt="none", dostransformer_prompt_free_weight=1.0))
   with pytest.raises(InputError, match="must be >= 0"):
-    _decoder(tiny_config, dostransformer_prompt_free_weight=-1.0)
+    validate(config(dostransformer_prompt_free_weight=-1.0))
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from xtal2dos_jax.models.e3nn import (E3NNEncoder, GatePointsConvolution, gaussi
 from xtal2dos_jax.models.mlp_decoder import MLPDecoder
 from xtal2dos_jax.models.transformer_decoder import CausalTransformerDecoder
 from xtal2dos_jax.workflows import cli
+from xtal2dos_jax.training.config_check import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RADIUS = 4.0
@@ -153,10 +154,10 @@ def test_unknown_variant_is_a_one_line_input_error():
   with pytest.raises(InputError, match="^" + re.escape(
       "config.model.e3nn_variant: unknown E3NN variant 'nequip'; expected one of chen2021, "
       "gate_points") + "$"):
-    create_model(bad)
+    validate(bad)
   bad.model.e3nn_variant, bad.model.e3nn_num_basis = "gate_points", 1
   with pytest.raises(InputError, match=r"^config.model.e3nn_num_basis: 1: .* at least 2 "):
-    create_model(bad)
+    validate(bad)
 
 
 def test_batch_edge_vectors_reproduce_the_distances(data, budget):

@@ -21,6 +21,7 @@ from xtal2dos_jax.physics import thermodynamics
 from xtal2dos_jax.training import model_setup, restore, train
 from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import workdir as workdir_lib
+from xtal2dos_jax.training.config_check import validate
 
 
 def _config(seed: int = 0, ensemble_size: int = 1):
@@ -66,8 +67,8 @@ def test_stacked_state_has_a_member_axis_and_member_seeds():
     chex.assert_trees_all_close(jax.tree.map(lambda x, k=k: x[k], stacked.params),
                                 member.params)
     np.testing.assert_array_equal(stacked.rng[k], member.rng)
-  with pytest.raises(InputError, match="config.train.ensemble_size"):
-    model_setup.ensemble_size(_config(0, 0))
+  with pytest.raises(InputError, match="config.train.ensemble_size: must be at least 1, got 0"):
+    validate(_config(0, 0))
 
 
 def test_ensemble_plan_pads_short_members_with_empty_groups():

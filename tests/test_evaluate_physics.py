@@ -14,8 +14,10 @@ import chex
 import numpy as np
 import pytest
 
+from configs import smoke
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.physics import dos_properties
+from xtal2dos_jax.training.config_check import validate
 
 # CODATA 2018 exact values, SI.
 PLANCK = 6.62607015e-34        # J s
@@ -224,8 +226,10 @@ def test_band_gap_errors_on_hand_made_gaps():
   np.testing.assert_allclose(per["band_gap_pred_eV"] - per["band_gap_true_eV"],
                              [-0.2, 0.0, 0.7], atol=0.0625)
   assert "band gap" in dos_properties.physics_table(summary)
-  with pytest.raises(InputError, match="kind"):
-    dos_properties.derived_property_errors("magnetic", e, true, pred, [1, 1, 1])
+  config = smoke.get_config()
+  config.data.kind = "magnetic"
+  with pytest.raises(InputError, match="config.data.kind: unknown kind 'magnetic'"):
+    validate(config)
 
 
 # ---------------------------------------------------------------- a real tiny trained run
@@ -246,7 +250,6 @@ def _read_dfpt_csv(path):
 
 @pytest.fixture(scope="module")
 def dfpt_run(tmp_path_factory):
-  from configs import smoke
   from xtal2dos_jax.input_pipeline import readers
   from xtal2dos_jax.training import train
   config = smoke.get_config()

@@ -20,10 +20,11 @@ import pytest
 from ase.build import bulk
 from ase.geometry import cellpar_to_cell
 
-from configs import phdos, phdos_chgnet
+from configs import phdos, phdos_chgnet, smoke
 from xtal2dos_jax.core import paths
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline import featurize, readers
+from xtal2dos_jax.training.config_check import validate
 from xtal2dos_jax.workflows.benchmarks.neighbours import brute_force_graph
 
 MAX_NBR = 12
@@ -276,8 +277,10 @@ def test_radius_graph_keeps_every_neighbour_within_the_radius(crystals):
   for name, atoms in crystals.items():
     graph = featurize.featurize_crystal(atoms, 4.0, 0, name=name)
     _assert_graphs_identical(graph, brute_force_graph(atoms, 4.0, 100_000), name)
-  with pytest.raises(InputError, match="max_num_nbr"):
-    featurize.featurize_crystal(crystals["NaCl_cubic"], 4.0, -1)
+  config = smoke.get_config()
+  config.data.max_num_nbr = -1
+  with pytest.raises(InputError, match="config.data.max_num_nbr: -1 must be >= 0"):
+    validate(config)
 
 
 # ----------------------------------------------------------------------------- exact graphs
@@ -523,5 +526,7 @@ def test_mass_columns_of_the_atom_table():
 
 
 def test_unknown_atom_features_is_one_line_error():
+  config = smoke.get_config()
+  config.model.atom_features = "mass"
   with pytest.raises(InputError, match=r"config.model.atom_features.*cgcnn_mass"):
-    featurize.atom_feature_table("mass")
+    validate(config)

@@ -14,6 +14,7 @@ from configs import smoke
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.training import model_setup, optimizers, restore, train
 from xtal2dos_jax.training import workdir as workdir_lib
+from xtal2dos_jax.training.config_check import validate
 
 
 def _config(**train_values):
@@ -60,7 +61,7 @@ def test_mismatched_shapes_are_one_line_naming_the_parameter(source_run):
   assert re.search(r": \['(decoder|encoder)'\]\S* has shape \((16, )?32,?\) in the source "
                    r"run, \((16, )?48,?\) in this model", message), message
   with pytest.raises(InputError, match="config.train.init_from: .* is not a directory"):
-    train.check_config(_config(init_from=source_run + "_missing"))
+    train.check_init_from(_config(init_from=source_run + "_missing"))
 
 
 def test_freeze_keeps_the_encoder_after_a_step():
@@ -75,7 +76,7 @@ def test_freeze_keeps_the_encoder_after_a_step():
   for name in ("context", "decoder"):
     assert float(jnp.abs(moved[name]["w"] - params[name]["w"]).min()) > 1e-3
   with pytest.raises(InputError, match="config.train.freeze: unknown freeze 'decoder'"):
-    optimizers.create_optimizer(_config(freeze="decoder").train, optax.constant_schedule(1.0))
+    validate(_config(freeze="decoder"))
 
 
 def test_finetune_run_frozen_encoder_and_resume_does_not_reinitialise(source_run, tmp_path,

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
+from configs import smoke
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline import labels
+from xtal2dos_jax.training.config_check import validate
 
 L_Y = 51
 
@@ -105,8 +107,10 @@ class LabelScalerTest(parameterized.TestCase):
                    "standardized": "identity"}
 
   def test_errors(self):
+    config = smoke.get_config()
+    config.data.scaling = "minmax"
     with pytest.raises(InputError, match=r"^config\.data\.scaling: unknown scaling 'minmax'"):
-      labels.LabelScaler.fit("minmax", _labels())
+      validate(config)
     with pytest.raises(InputError, match="label_stats"):
       labels.LabelScaler.from_dict({"name": "standardized", "mean": [0.0]})
     with pytest.raises(InputError, match="config.data.scaling"):

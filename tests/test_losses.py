@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
+from configs import smoke
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.objectives import losses
+from xtal2dos_jax.training.config_check import validate
 
 L_Y = 51
 NAMES = ("kl", "wd", "mae", "mse")
@@ -139,19 +141,23 @@ class LossTest(chex.TestCase):
     chex.assert_trees_all_close(got, ref.astype(np.float32), rtol=1e-5, atol=1e-7)
 
   def test_loss_scaling_pairs(self):
+    def config(loss, scaling):
+      c = smoke.get_config()
+      c.train.loss, c.data.scaling = loss, scaling
+      return c
     for loss in NAMES:
-      losses.check_loss_scaling(loss, "normalized_sum")
+      validate(config(loss, "normalized_sum"))
     for scaling in ("normalized_max", "standardized"):
       for loss in ("mae", "mse"):
-        losses.check_loss_scaling(loss, scaling)
+        validate(config(loss, scaling))
       for loss in ("kl", "wd"):
         with pytest.raises(InputError) as e:
-          losses.check_loss_scaling(loss, scaling)
+          validate(config(loss, scaling))
         assert str(e.value) == (
             f"config.train.loss: loss '{loss}' needs config.data.scaling='normalized_sum', "
             f"got '{scaling}'; with '{scaling}' use one of mae, mse")
     with pytest.raises(InputError, match="unknown loss 'x'"):
-      losses.check_loss_scaling("x", "normalized_sum")
+      validate(config("x", "normalized_sum"))
 
   def test_wasserstein_matches_explicit_cumsum(self):
     rng = np.random.default_rng(4)
@@ -176,7 +182,9 @@ class LossTest(chex.TestCase):
   def test_get_loss(self):
     assert losses.get_loss("kl") is losses.kl_divergence
     assert set(losses.LOSSES) == set(NAMES)
+    config = smoke.get_config()
+    config.train.loss = "x"
     with pytest.raises(InputError) as e:
-      losses.get_loss("x")
+      validate(config)
     assert str(e.value) == ("config.train.loss: unknown loss 'x'; "
                             "expected one of kl, wd, mae, mse")

@@ -12,6 +12,8 @@ import numpy as np
 import optax
 import pytest
 
+from configs import smoke
+
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline.batching import Budget
 from xtal2dos_jax.models import (AtomStates, CausalTransformerDecoder, count_params, create_model,
@@ -21,6 +23,7 @@ from xtal2dos_jax.models import (AtomStates, CausalTransformerDecoder, count_par
 from xtal2dos_jax.models.attention import masked_softmax, MultiHeadAttention, segment_softmax
 from xtal2dos_jax.models.precision import bf16_dot_general
 from xtal2dos_jax.objectives import losses
+from xtal2dos_jax.training.config_check import validate
 
 from test_equations import (REF_TOL, as_numpy, context_reference, encoder_reference, perturb,
                             transformer_decoder_reference, unimp_layer_reference)
@@ -269,9 +272,10 @@ def test_learned_position_embedding(tiny_config, tiny_batch):
                     (tiny_config.data.l_y, d))
   out = dec.apply(variables, *args, train=False)
   chex.assert_shape(out, (num_graphs, tiny_config.data.l_y))
+  bad = tiny_config.copy_and_resolve_references()
+  bad.model.position_embedding = "sinusoid"
   with pytest.raises(InputError, match="config.model.position_embedding"):
-    _decoder(tiny_config, position_embedding="sinusoid").init(jax.random.key(0), *args,
-                                                               train=False)
+    validate(bad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,8 +527,10 @@ def test_output_activation_for():
   assert output_activation_for("normalized_sum") == "softmax"
   assert output_activation_for("normalized_max") == "softplus"
   assert output_activation_for("standardized") == "identity"
-  with pytest.raises(InputError, match="config.data.scaling"):
-    output_activation_for("log")
+  bad = smoke.get_config()
+  bad.data.scaling = "log"
+  with pytest.raises(InputError, match="config.data.scaling: unknown scaling 'log'"):
+    validate(bad)
 
 
 @pytest.mark.parametrize("key,value", [
@@ -532,12 +538,12 @@ def test_output_activation_for():
     ("model.dtype", "float16"), ("model.position_embedding", "sinusoid"), ("model.num_heads", 3),
     ("model.composition_activation", "relu"),
 ])
-def test_create_model_rejects_bad_config(tiny_config, key, value):
+def test_config_check_rejects_what_create_model_cannot_build(tiny_config, key, value):
   config = tiny_config.copy_and_resolve_references()
   section, field = key.split(".")
   config[section][field] = value
   with pytest.raises(InputError) as info:
-    create_model(config)
+    validate(config)
   assert info.value.name == f"config.{key}"
   assert "expected one of" in str(info.value) or "divide" in str(info.value)
 

@@ -170,13 +170,13 @@ def test_corrected_config_after_a_failed_start_trains(tmp_path):
   command in the same workdir trains; once an epoch is saved, a changed config is refused."""
   workdir = str(tmp_path / "w")
   config = _config()
-  config.data.train_fraction = 0.0
-  with pytest.raises(InputError, match=r"config.data.train_fraction: must be in \(0, 1\]"):
+  config.data.num_folds = 1000       # valid as a value; more folds than the data has crystals
+  with pytest.raises(InputError, match=r"config.data.num_folds: needs 2..\d+ folds"):
     train.train_and_evaluate(config, workdir)
   assert os.path.exists(os.path.join(workdir, "config.json"))
   summary = train.train_and_evaluate(_config(), workdir)
   assert summary["epochs_run"] == 2
-  assert json.load(open(os.path.join(workdir, "config.json")))["data"]["train_fraction"] == 1.0
+  assert json.load(open(os.path.join(workdir, "config.json")))["data"]["num_folds"] == 0
   with pytest.raises(InputError, match="different config"):
     train.train_and_evaluate(config, workdir)
   run = workdir_lib.Workdir(str(tmp_path / "killed"))      # killed after epoch 1
@@ -274,7 +274,7 @@ def held():
 
 
 if hold == "step":
-  from xtal2dos_jax import train
+  from xtal2dos_jax.training import train
   init = train.Trainer.__init__
 
   def trainer_init(self, *args, **kwargs):

@@ -1,11 +1,14 @@
 """Tests for xtal2dos_jax.input_pipeline.data_splits: seeded splits, k-fold folds, learning-curve subsets."""
 
 import chex
+import ml_collections
 import numpy as np
 import pytest
 
+from configs import smoke
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline import data_splits
+from xtal2dos_jax.training.config_check import validate
 
 
 @pytest.mark.parametrize("n", [3, 10, 101, 1077])
@@ -43,8 +46,10 @@ def test_train_subset_for_learning_curves():
   assert set(data_splits.train_subset(train, 0.5, seed=1)) != set(half)
   assert len(data_splits.train_subset(train, 1e-6)) == 1
   for bad in (0.0, -0.5, 1.5, "x"):
+    config = smoke.get_config().to_dict()
+    config["data"]["train_fraction"] = bad          # a str too: what a JSON file may hold
     with pytest.raises(InputError, match="config.data.train_fraction"):
-      data_splits.train_subset(train, bad)
+      validate(ml_collections.ConfigDict(config))
 
 
 def test_split_indices_zero_fraction_and_errors():
@@ -87,7 +92,6 @@ def test_exclude_ids_leaves_out_another_runs_evaluation_crystals(tmp_path):
   """data.exclude_ids=<splits.json>:validation,test: none of those ids is in any split of
   the new run, and every other crystal still is; a bad spec is one line naming the key."""
   import json
-  from configs import smoke
   from xtal2dos_jax.input_pipeline import data_splits, run_data
   config = smoke.get_config()
   config.data.limit = 40
@@ -119,7 +123,6 @@ def test_split_file_gives_exactly_its_splits_and_rejects_bad_files(tmp_path):
   in no list are left out; unknown ids, a crystal in two lists and a missing key are one
   line naming the file."""
   import json
-  from configs import smoke
   from xtal2dos_jax.input_pipeline import run_data
   config = smoke.get_config()
   config.data.limit = 30

@@ -12,6 +12,7 @@ from configs import smoke
 from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.training import optimizers, train
 from xtal2dos_jax.workflows import comparison, sweeps
+from xtal2dos_jax.training.config_check import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,7 +169,7 @@ def test_exponential_schedule_matches_numpy():
                              1e-3 * 0.9 ** (np.array([0, 2, 4, 40]) / 4), rtol=1e-5)
   with pytest.raises(InputError, match="unknown schedule 'exp'; expected one of cosine, "
                      "exponential, noam"):
-    optimizers.create_learning_rate_fn(_schedule_config(schedule="exp"), 4)
+    validate(_schedule_config(schedule="exp"))
 
 
 def _epochs_until_stop(improved_at: set[int], patience: int, warmup: int, epochs: int = 50):

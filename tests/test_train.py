@@ -20,6 +20,7 @@ from xtal2dos_jax.physics import thermodynamics
 from xtal2dos_jax.training import optimizers, preemption, restore, train, train_steps
 from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import workdir as workdir_lib
+from xtal2dos_jax.training.config_check import validate
 
 
 def _config(**train_overrides):
@@ -413,8 +414,10 @@ def test_noam_schedule_matches_the_formula():
   ref = np.where(s >= 1000, ref / 4.0 ** (s / 1000), ref)
   np.testing.assert_allclose([float(fn(k)) for k in steps], ref, rtol=1e-5)
   assert float(fn(300)) == pytest.approx(1 / np.sqrt(512 * 300), rel=1e-5)  # the peak
+  config = smoke.get_config()
+  config.train.schedule = "step"
   with pytest.raises(InputError, match="config.train.schedule: unknown schedule 'step'"):
-    optimizers.create_learning_rate_fn(_config(schedule="step"), 10)
+    validate(config)
 
 
 def test_crystal_system_warnings_name_the_crystals(monkeypatch, caplog):

@@ -5,6 +5,7 @@ names the offending input (file, id, config key) and the reason.
 """
 from __future__ import annotations
 
+import difflib
 from typing import Any, Iterable
 
 
@@ -31,7 +32,8 @@ class InputError(ValueError):
 def check_choice(value: Any, choices: Iterable[str], name: str, what: str | None = None) -> str:
   """`value` if it is one of `choices`, else an InputError naming the input and the choices.
 
-  The message reads `<name>: unknown <what> <value!r>; expected one of <a>, <b>, ...`.
+  The message reads `<name>: unknown <what> <value!r>; expected one of <a>, <b>, ...`,
+  followed by `; did you mean <c!r>?` when one choice is close to a misspelt string.
 
   Args:
     value: the given value; anything but one of the strings in `choices` (None, a list)
@@ -48,4 +50,6 @@ def check_choice(value: Any, choices: Iterable[str], name: str, what: str | None
   if isinstance(value, str) and value in choices:
     return value
   what = what or name.rsplit(".", 1)[-1].replace("_", " ")
-  raise InputError(name, f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+  close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+  hint = f"; did you mean {close[0]!r}?" if close else ""
+  raise InputError(name, f"unknown {what} {value!r}; expected one of {', '.join(choices)}{hint}")

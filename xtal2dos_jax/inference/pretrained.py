@@ -35,7 +35,7 @@ from flax import serialization
 
 from xtal2dos_jax import models
 from xtal2dos_jax.core import paths
-from xtal2dos_jax.core.errors import check_choice, InputError
+from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline import batching, labels
 from xtal2dos_jax.training import model_setup
 from xtal2dos_jax.training import workdir as workdir_lib
@@ -101,8 +101,8 @@ def _to_storage(params: Any, dtype: str) -> Any:
 
 
 def save_params(path: str, params: Any, dtype: str = "float32") -> None:
-  """Writes `params` (a pytree of arrays) as flax msgpack, floats stored as `dtype`."""
-  check_choice(dtype, STORAGE_DTYPES, "--dtype", what="storage dtype")
+  """Writes `params` (a pytree of arrays) as flax msgpack, floats stored as `dtype` (one of
+  STORAGE_DTYPES)."""
   with open(path, "wb") as f:
     f.write(serialization.msgpack_serialize(_to_storage(params, dtype)))
 

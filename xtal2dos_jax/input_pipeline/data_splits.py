@@ -25,16 +25,9 @@ SPLITS = ("train", "validation", "test")
 def train_subset(train: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
   """The first round(fraction * len(train)) (at least 1) of a seeded shuffle of `train`,
   sorted: for learning curves on a fixed validation/test split. Same seed -> smaller
-  fractions are subsets of larger ones.
-
-  Raises InputError('config.data.train_fraction', ...) unless 0 < fraction <= 1.
+  fractions are subsets of larger ones. `fraction` in (0, 1] (`config_check` refuses others).
   """
-  try:
-    fraction = float(fraction)
-  except (TypeError, ValueError):
-    raise InputError("config.data.train_fraction", f"expected a number, got {fraction!r}") from None
-  if not 0.0 < fraction <= 1.0:
-    raise InputError("config.data.train_fraction", f"must be in (0, 1], got {fraction}")
+  fraction = float(fraction)
   if fraction == 1.0:
     return train
   keep = max(1, int(round(fraction * len(train))))

@@ -79,9 +79,6 @@ def atom_feature_table(features: str = "cgcnn") -> np.ndarray:
   "cgcnn": the 92-d CGCNN one-hot vectors (F = 92); "cgcnn_mass": those and the two
   `mass_features` columns (F = 94).
   """
-  if features not in ATOM_FEATURES:
-    raise InputError("config.model.atom_features",
-                     f"unknown value {features!r}; choose one of {', '.join(ATOM_FEATURES)}")
   with open(os.path.join(paths.DATA_DIR, "atom_init.json")) as f:
     raw = json.load(f)
   table = np.zeros((MAX_Z + 1, len(raw["1"])), np.float32)
@@ -139,9 +136,6 @@ def featurize_crystal(atoms: ase.Atoms, radius: float = 8.0, max_num_nbr: int = 
       1..MAX_Z, non-finite or non-periodic or zero-volume cell, atoms or an atom and its
       image closer than MIN_DISTANCE), or some atom has no neighbour within `radius`.
   """
-  if max_num_nbr < 0:
-    raise InputError("config.data.max_num_nbr", f"{max_num_nbr} must be >= 0 (0 = every "
-                     "neighbour within the radius)")
   validate_atoms(atoms, name, max_z=MAX_Z, check_overlap=False)
   numbers = np.asarray(atoms.numbers, np.int32)
   n = len(numbers)

@@ -48,7 +48,6 @@ import jax.numpy as jnp
 from jax import lax
 import ml_collections
 
-from xtal2dos_jax.core.errors import check_choice, InputError
 from xtal2dos_jax.input_pipeline.labels import output_activation_for
 from xtal2dos_jax.input_pipeline.symmetry import NUM_CRYSTAL_SYSTEMS
 from xtal2dos_jax.models.attention import key_padding_mask, MultiHeadAttention
@@ -218,15 +217,7 @@ def dostransformer_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   config.data.scaling), the atom states layer-normalised in cross-attention when
   config.model.dostransformer_memory_norm."""
   m = config.model
-  prompt = check_choice(m.dostransformer_prompt, PROMPTS, "config.model.dostransformer_prompt")
-  weight = float(m.dostransformer_prompt_free_weight)
-  if not weight >= 0.0:
-    raise InputError("config.model.dostransformer_prompt_free_weight",
-                     f"{weight} must be >= 0")
-  if weight > 0.0 and prompt != "system":
-    raise InputError("config.model.dostransformer_prompt_free_weight",
-                     f"{weight} > 0 needs config.model.dostransformer_prompt='system' (with "
-                     f"'{prompt}' the returned output is the prompt-free one already)")
+  prompt, weight = m.dostransformer_prompt, float(m.dostransformer_prompt_free_weight)
   return DOSTransformerDecoder(l_y=config.data.l_y, d_model=m.d_model, num_heads=m.num_heads,
                                num_layers=m.decoder_layers, ff_dim=m.ff_dim,
                                dropout=m.decoder_dropout, prompt=prompt,

@@ -90,7 +90,6 @@ import jraph
 import ml_collections
 import numpy as np
 
-from xtal2dos_jax.core.errors import check_choice, InputError
 from xtal2dos_jax.input_pipeline.featurize import MAX_Z
 from xtal2dos_jax.models.dostransformer_encoder import smooth_cutoff
 from xtal2dos_jax.models.graph_layers import edge_mask
@@ -336,21 +335,8 @@ def e3nn_encoder(config: ml_collections.ConfigDict) -> E3NNEncoder:
   """The registry factory: `config.model.e3nn_*` (e3nn_variant picks the layer),
   `encoder_layers`, `d_model`, and the featuriser's `data.radius` as r_max."""
   m = config.model
-  check_choice(m.e3nn_variant, VARIANTS, "config.model.e3nn_variant", what="E3NN variant")
-  if m.e3nn_lmax not in (1, 2):
-    raise InputError("config.model.e3nn_lmax", f"{m.e3nn_lmax} must be 1 or 2")
-  if m.e3nn_variant == "gate_points" and m.e3nn_num_basis < 2:
-    raise InputError("config.model.e3nn_num_basis", f"{m.e3nn_num_basis}: the gate_points "
-                     "Gaussian basis needs at least 2 centres (0 and the radius)")
-  try:
-    irreps = e3nn.Irreps(m.e3nn_irreps)
-  except (ValueError, AssertionError) as e:
-    raise InputError("config.model.e3nn_irreps", f"{m.e3nn_irreps!r} is not an irreps "
-                     f"string like 32x0e+32x0o+32x1e+32x1o ({e})") from None
-  if irreps.filter(keep=["0e"]).num_irreps == 0:
-    raise InputError("config.model.e3nn_irreps", f"{m.e3nn_irreps!r} has no 0e channel "
-                     "(the element embedding and the read-out need one)")
-  return E3NNEncoder(d_model=m.d_model, num_layers=m.encoder_layers, irreps=str(irreps),
+  return E3NNEncoder(d_model=m.d_model, num_layers=m.encoder_layers,
+                     irreps=str(e3nn.Irreps(m.e3nn_irreps)),
                      lmax=m.e3nn_lmax, r_max=config.data.radius, num_basis=m.e3nn_num_basis,
                      num_neighbors=m.e3nn_num_neighbors, radial_hidden=m.e3nn_radial_hidden,
                      variant=m.e3nn_variant, dtype=precision_kwargs(config)["dtype"])

@@ -29,7 +29,6 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from xtal2dos_jax.core.errors import check_choice
 
 Dtype = Any
 DotGeneral = Callable[..., jax.Array]
@@ -136,10 +135,6 @@ PRECISIONS: Dict[str, Tuple[Dtype, DotGeneral]] = {
 
 
 def precision_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """{'dtype': activation dtype, 'dot_general': matmul} named by config.model.dtype.
-
-  Raises InputError naming config.model.dtype for an unknown mode.
-  """
-  dtype, dot_general = PRECISIONS[check_choice(config.model.dtype, PRECISIONS,
-                                               "config.model.dtype")]
+  """{'dtype': activation dtype, 'dot_general': matmul} named by config.model.dtype."""
+  dtype, dot_general = PRECISIONS[config.model.dtype]
   return {"dtype": dtype, "dot_general": dot_general}

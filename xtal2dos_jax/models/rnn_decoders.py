@@ -55,10 +55,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 import ml_collections
-import numpy as np
 
-from xtal2dos_jax.core.errors import check_choice, InputError
-from xtal2dos_jax.input_pipeline.labels import output_activation_for, OUTPUT_ACTIVATIONS
+from xtal2dos_jax.input_pipeline.labels import output_activation_for
 from xtal2dos_jax.models.attention import masked_softmax
 from xtal2dos_jax.models.precision import DotGeneral, precision_kwargs, same_precision
 from xtal2dos_jax.models.transformer_decoder import AtomStates, SequenceDecoder
@@ -231,9 +229,6 @@ class ChunkRNNAttentionDecoder(SequenceDecoder):
     Returns:
       float32[G, l_y] raw outputs.
     """
-    check_choice(self.output_activation, OUTPUT_ACTIVATIONS, "output_activation")
-    if self.chunk_size < 1:
-      raise InputError("config.model.chunk_size", f"must be >= 1, got {self.chunk_size}")
     num_graphs, size, steps = context.shape[0], self.chunk_size, self.num_steps
     padded = steps * size
     h0 = jnp.tanh(nn.Dense(self.d_model, **same_precision(self), name="initial_state")(context))
@@ -293,19 +288,12 @@ def rnn_attention_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   return RNNAttentionDecoder(**_kwargs(config))
 
 
-def _chunk_size(config: ml_collections.ConfigDict) -> int:
-  chunk_size = config.model.chunk_size
-  if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-    raise InputError("config.model.chunk_size", f"must be an integer >= 1, got {chunk_size!r}")
-  return int(chunk_size)
-
-
 def chunk_rnn_attention_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   """`ChunkRNNAttentionDecoder` with config.model.chunk_size values per step."""
-  return ChunkRNNAttentionDecoder(chunk_size=_chunk_size(config), attention=True,
+  return ChunkRNNAttentionDecoder(chunk_size=config.model.chunk_size, attention=True,
                                   **_kwargs(config))
 
 
 def chunk_rnn_decoder(config: ml_collections.ConfigDict) -> nn.Module:
   """`ChunkRNNDecoder` (no attention) with config.model.chunk_size values per step."""
-  return ChunkRNNDecoder(chunk_size=_chunk_size(config), **_kwargs(config))
+  return ChunkRNNDecoder(chunk_size=config.model.chunk_size, **_kwargs(config))

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from xtal2dos_jax.core.errors import check_choice
 from xtal2dos_jax.models.attention import causal_mask, key_padding_mask, MultiHeadAttention
 from xtal2dos_jax.models.precision import DotGeneral, same_precision
 Dtype = Any
@@ -172,8 +171,7 @@ class CausalTransformerDecoder(SequenceDecoder):
   dot_general: DotGeneral = lax.dot_general
 
   def setup(self):
-    if check_choice(self.position_embedding, POSITION_EMBEDDINGS,
-                    "config.model.position_embedding") == "learned":
+    if self.position_embedding == "learned":
       self.position_table = nn.Embed(self.l_y, self.d_model)
     # Dense([s_t; context]) split into its two halves: the position half is computed
     # once for all crystals and the context half once per crystal, not l_y times.

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from jax import lax
 import jraph
 
-from xtal2dos_jax.core.errors import check_choice
 from xtal2dos_jax.input_pipeline.batching import Batch
 from xtal2dos_jax.input_pipeline.featurize import composition_fractions
 from xtal2dos_jax.input_pipeline.labels import apply_output_activation
@@ -57,9 +56,7 @@ class CrystalContext(nn.Module):
   @nn.compact
   def __call__(self, node_states: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
     """float[N, d] node states -> float[G, d + composition_features]."""
-    activation = COMPOSITION_ACTIVATIONS[check_choice(
-        self.composition_activation, COMPOSITION_ACTIVATIONS,
-        "config.model.composition_activation")]
+    activation = COMPOSITION_ACTIVATIONS[self.composition_activation]
     pooled = mean_pool(node_states, graph)
     composition = composition_fractions(graph.nodes, graph.n_node)          # [G, 103]
     features = self.composition_features or node_states.shape[-1]

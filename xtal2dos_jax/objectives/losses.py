@@ -14,7 +14,6 @@ from typing import Callable, Dict
 import jax
 import jax.numpy as jnp
 
-from xtal2dos_jax.core.errors import check_choice, InputError
 from xtal2dos_jax.input_pipeline.labels import apply_output_activation
 
 LossFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -97,28 +96,10 @@ LOSSES: Dict[str, LossFn] = {
 NEEDS_NORMALIZED_SUM = ("kl", "wd")
 
 
-def check_loss_scaling(loss: str, scaling: str) -> None:
-  """Refuses a loss / label-scaling pair that cannot train.
-
-  KL and WD compare two distributions over the l_y positions: with `normalized_max` or
-  `standardized` labels the targets do not sum to 1 and the KL of unnormalised outputs
-  is unbounded below, so such a run trains to garbage.
-
-  Raises:
-    InputError('config.train.loss', ...) naming the pair and the valid choices.
-  """
-  get_loss(loss)
-  if loss in NEEDS_NORMALIZED_SUM and scaling != "normalized_sum":
-    valid = [name for name in LOSSES if name not in NEEDS_NORMALIZED_SUM]
-    raise InputError("config.train.loss",
-                     f"loss {loss!r} needs config.data.scaling='normalized_sum', got "
-                     f"{scaling!r}; with {scaling!r} use one of {', '.join(valid)}")
-
-
 def get_loss(name: str) -> LossFn:
   """Per-crystal loss between two DoS by config name (`config.train.loss`): kl, wd, mae or
   mse; both arguments on the scaled-label scale (predictions after the activation)."""
-  return LOSSES[check_choice(name, LOSSES, "config.train.loss")]
+  return LOSSES[name]
 
 
 def loss_on_raw_outputs(name: str, output_activation: str) -> LossFn:

@@ -32,7 +32,7 @@ accumulation. SST is exactly invariant to the shift; only the rounding improves.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +45,14 @@ STAT_KEYS = ("count", "sum_abs_err", "sum_sq_err", "sum_wd", "sum_y", "sum_y2", 
 # Below this relative size SST_t counts as 0 (a constant position): the float32 sums of a
 # constant column cancel to ~1e-7 relative, not to exactly 0.
 _SST_REL_TOL = 1e-6
+
+# What checkpoint selection and early stopping minimise (`config.train.select_on`):
+# the validation loss, or -R^2 / WD on the normalised scale.
+VALIDATION_SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
+    "loss": lambda val: float(val["loss"]),
+    "r2": lambda val: -float(val["normalized"]["r2"]),
+    "wd": lambda val: float(val["normalized"]["wd"]),
+}
 
 
 def _wd_per_crystal(xp, y, y_hat):

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from xtal2dos_jax.core.errors import check_choice, InputError
+from xtal2dos_jax.core.errors import InputError
 
 # CODATA 2018 exact SI values.
 _H = 6.62607015e-34        # J s
@@ -353,7 +353,7 @@ def derived_property_errors(kind: str, grid: Any, dos_true: Any, dos_pred: Any,
                             n_atoms: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """`phonon_errors` at `CV_TEMPERATURE_K` for kind "phonon", `band_gap_errors` for
   "electronic": (JSON-ready summary, per-crystal float64[n] arrays)."""
-  if check_choice(kind, KINDS, "config.data.kind") == "phonon":
+  if kind == "phonon":
     return phonon_errors(grid, dos_true, dos_pred, n_atoms, CV_TEMPERATURE_K)
   return band_gap_errors(grid, dos_true, dos_pred)
 

@@ -95,7 +95,7 @@ class Checkpoints:
 
   def save_best(self, state, resume: ResumeState, score: float) -> None:
     """Keeps `state` as the best checkpoint; `score` is the validation score (lower
-    is better, see train.VALIDATION_SCORES)."""
+    is better, see metrics.VALIDATION_SCORES)."""
     if checkpoint_step(resume) in self.best.all_steps():
       return  # saved before a kill; the resumed run reached the same point again
     self.best.save(checkpoint_step(resume), args=self._args(state, resume),

@@ -45,10 +45,7 @@ class TrainState(train_state.TrainState):
 def ensemble_size(config: ml_collections.ConfigDict) -> int:
   """Members of the run (`config.train.ensemble_size`); 1 is a single model, whose state
   has no member axis."""
-  k = int(config.train.ensemble_size)
-  if k < 1:
-    raise InputError("config.train.ensemble_size", f"must be at least 1, got {k}")
-  return k
+  return int(config.train.ensemble_size)
 
 
 def member_seeds(config: ml_collections.ConfigDict) -> list[int]:

@@ -14,10 +14,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from xtal2dos_jax.core.errors import check_choice
-
-
 SCHEDULES = ("cosine", "exponential", "noam")
+# `config.train.optimizer`.
+OPTIMIZERS = ("adam", "adamw", "sgd")
 # `config.train.freeze`: which parameter subtree receives no updates.
 FREEZE = ("none", "encoder")
 
@@ -50,7 +49,6 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
                          train_config.warmup_steps,
                          int(train_config.noam_decay_epochs * steps_per_epoch),
                          train_config.noam_decay_rate)
-  check_choice(train_config.schedule, SCHEDULES, "config.train.schedule")
   peak = train_config.learning_rate
   warmup = int(train_config.warmup_epochs * steps_per_epoch)
   if train_config.schedule == "exponential":
@@ -71,7 +69,6 @@ def frozen_labels(params: Any, freeze: str) -> dict[str, str]:
   """Top-level parameter subtree -> "frozen" | "trainable" for `optax.multi_transform`:
   with `freeze` = "encoder" the model's `encoder` subtree (the graph encoder; the
   crystal context and the decoder stay trainable) is frozen."""
-  check_choice(freeze, FREEZE, "config.train.freeze")
   return {name: "frozen" if name == freeze else "trainable" for name in params}
 
 
@@ -83,8 +80,7 @@ def create_optimizer(train_config: ml_collections.ConfigDict,
   With `train_config.freeze` = "encoder" the encoder's updates are zero
   (`optax.set_to_zero`: no step, no weight decay) and the optimizer, clipping included,
   sees only the other parameters' gradients."""
-  freeze = check_choice(train_config.freeze, FREEZE, "config.train.freeze")
-  name = check_choice(train_config.optimizer, ("adam", "adamw", "sgd"), "config.train.optimizer")
+  freeze, name = train_config.freeze, train_config.optimizer
   betas = {"b1": 0.9, "b2": train_config.adam_b2, "eps": train_config.adam_eps}
   if name == "adam":
     opt = optax.adam(learning_rate_fn, **betas)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import flax
 import jax
@@ -20,11 +20,11 @@ import numpy as np
 from absl import logging
 
 from xtal2dos_jax import models
-from xtal2dos_jax.core.errors import check_choice, InputError
+from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline import batching, run_data
 from xtal2dos_jax.objectives import losses, metrics
 from xtal2dos_jax.objectives.metrics import format_table
-from xtal2dos_jax.training import model_setup, optimizers
+from xtal2dos_jax.training import config_check, model_setup, optimizers
 from xtal2dos_jax.training import checkpoints as checkpoints_lib
 from xtal2dos_jax.training import workdir as workdir_lib
 from xtal2dos_jax.training.preemption import Preempted, StopFlag
@@ -144,15 +144,6 @@ class Trainer:
     return out if k > 1 else out[0]
 
 
-# What checkpoint selection and early stopping minimise (`config.train.select_on`):
-# the validation loss, or -R^2 / WD on the normalised scale.
-VALIDATION_SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
-    "loss": lambda val: float(val["loss"]),
-    "r2": lambda val: -float(val["normalized"]["r2"]),
-    "wd": lambda val: float(val["normalized"]["wd"]),
-}
-
-
 def _resident_mb() -> float:
   """Current resident memory of this process in MiB (Linux /proc; else peak RSS)."""
   try:
@@ -212,20 +203,11 @@ def count_bad_epochs(bad_epochs: int, improved: bool, epoch: int, warmup_epochs:
   return bad_epochs + 1
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Refuses config values that would train nothing or train to garbage, before any
-  data is read. Raises InputError naming the config key."""
-  check_choice(config.train.select_on, VALIDATION_SCORES, "config.train.select_on",
-               what="choice")
-  losses.check_loss_scaling(config.train.loss, config.data.scaling)
-  check_choice(config.train.freeze, optimizers.FREEZE, "config.train.freeze")
+def check_init_from(config: ml_collections.ConfigDict) -> None:
+  """Refuses a fine-tuning source that is no directory, before any data is read."""
   if config.train.init_from and not os.path.isdir(config.train.init_from):
     raise InputError("config.train.init_from",
                      f"{config.train.init_from} is not a directory (a training workdir)")
-  if int(config.train.num_epochs) < 1:
-    raise InputError("config.train.num_epochs",
-                     f"must be at least 1, got {config.train.num_epochs} (to evaluate a "
-                     "trained run use `python -m experiments.evaluate --workdir=...`)")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -235,7 +217,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the results dict written to `workdir/results.json`. A finished run is not
   retrained: its saved results are returned. Raises `Preempted` after SIGTERM.
   """
-  check_config(config)
+  config_check.validate(config)
+  check_init_from(config)
   run = workdir_lib.Workdir(workdir)
   finished = run.prepare(config, overwrite=overwrite)
   if finished is not None:
@@ -327,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       bar.close(f"loss {loss_sum / max(count, 1):.4g} val {val['loss']:.4g} "
                 f"val R^2 {val['normalized']['r2']:.3f}")
       epoch += 1
-      score = VALIDATION_SCORES[config.train.select_on](val)
+      score = metrics.VALIDATION_SCORES[config.train.select_on](val)
       improved = score < resume.best_score
       resume = resume.replace(
           epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_count=0.0,

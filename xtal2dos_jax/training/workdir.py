@@ -39,7 +39,7 @@ from xtal2dos_jax.core.errors import InputError
 from xtal2dos_jax.input_pipeline import batching, labels
 from xtal2dos_jax.input_pipeline import run_data as run_data_lib
 from xtal2dos_jax.input_pipeline.graph_cache import GraphSet
-from xtal2dos_jax.training import tensorboard
+from xtal2dos_jax.training import config_check, tensorboard
 
 # Config entries that may differ between a run and its resumption.
 _MUTABLE_KEYS = {"train.progress"}
@@ -100,8 +100,15 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run in `workdir` was trained with; keys added to the configs since
-  it was saved get the value that run used implicitly (`_ADDED_KEYS`)."""
+  """The config a run (or an exported model) in `workdir` was trained with, as
+  `read_config` gives it, checked by `config_check.validate`: what evaluate, predict,
+  export and fine-tuning build from."""
+  return config_check.validate(read_config(workdir))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config saved in `workdir`, unchecked; keys added to the configs since it was
+  saved get the value that run used implicitly (`_ADDED_KEYS`)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise InputError(workdir, "is not a training workdir (no config.json); train first with "
@@ -154,7 +161,7 @@ class Workdir:
     if overwrite:
       self._clear()
     elif os.path.exists(self.file("config.json")):
-      old = config_to_dict(load_config(self.path))
+      old = config_to_dict(read_config(self.path))
       a, b = ({**_ADDED_KEYS, **_flatten(old)}, {**_ADDED_KEYS, **_flatten(new)})
       diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _MUTABLE_KEYS)
       if diff and self._trained_nothing():

@@ -3,7 +3,29 @@
 One row per variant from its finished runs (`collect_row`: mean ± standard deviation over
 seeds or folds; `ensemble_row`: the seeds' averaged predictions), the table with the
 paper's rows beside ours (`build_table`), markdown and JSON (`to_markdown`,
-`write_table`). The binaries' docstrings give the columns.
+`write_table`).
+
+The compare table, one row per variant:
+
+  model | val R^2                         validation split, normalised scale (choose on this)
+  R^2 | MAE | MSE | RMSE | WD             test split, normalised label scale
+  R^2 (orig)                              test split, original label scale
+  params                                  trainable parameters
+  s/epoch                                 median training seconds per epoch from
+                                          metrics.jsonl, the first epoch (which includes
+                                          compilation) excluded when there are others
+  crystals/s                              inference throughput: `Trainer.predict` over the
+                                          test split, best of --inference_repeats timed
+                                          runs after a warm-up (<name>/inference.json)
+
+With several seeds or folds the accuracy columns are mean ± standard deviation over the
+runs (on ~150 validation crystals one run differs by ~0.02 R^2 from seed to seed, so
+claims that one decoder beats another want several seeds; one 152-crystal test split
+moves R^2 by ±0.05, so recipes are told apart over folds). On the embedded DFPT set the
+paper's Table 1 rows are printed under ours; runs trained with `train.monitor_test` get
+the column "R^2, epoch chosen on test" (the public code's checkpoint), for comparison
+with published figures. With `ensemble_members`, each variant also gets the row of its
+seeds' averaged predictions.
 
 numpy and JAX are imported only by the functions that score runs, so the binaries can
 import this module before they set up the runtime.

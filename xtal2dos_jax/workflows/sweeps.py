@@ -14,7 +14,7 @@ import statistics
 from typing import Any, Mapping, Sequence
 
 from xtal2dos_jax.core.errors import InputError
-from xtal2dos_jax.workflows import compare_tables
+from xtal2dos_jax.workflows import cli, compare_tables
 from xtal2dos_jax.workflows.compare_tables import format_cell
 
 SWEEP_JSON = "sweep.json"
@@ -91,6 +91,35 @@ def cell_name(overrides: Mapping[str, str]) -> str:
   `._=+-` replaced by `_`."""
   return "__".join(re.sub(r"[^\w.=+-]", "_", f"{key}={value}")
                    for key, value in overrides.items())
+
+
+def cell_names(cells: Sequence[Mapping[str, str]]) -> list[str]:
+  """`cell_name` of every cell; raises InputError naming --grid when two cells would share
+  a run directory."""
+  names = [cell_name(cell) for cell in cells]
+  if len(set(names)) != len(names):
+    raise InputError("--grid", "two cells get the same run directory name; write the "
+                     "values with letters, digits and ._+- only")
+  return names
+
+
+def load_cell_config(path: str, overrides: Sequence[str], cell: Mapping[str, str]):
+  """The config of one cell: the config file `path` with `overrides` and then the cell's
+  `key=value`s, loaded as compare loads its variants (`cli.load_config_file`).
+
+  Raises InputError naming `--config` (the file), the bad `--config_overrides=...`, or
+  `--grid` with the cell's bad `key=value` (an unknown key, a value of the wrong type).
+  """
+  items = [f"{key}={value}" for key, value in cell.items()]
+  try:
+    return cli.load_config_file(path, [*overrides, *items])
+  except InputError as e:
+    if e.name == "--configs":
+      raise InputError("--config", e.reason) from None
+    item = e.name.partition("=")[2]
+    if e.name.startswith("--config_overrides=") and item in items:
+      raise InputError("--grid", f"{item}: {e.reason}") from None
+    raise
 
 
 def build_sweep_table(grid: Sequence[tuple[str, Sequence[str]]],

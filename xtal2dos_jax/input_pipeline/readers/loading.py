@@ -58,11 +58,8 @@ def load_raw_dataset(data_config: ml_collections.ConfigDict) -> RawDataset:
                       l_y=l_y)
   elif fmt == "mat2spec":
     raw = read_mat2spec(path or embedded_edos_path(), l_y=l_y)
-  elif fmt == "phonondos_csv":
+  else:  # phonondos_csv
     raw = read_phonondos_csv(path or embedded_dfpt_path(), config_grid)
-  else:
-    raise InputError("config.data.format", f"unknown format {fmt!r}; expected "
-                     f"one of {', '.join(FORMATS)}")
   source = raw.source or path
   if raw.labels is None:
     raise InputError(source, "has no labels (config.data.label_key = "

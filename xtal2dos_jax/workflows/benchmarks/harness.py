@@ -1,20 +1,41 @@
-"""Speed measurements behind `python -m experiments.benchmark` (see that binary).
+"""Speed measurements behind `python -m experiments.benchmark`: one table of rows
+(name, value, unit, notes), throughputs measured after warm-up, compile times and counts
+as rows of their own.
 
-Rows of (name, value, unit, notes): featurisation, training (end to end and network
-only), compile counts and times, page faults per training step, evaluation / prediction
-throughput, memory, the opt-in bf16_matmul precision mode, and scaling with model,
-crystal and batch size. Throughputs are best-of-N after warm-up.
+* data: dataset read time, cold featurisation (crystals/s, no cache), cache-load time,
+  and the neighbour search (vesin) against the brute-force reference on 8-256-atom cells;
+* training: end to end (host pipeline + pmapped step, train.py's loop) over full epochs
+  after a warm-up epoch, and network only (pre-assembled device batches), interleaved;
+* compile counts of the train / eval steps over two epochs (a `jax.monitoring` listener on
+  XLA backend compilations, attributed to the step whose call triggered them), which must
+  equal the number of padding buckets (1), with nothing compiled in the second epoch;
+* evaluation and prediction crystals/s (`Trainer.evaluate` / `Trainer.predict` on the
+  whole set, measured by `--inference_only` in a child process set up as the predict
+  binary is: one CPU device per core, no single malloc arena, `inference_in_child`), host
+  pipeline vs device time per step, page faults per training step (see
+  `training/allocator.py`), peak resident memory;
+* the opt-in mixed-precision mode (`model.dtype="bf16_matmul"`): network-only training
+  and prediction, interleaved with the float32 model (`config.bench.bf16_matmul`);
+* scaling: the paper-size model, crystal size (supercells) and batch size;
+* time to accuracy: the default recipe (configs/phdos.py) trained on split 0 of the DFPT
+  set, wall time until validation R^2 first reaches 0.60 and 0.65 (`config.bench`).
+
+Throughputs are the best of `config.bench.repeats` timed repetitions (the notes give the
+median): the machine may be shared, and the best run is the closest to what it can do.
+`quick_config` shrinks everything (smoke-sized model, data subset) for `--quick`.
 """
 from __future__ import annotations
 
 import copy
 import datetime
+import json
 import os
 import platform
 import resource
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -245,6 +266,26 @@ def _featurise_then_predict_row(rows: Sequence[Row], feat_rate: float) -> Row:
   return Row("prediction incl. featurisation", 1.0 / (1.0 / feat_rate + 1.0 / pred_rate),
              "crystals/s", "derived: structures -> DoS without cache = featurisation and "
              "prediction rows in series")
+
+
+def inference_in_child(config: ml_collections.ConfigDict, xla_cache: str,
+                       argv: Sequence[str]) -> list[Row]:
+  """The evaluation/prediction rows, measured by `experiments.benchmark --inference_only`
+  in a new process with the same arguments `argv`, so its malloc set-up is the predict
+  binary's, not training's (no keep_freed_memory); featurisation and XLA caches are this
+  run's."""
+  keep = [a for a in argv if not a.startswith(("--output", "--xla_cache_dir"))]
+  with tempfile.TemporaryDirectory(prefix="xtal2dos_bench_inference_") as tmp:
+    out = os.path.join(tmp, "rows.json")
+    cmd = [sys.executable, "-m", "experiments.benchmark", *keep, "--inference_only",
+           f"--output={out}", f"--xla_cache_dir={xla_cache}",
+           f"--config.data.cache_dir={config.data.cache_dir}"]
+    proc = subprocess.run(cmd, env=dict(os.environ, **{allocator.ENV_VAR: "0"}),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+      raise RuntimeError(f"benchmark --inference_only failed:\n{proc.stderr[-3000:]}")
+    with open(out) as f:
+      return [Row(**r) for r in json.load(f)["rows"]]
 
 
 def run_benchmark(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
