@@ -41,7 +41,7 @@ from test_equations import (D_MODEL, DISTANCES, N_EDGE, N_NODE, NODES, RECEIVERS
                             leaky_relu, perturb, real_edges_reference)
 from test_graph_network import block_reference, mlp_reference
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = dict(rtol=1e-4, atol=1e-5)
 CUTOFF = 4.0
 

@@ -18,7 +18,7 @@ import pytest
 
 from xtal2dos_jax.training import distributed
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARGS = ["--config=configs/smoke.py", "--config.data.limit=60", "--config.train.num_epochs=2",
         "--config.train.optimizer=sgd", "--config.train.learning_rate=0.05"]
 # What the coordinator prints (before crashing) when its port was taken meanwhile.

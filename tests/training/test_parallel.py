@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Runs in a fresh process so XLA_FLAGS can create 4 CPU devices before jax starts.
 _SCRIPT = r"""

@@ -16,7 +16,7 @@ import pytest
 
 from xtal2dos_jax.training import allocator
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CHILD = r"""
 import ctypes, ctypes.util, json, resource, sys, threading

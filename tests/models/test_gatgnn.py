@@ -26,7 +26,7 @@ from test_equations import (D_MODEL, LAYER_EDGE_MASK, N_EDGE, NODES, NUM_HEADS, 
                             layer_norm, leaky_relu, perturb, real_edges_reference, softmax,
                             softplus)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = dict(rtol=1e-4, atol=1e-5)
 EDGE_GRAPH = np.repeat(np.arange(len(N_EDGE)), N_EDGE).astype(np.int32)
 

@@ -14,7 +14,7 @@ import pytest
 
 from xtal2dos_jax.training import runtime
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CHILD = r"""
 import json, sys

@@ -33,7 +33,7 @@ from xtal2dos_jax.models.transformer_decoder import CausalTransformerDecoder
 from xtal2dos_jax.workflows import cli
 from xtal2dos_jax.training.config_check import validate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RADIUS = 4.0
 IRREPS = "4x0e+4x0o+4x1e+4x1o"
 TOL = dict(rtol=1e-4, atol=1e-5)

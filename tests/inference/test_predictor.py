@@ -23,7 +23,7 @@ from xtal2dos_jax.inference import predictor as predictor_lib
 from xtal2dos_jax.physics import thermodynamics
 from xtal2dos_jax.training import restore, train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from xtal2dos_jax.inference import pretrained
 from xtal2dos_jax.training import config_check
 from xtal2dos_jax.training.workdir import load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _with(key: str, value):

@@ -19,7 +19,7 @@ from xtal2dos_jax.models.mat2spec import (AUX_LOSS, AUX_TERMS, contrastive_loss,
 from xtal2dos_jax.training import train_steps
 from xtal2dos_jax.workflows import cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = dict(rtol=1e-5, atol=1e-6)
 L_Y = 12
 

@@ -14,7 +14,7 @@ from xtal2dos_jax.training import optimizers, train
 from xtal2dos_jax.workflows import comparison, sweeps
 from xtal2dos_jax.training.config_check import validate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_parse_grid_and_cells():

@@ -10,7 +10,7 @@ import pytest
 from configs import smoke
 from xtal2dos_jax.workflows.benchmarks import compile_counter, scaling, tools
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_train_and_eval_steps_compile_once_per_bucket(tmp_path):

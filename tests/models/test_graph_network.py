@@ -25,7 +25,7 @@ from test_equations import (D_MODEL, LAYER_EDGE_MASK, NODES, RECEIVERS, REF_TOL,
                             as_numpy, dense, hand_graph, layer_norm, perturb,
                             real_edges_reference)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
