@@ -7,9 +7,22 @@ with it reuses one compiled function.
 """
 from __future__ import annotations
 
+import os
+
 from xtal2dos_jax.training.allocator import keep_freed_memory
 
 keep_freed_memory()  # as the training binaries do first in main(), before numpy and jax
+
+# XLA compiles the tests' programs with its cheap settings (no LLVM optimisation, the
+# classic fusion emitters): compiling, not running, is what the suite's tiny models
+# spend their time on, and these settings halve it. Set before JAX starts, and inherited
+# by the binaries the tests run as subprocesses, so their programs share one compilation
+# cache. The numerical tests hold results to tolerances; the binaries a user runs keep
+# XLA's defaults.
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                  "--xla_cpu_use_fusion_emitters=false")
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 import functools
 from typing import Any, Callable, NamedTuple, Sequence
@@ -35,13 +48,15 @@ from xtal2dos_jax.training.runtime import enable_compilation_cache
 def pytest_configure(config):
   """Shares compiled XLA executables across tests, xdist workers and CI runs, and keeps
   featurisation caches out of the user's home."""
-  import os
   import tempfile
   root = os.path.join(tempfile.gettempdir(), "xtal2dos_jax_tests")
   os.environ.setdefault("XDG_CACHE_HOME", os.path.join(root, "xdg"))
   # The binaries' default cache under that XDG_CACHE_HOME, so programs compiled here and
-  # in the subprocess tests' binaries are compiled once.
+  # in the subprocess tests' binaries are compiled once; here every program is kept, also
+  # the many that compile in under the binaries' 0.2 s threshold, since each test builds
+  # its own jitted functions and would compile them again.
   enable_compilation_cache()
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _triclinic() -> ase.Atoms:

@@ -20,7 +20,9 @@ from xtal2dos_jax.evaluation import evaluate
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_0_1_0")
 IDS = ["NaCl", "Si", "MgAlO"]
-TOL = dict(rtol=1e-5, atol=1e-8)
+# float32 predictions recompiled by another XLA (or with other flags) move by ~1e-8 in
+# absolute terms; a model restored with other weights moves them by ~1e-3.
+TOL = dict(rtol=1e-5, atol=1e-7)
 
 
 def _structures() -> list[ase.Atoms]:

@@ -32,8 +32,9 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                        f"{os.environ['XLA_FLAGS']}")
 
 
 def _start_two(command, env, attempts: int = 3):
@@ -193,6 +194,7 @@ def test_killed_process_is_reported_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_process_that_fails_stops_its_peers(tmp_path):
   """A process that ends with an error tells its peers, which otherwise would wait for
   it in their next collective until the heartbeat timeout aborts them."""

@@ -68,8 +68,8 @@ json.dump({"l1": l1, "l4": l4, "p1": p1, "p4": p4, "m1": m1, "m4": m4, "y1": y1,
 
 @pytest.mark.slow
 def test_one_device_equals_four_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {os.environ['XLA_FLAGS']}")
   proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,6 +9,7 @@ constructors, so a CSV cannot run code; the DoS is resampled onto the model grid
 
 import ast
 import csv
+import functools
 import os
 import re
 import sys
@@ -158,6 +159,11 @@ def _parse_array(text: str) -> np.ndarray:
   return np.asarray([float(t) for t in tokens], dtype=np.float64)
 
 
+# A parsed row: (id, structure, frequencies, DoS), or (id, None, reason, None) when the
+# row cannot be used.
+_Row = tuple[str, Any, Any, Any]
+
+
 def read_phonondos_csv(path: str, grid: np.ndarray) -> RawDataset:
   """Reads a phononDoS-tutorial CSV and resamples the DoS onto `grid`.
 
@@ -165,6 +171,10 @@ def read_phonondos_csv(path: str, grid: np.ndarray) -> RawDataset:
   `Atoms.todict()` repr or a JSON dict; parsed without eval), `phfreq` and
   `phdos` (arrays as strings), optional id column (`id`, `mp_id`,
   `material_id`, `mpid`; else the 0-based row index).
+
+  The parsed rows of a file are kept for the process (keyed on its path, size and
+  modification time), so the runs of a compare, a sweep or a fine-tuning study read the
+  file once; every call returns structures of its own.
 
   Args:
     path: the CSV file.
@@ -182,6 +192,28 @@ def read_phonondos_csv(path: str, grid: np.ndarray) -> RawDataset:
   grid = np.asarray(grid, dtype=np.float64).reshape(-1)
   if not os.path.isfile(path):
     raise InputError(path, "no such file")
+  stat = os.stat(path)
+  rows = _parsed_rows(path, stat.st_size, stat.st_mtime_ns)
+  ids, atoms_list, labels, skipped = [], [], [], []
+  for rid, atoms, freq, dos in rows:
+    if atoms is None:
+      skipped.append((rid, freq))
+      continue
+    labels.append(np.interp(grid, freq, dos, left=0.0, right=0.0))
+    ids.append(rid)
+    atoms_list.append(atoms.copy())
+  label_matrix = (np.stack(labels).astype(np.float32) if labels
+                  else np.zeros((0, len(grid)), np.float32))
+  return RawDataset(ids=ids, structures=atoms_list, labels=label_matrix,
+                    grid=grid.astype(np.float32), skipped=skipped,
+                    source=path)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_rows(path: str, size: int, mtime_ns: int) -> tuple[_Row, ...]:
+  """Every row of the CSV at `path` parsed (frequencies sorted ascending), in file order;
+  `size` and `mtime_ns` key the cache, so a changed file is read again."""
+  del size, mtime_ns
   csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
   try:
     with open(path, newline="", encoding="utf-8") as f:
@@ -195,37 +227,29 @@ def read_phonondos_csv(path: str, grid: np.ndarray) -> RawDataset:
     raise InputError(path, f"missing column(s) {', '.join(missing)} (found: "
                      f"{', '.join(columns) or 'none'})")
   id_cols = [c for c in ("id", "mp_id", "material_id", "mpid") if c in columns]
-
-  ids, atoms_list, labels, skipped = [], [], [], []
+  out = []
   for i, row in enumerate(rows):
     rid = next((row[c].strip() for c in id_cols if (row.get(c) or "").strip()),
                str(i))
-    try:
-      atoms = parse_atoms_string(row.get("structure") or "", rid)
-    except InputError as e:
-      skipped.append((rid, f"{path} row {i}: {e.reason}"))
-      continue
-    try:
-      freq = _parse_array(row.get("phfreq") or "")
-      dos = _parse_array(row.get("phdos") or "")
-    except ValueError as e:
-      skipped.append((rid, f"{path} row {i}: cannot parse phfreq/phdos "
-                      f"({error_text(e)})"))
-      continue
-    if len(freq) != len(dos):
-      skipped.append((rid, f"{path} row {i}: phfreq has {len(freq)} values, "
-                      f"phdos {len(dos)}"))
-      continue
-    if not np.all(np.isfinite(freq)):
-      skipped.append((rid, f"{path} row {i}: phfreq has NaN/inf"))
-      continue
-    order = np.argsort(freq, kind="stable")
-    labels.append(np.interp(grid, freq[order], dos[order], left=0.0,
-                            right=0.0))
-    ids.append(rid)
-    atoms_list.append(atoms)
-  label_matrix = (np.stack(labels).astype(np.float32) if labels
-                  else np.zeros((0, len(grid)), np.float32))
-  return RawDataset(ids=ids, structures=atoms_list, labels=label_matrix,
-                    grid=grid.astype(np.float32), skipped=skipped,
-                    source=path)
+    out.append(_parse_row(path, i, rid, row))
+  return tuple(out)
+
+
+def _parse_row(path: str, i: int, rid: str, row: dict[str, str]) -> _Row:
+  """Row `i` (id `rid`) as (id, structure, sorted frequencies, DoS), or (id, None,
+  reason, None)."""
+  try:
+    atoms = parse_atoms_string(row.get("structure") or "", rid)
+  except InputError as e:
+    return rid, None, f"{path} row {i}: {e.reason}", None
+  try:
+    freq = _parse_array(row.get("phfreq") or "")
+    dos = _parse_array(row.get("phdos") or "")
+  except ValueError as e:
+    return rid, None, f"{path} row {i}: cannot parse phfreq/phdos ({error_text(e)})", None
+  if len(freq) != len(dos):
+    return rid, None, f"{path} row {i}: phfreq has {len(freq)} values, phdos {len(dos)}", None
+  if not np.all(np.isfinite(freq)):
+    return rid, None, f"{path} row {i}: phfreq has NaN/inf", None
+  order = np.argsort(freq, kind="stable")
+  return rid, atoms, freq[order], dos[order]
