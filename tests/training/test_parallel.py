@@ -41,12 +41,16 @@ ys, scale = scaler.transform(y)
 data = batching.LabelledGraphs(graphs, np.asarray(ys, np.float32), np.asarray(scale, np.float32))
 order = [np.arange(8), np.array([3, 1, 7, 0, 5, 2, 6, 4]), np.arange(8)[::-1]]
 
+# The initial state depends on the config alone (not on the padding budget): one for both.
+initial = model_setup.create_train_state(
+    config, batching.make_budget(graphs.n_node, graphs.n_edge, 8), steps_per_epoch=3)
+
 def run(num_devices):
   devices = jax.local_devices()[:num_devices]
   per_device = 8 // num_devices
   budget = batching.make_budget(graphs.n_node, graphs.n_edge, per_device)
   trainer = train.Trainer(config, scaler, devices=devices)
-  state = trainer.replicate(model_setup.create_train_state(config, budget, steps_per_epoch=3))
+  state = trainer.replicate(initial)
   losses = []
   for step in order:
     groups = np.split(step, num_devices)

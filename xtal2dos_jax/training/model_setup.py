@@ -10,7 +10,6 @@ on a leading axis.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -69,29 +68,32 @@ def create_train_state(config: ml_collections.ConfigDict, budget: batching.Budge
   optimizer state, step [K], rng [K, 2]); the train step maps over that axis.
   """
   seeds = member_seeds(config)
-  if len(seeds) == 1:
-    return _member_state(config, budget, steps_per_epoch, seeds[0])
-  members = [_member_state(config, budget, steps_per_epoch, s) for s in seeds]
-  treedef = jax.tree.structure(members[0])  # members differ only in array values
-  return jax.tree.unflatten(treedef, [jnp.stack(xs) for xs in
-                                      zip(*(jax.tree.leaves(m) for m in members))])
-
-
-def _member_state(config: ml_collections.ConfigDict, budget: batching.Budget,
-                  steps_per_epoch: int, seed: int) -> TrainState:
-  """The train state of one model initialised with `seed`."""
   model = models.create_model(config)
   tx = optimizers.create_optimizer(
       config.train, optimizers.create_learning_rate_fn(config, steps_per_epoch))
-  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = jax.jit(functools.partial(model.init, train=False))(
-      {"params": init_rng},
-      jax.tree.map(jnp.asarray, batching.dummy_batch(
-          budget, config.data.l_y, edge_vectors=models.needs_edge_vectors(config))))["params"]
-  ema = jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng,
-                           ema_params=ema)
+  batch = jax.tree.map(jnp.asarray, batching.dummy_batch(
+      budget, config.data.l_y, edge_vectors=models.needs_edge_vectors(config)))
 
+  def init(seed):
+    """(params, dropout rng) of the member with this seed."""
+    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+    return model.init({"params": init_rng}, batch, train=False)["params"], dropout_rng
+
+  def state(params, rng) -> TrainState:
+    ema = jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=rng,
+                             ema_params=ema)
+
+  if len(seeds) == 1:
+    return state(*jax.jit(init)(seeds[0]))
+  # The members' initialisations as one vmapped program (one trace of the model, not K);
+  # each member's parameters are those `init` gives for its seed alone.
+  params, rngs = jax.jit(jax.vmap(init))(jnp.asarray(seeds, jnp.int32))
+  members = [state(jax.tree.map(lambda x, k=k: x[k], params), rngs[k])
+             for k in range(len(seeds))]
+  treedef = jax.tree.structure(members[0])  # members differ only in array values
+  return jax.tree.unflatten(treedef, [jnp.stack(xs) for xs in
+                                      zip(*(jax.tree.leaves(m) for m in members))])
 
 def _first_mismatch(source: Any, target: Any) -> str | None:
   """`<path> has shape <source shape> in the source run, <target shape> in this model`
