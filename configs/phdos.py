@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 64           # global batch (crystals per step, across all devices)
-  train.num_epochs = 30           # cosine length: anneals before early stopping would (BUILD_NOTES)
+  train.num_epochs = 30           # cosine length: anneals before early stopping would (BUILD_NOTES.md §2)
   train.optimizer = "adamw"       # adam | adamw | sgd (momentum 0.9)
   train.learning_rate = 1e-3      # peak (cosine); the factor of the noam schedule
   train.weight_decay = 1e-4

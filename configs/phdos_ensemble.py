@@ -1,5 +1,5 @@
 """The most accurate recipe chosen on validation (5-fold cross-validation of the DFPT set,
-BUILD_NOTES 3.1): the UniMP encoder with the MLP head (`configs/ablations/mlp.py`), an
+docs/results.md §1): the UniMP encoder with the MLP head (`configs/ablations/mlp.py`), an
 ensemble of 5 members (seeds seed..seed+4, own initialisation, dropout and data order)
 trained as one vmapped program, 60 epochs with encoder dropout 0.2; evaluate and predict
 report the members' mean and their spread. Everything else is the default recipe of

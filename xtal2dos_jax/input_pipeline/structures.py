@@ -14,7 +14,7 @@ have into that, and rejects structures the model cannot handle with a one-line
   non-finite coordinates, overlapping atoms.
 
 The structure strings of the phononDoS CSV are parsed by its reader,
-`datasets.phonondos_csv`.
+`readers.phonondos_csv`.
 """
 
 import json

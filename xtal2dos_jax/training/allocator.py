@@ -16,7 +16,7 @@ so the process has one thread then (`threads_when_applied`, logged by
 `workflows.cli.setup_runtime`). Evaluate and predict do not call it: their step
 buffers are small, and their threads (one JAX device per core,
 `runtime.split_cpu_into_devices`) would contend for the single arena, costing ~10% of
-prediction throughput (BUILD_NOTES.md). `XTAL2DOS_KEEP_FREED_MEMORY=0` turns it off.
+prediction throughput (docs/results.md §3). `XTAL2DOS_KEEP_FREED_MEMORY=0` turns it off.
 Only the standard library is imported here, so calling it costs no thread.
 
 Only a process whose JAX runs on the CPU is tuned: a GPU or TPU keeps the step buffers

@@ -43,7 +43,7 @@ def split_cpu_into_devices(count: int | None = None) -> int | None:
   split does not pay: on 2 cores, 2 devices predict ~40% more crystals/s than 1, so the
   evaluate and predict binaries use it (xtal2dos_jax/workflows/cli.py). Training gains nothing
   (the paper-size model loses), so it stays on one device. Results do not depend on the
-  count (the global batch is split across devices; tests/test_parallel.py).
+  count (the global batch is split across devices; tests/training/test_parallel.py).
 
   Left alone when XLA_FLAGS already sets --xla_force_host_platform_device_count (the
   user's choice wins) and when `count` is 1. Only the CPU backend is affected, so GPU/TPU

@@ -74,7 +74,7 @@ def train_variant(name: str, label: str, config: ml_collections.ConfigDict, work
   trains what is missing. `label` (the config file, the cell's overrides) is logged.
 
   `config` is modified: its seed, and with `folds` its `data.num_folds` / `data.fold`,
-  are set per run. Raises `train.Preempted` after SIGTERM.
+  are set per run. Raises `preemption.Preempted` after SIGTERM.
   """
   from xtal2dos_jax.training import train as train_lib
   dirs = run_dirs(workdir, name, seeds, folds)

@@ -4,7 +4,7 @@ A listener on JAX's backend-compile event attributes each compilation to the
 `CountedStep` whose call triggered it (same thread, during the call). `TrainingRun`
 wraps a `Trainer`'s three pmapped steps and trains as `train.train_and_evaluate` does;
 `count_step_compiles` uses it to check that each step compiles once per padding bucket
-and never again (the benchmark's compile rows and tests/test_benchmark.py).
+and never again (the benchmark's compile rows and tests/workflows/test_benchmark.py).
 """
 from __future__ import annotations
 
