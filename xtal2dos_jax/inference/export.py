@@ -39,13 +39,10 @@ SPREAD_QUANTILE = 0.95
 def _best_eval_params(workdir: str, config: ml_collections.ConfigDict,
                       budget: batching.Budget) -> tuple[Any, int]:
   """The best checkpoint's evaluation parameters (host arrays) and its epoch."""
-  template = model_setup.abstract_train_state(config, budget)
-  ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
-  try:
-    best = ckpt.restore_best(template)
-  finally:
-    ckpt.close()
-  return jax.tree.map(np.asarray, best.state.eval_params), int(ckpt.restored.epoch)
+  best, restored = checkpoints_lib.restore_best_of(
+      workdir_lib.Workdir(workdir).checkpoint_dir,
+      model_setup.abstract_train_state(config, budget))
+  return jax.tree.map(np.asarray, best.state.eval_params), int(restored.epoch)
 
 
 def training_elements(config: ml_collections.ConfigDict,

@@ -145,6 +145,16 @@ class Checkpoints:
     self.best.close()
 
 
+def restore_best_of(directory: str, template) -> tuple[ResumeState, RestoredCheckpoint]:
+  """`Checkpoints(directory).restore_best(template)` and which checkpoint it restored, the
+  managers closed again: what evaluate, predict, export and fine-tuning read of a run."""
+  ckpt = Checkpoints(directory)
+  try:
+    return ckpt.restore_best(template), ckpt.restored
+  finally:
+    ckpt.close()
+
+
 def _check_same_shapes(restored, expected, where: str) -> None:
   """Orbax restores whatever shapes were saved; a model of another size must not load."""
   got = dict(jax.tree_util.tree_flatten_with_path(restored)[0])

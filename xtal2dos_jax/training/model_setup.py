@@ -136,14 +136,12 @@ def init_from_run(state: TrainState, source_workdir: str) -> TrainState:
   if setup is None:
     raise InputError(name, f"{source_workdir} has no setup.json (not a run of this version "
                      "that started training)")
-  template = abstract_train_state(source_config, setup.budget)
-  ckpt = checkpoints_lib.Checkpoints(source.checkpoint_dir)
   try:
-    restored = ckpt.restore_best(template).state.eval_params
+    best, _ = checkpoints_lib.restore_best_of(
+        source.checkpoint_dir, abstract_train_state(source_config, setup.budget))
   except InputError as e:
     raise InputError(name, f"{source_workdir}: {e.reason}") from None
-  finally:
-    ckpt.close()
+  restored = best.state.eval_params
   k, source_k = ensemble_size_of_state(state), ensemble_size(source_config)
   if k > 1 and source_k == 1:  # every member starts from the single source model
     restored = jax.tree.map(lambda x: np.broadcast_to(x, (k,) + np.shape(x)), restored)

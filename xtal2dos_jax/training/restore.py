@@ -39,13 +39,10 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, scaler,
   """Builds the run's model from `config` and restores its best checkpoint into a
   template of `budget`'s shapes (`model_setup.abstract_train_state`)."""
   trainer = train_lib.Trainer(config, scaler)
-  template = model_setup.abstract_train_state(config, budget)
-  ckpt = checkpoints_lib.Checkpoints(workdir_lib.Workdir(workdir).checkpoint_dir)
-  try:
-    best = ckpt.restore_best(template)
-  finally:
-    ckpt.close()
-  return LoadedRun(config, trainer, trainer.replicate(best.state.eval_params), ckpt.restored)
+  best, restored = checkpoints_lib.restore_best_of(
+      workdir_lib.Workdir(workdir).checkpoint_dir,
+      model_setup.abstract_train_state(config, budget))
+  return LoadedRun(config, trainer, trainer.replicate(best.state.eval_params), restored)
 
 
 def predict_members(loaded: LoadedRun, part: batching.LabelledGraphs,
