@@ -29,6 +29,9 @@ from xtal2dos_jax.models.unimp import UniMPEncoder, UniMPLayer
 from xtal2dos_jax.models.xtal2dos import COMPOSITION_ACTIVATIONS, CrystalContext, Xtal2DoS
 
 ModelFactory = Callable[[ml_collections.ConfigDict], nn.Module]
+# config.model.e3nn_variant: the layer of `e3nn.E3NNEncoder` (named here, so checking a
+# config does not import e3nn-jax).
+E3NN_VARIANTS = ("chen2021", "gate_points")
 
 
 def _unimp(config: ml_collections.ConfigDict) -> nn.Module:

@@ -96,9 +96,6 @@ from xtal2dos_jax.models.graph_layers import edge_mask
 from xtal2dos_jax.models.precision import precision_kwargs
 Dtype = Any
 
-# config.model.e3nn_variant: the layer of `E3NNEncoder`.
-VARIANTS = ("chen2021", "gate_points")
-
 
 def _gate_irreps(target: e3nn.Irreps) -> e3nn.Irreps:
   """Irreps a Linear must produce for `e3nn.gate` to return `target`: its scalars, then one
@@ -263,7 +260,7 @@ class E3NNEncoder(nn.Module):
       edge length.
     num_neighbors: normaliser of the message sums (about the mean in-degree).
     radial_hidden: width of the radial MLPs.
-    variant: "chen2021" | "gate_points" (`VARIANTS`).
+    variant: "chen2021" | "gate_points" (`models.E3NN_VARIANTS`).
     dtype: dtype of the returned node states.
   """
   uses_edge_vectors: ClassVar[bool] = True

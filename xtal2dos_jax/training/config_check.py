@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import e3nn_jax
 import ml_collections
 
 from xtal2dos_jax import models
 from xtal2dos_jax.core.errors import InputError, check_choice
 from xtal2dos_jax.input_pipeline import featurize, labels
 from xtal2dos_jax.input_pipeline.readers import loading
-from xtal2dos_jax.models import dostransformer, e3nn, precision, transformer_decoder, xtal2dos
+from xtal2dos_jax.models import dostransformer, precision, transformer_decoder, xtal2dos
 from xtal2dos_jax.objectives import losses, metrics
 from xtal2dos_jax.physics import dos_properties
 from xtal2dos_jax.training import optimizers
@@ -38,7 +37,7 @@ CHOICES: dict[str, tuple[Sequence[str], str | None]] = {
     "model.atom_features": (featurize.ATOM_FEATURES, "value"),
     "model.position_embedding": (transformer_decoder.POSITION_EMBEDDINGS, None),
     "model.composition_activation": (tuple(xtal2dos.COMPOSITION_ACTIVATIONS), None),
-    "model.e3nn_variant": (e3nn.VARIANTS, "E3NN variant"),
+    "model.e3nn_variant": (models.E3NN_VARIANTS, "E3NN variant"),
     "model.dostransformer_prompt": (dostransformer.PROMPTS, None),
     "model.dtype": (tuple(precision.PRECISIONS), None),
     "train.optimizer": (optimizers.OPTIMIZERS, None),
@@ -73,20 +72,26 @@ def _check_model(m: ml_collections.ConfigDict) -> None:
   _require(m.e3nn_variant != "gate_points" or m.e3nn_num_basis >= 2, "model.e3nn_num_basis",
            f"{m.e3nn_num_basis}: the gate_points Gaussian basis needs at least 2 centres "
            "(0 and the radius)")
-  try:
-    irreps = e3nn_jax.Irreps(m.e3nn_irreps)
-  except (ValueError, AssertionError) as e:
-    raise InputError("config.model.e3nn_irreps", f"{m.e3nn_irreps!r} is not an irreps "
-                     f"string like 32x0e+32x0o+32x1e+32x1o ({e})") from None
-  _require(irreps.filter(keep=["0e"]).num_irreps > 0, "model.e3nn_irreps",
-           f"{m.e3nn_irreps!r} has no 0e channel (the element embedding and the read-out "
-           "need one)")
+  if m.encoder == "e3nn":
+    _check_irreps(m.e3nn_irreps)
   weight = float(m.dostransformer_prompt_free_weight)
   _require(weight >= 0.0, "model.dostransformer_prompt_free_weight", f"{weight} must be >= 0")
   _require(weight == 0.0 or m.dostransformer_prompt == "system",
            "model.dostransformer_prompt_free_weight",
            f"{weight} > 0 needs config.model.dostransformer_prompt='system' (with "
            f"'{m.dostransformer_prompt}' the returned output is the prompt-free one already)")
+
+
+def _check_irreps(text: str) -> None:
+  """The E3NN encoder's hidden irreps (e3nn-jax, ~1 s to import, only for that encoder)."""
+  import e3nn_jax
+  try:
+    irreps = e3nn_jax.Irreps(text)
+  except (ValueError, AssertionError) as e:
+    raise InputError("config.model.e3nn_irreps", f"{text!r} is not an irreps string like "
+                     f"32x0e+32x0o+32x1e+32x1o ({e})") from None
+  _require(irreps.filter(keep=["0e"]).num_irreps > 0, "model.e3nn_irreps",
+           f"{text!r} has no 0e channel (the element embedding and the read-out need one)")
 
 
 def _check_data(d: ml_collections.ConfigDict) -> None:
