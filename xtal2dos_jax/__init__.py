@@ -4,8 +4,9 @@ A JAX/Flax reimplementation of Xtal2DoS (UniMP graph encoder + masked-causal
 transformer decoder). See README.md for the command-line entry points.
 
 `from xtal2dos_jax import Predictor` is the Python API for prediction
-(`xtal2dos_jax.inference.predictor`). It is imported on first use, so `import xtal2dos_jax.training.allocator`
-still runs before numpy and JAX are loaded.
+(`xtal2dos_jax.inference.predictor`). It is imported on first use, so
+`import xtal2dos_jax.training.allocator` still runs before numpy and JAX are loaded. The
+subpackages are the pipeline's stages (BUILD_NOTES.md, "Layout").
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""Tests for xtal2dos_jax.input_pipeline.batching: padded budgets, masks, epoch plans, prefetching."""
+"""Tests for xtal2dos_jax.input_pipeline.batching: padded budgets, masks, epoch plans,
+prefetching."""
 import functools
 import itertools
 import threading

@@ -1,4 +1,5 @@
-"""Tests for xtal2dos_jax.input_pipeline.readers: the container, label validation, the ASE-db and Mat2Spec
+"""Tests for xtal2dos_jax.input_pipeline.readers: the container, label validation, the ASE-db and
+Mat2Spec
 readers, and load_raw_dataset (the phononDoS CSV, structure-folder and split tests have
 files of their own)."""
 

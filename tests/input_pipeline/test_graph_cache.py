@@ -1,4 +1,5 @@
-"""Tests for xtal2dos_jax.input_pipeline.graph_cache: flat storage, save/load and the featurisation cache."""
+"""Tests for xtal2dos_jax.input_pipeline.graph_cache: flat storage, save/load and the featurisation
+cache."""
 import logging
 import os
 

@@ -1,4 +1,5 @@
-"""Tests for xtal2dos_jax.input_pipeline.readers.phonondos_csv: structure strings and the CSV reader."""
+"""Tests for xtal2dos_jax.input_pipeline.readers.phonondos_csv: structure strings and the CSV
+reader."""
 
 import csv
 import json

@@ -1,4 +1,5 @@
-"""Tests for xtal2dos_jax.input_pipeline.data_splits: seeded splits, k-fold folds, learning-curve subsets."""
+"""Tests for xtal2dos_jax.input_pipeline.data_splits: seeded splits, k-fold folds, learning-curve
+subsets."""
 
 import chex
 import ml_collections

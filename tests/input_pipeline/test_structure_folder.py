@@ -1,4 +1,5 @@
-"""Tests for xtal2dos_jax.input_pipeline.readers.structure_folder: the structure files predict reads."""
+"""Tests for xtal2dos_jax.input_pipeline.readers.structure_folder: the structure files predict
+reads."""
 
 import os
 

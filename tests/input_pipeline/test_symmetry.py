@@ -1,4 +1,5 @@
-"""Crystal-system detection for the DOSTransformer prompts (xtal2dos_jax/input_pipeline/symmetry.py).
+"""Crystal-system detection for the DOSTransformer prompts
+(xtal2dos_jax/input_pipeline/symmetry.py).
 
 Noisy structures are real ase cells with seeded position jitter of 0.01-0.02 Å, the
 noise level of relaxed DFT cells, so the tests exercise spglib itself.

@@ -1,4 +1,5 @@
-"""Tests for xtal2dos_jax.physics.dos_properties: closed forms (Einstein, Debye, Dulong-Petit), band gap."""
+"""Tests for xtal2dos_jax.physics.dos_properties: closed forms (Einstein, Debye, Dulong-Petit),
+band gap."""
 import os
 
 import chex

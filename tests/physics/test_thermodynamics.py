@@ -1,4 +1,5 @@
-"""Tests for xtal2dos_jax.physics.dos_properties.thermodynamics against closed forms (Einstein solid, Debye model,
+"""Tests for xtal2dos_jax.physics.dos_properties.thermodynamics against closed forms (Einstein
+solid, Debye model,
 free-electron metal) and against phonopy's harmonic formulas re-derived here in eV units.
 numpy only; every case is a few ms."""
 import chex

@@ -101,6 +101,8 @@ def test_vmapped_members_equal_separate_runs_with_their_seeds(runs):
         jax.tree.map(lambda x: jnp.stack([x, x]), single.params)), part, data.budget)
     chex.assert_trees_all_close(members[k], own[0], rtol=1e-4, atol=1e-6)
   assert not np.allclose(members[0], members[1], atol=1e-3)  # two different models
+
+
 def test_evaluation_scores_the_members_mean(runs):
   loaded, data = restore.restore_run_and_data(runs["ensemble"])
   part = data.splits["test"]

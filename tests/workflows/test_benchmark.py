@@ -1,5 +1,6 @@
-"""Tests for the benchmark: compile counts (xtal2dos_jax/workflows/benchmarks/compile_counter.py, no timing), the
-harness's table and time-to-accuracy helpers (experiments/benchmarking*.py) and the --quick run."""
+"""Tests for the benchmark: compile counts (`benchmarks/compile_counter.py`, no timing), the
+harness's table and time-to-accuracy helpers (`benchmarks/tools.py`, `scaling.py`) and the
+--quick run."""
 import os
 import subprocess
 import sys

@@ -207,7 +207,8 @@ def debye_temperature_low_frequency(freq_cm: Any, dos: Any, n_atoms: Any,
 
   Args:
     freq_cm: float[l] ascending grid, cm^-1.
-    dos: float[..., l] DoS, any scale (rescaled to 3N modes here, `dos_properties.rescale_to_modes`).
+    dos: float[..., l] DoS, any scale (rescaled to 3N modes here,
+      `dos_properties.rescale_to_modes`).
     n_atoms: N atoms per cell, scalar or float[...].
     fit_max_cm: upper end of the fit window, cm^-1 (None: from `fit_modes`).
     fit_modes: modes per cell below the window's upper end when `fit_max_cm` is None.
@@ -217,7 +218,8 @@ def debye_temperature_low_frequency(freq_cm: Any, dos: Any, n_atoms: Any,
   """
   freq = dos_properties.as_grid(freq_cm, "freq_cm")
   n = np.asarray(n_atoms, np.float64)
-  g = dos_properties.rescale_to_modes(freq, dos_properties.as_dos(dos, freq), n)        # NaN rows: no weight
+  # NaN rows: no weight
+  g = dos_properties.rescale_to_modes(freq, dos_properties.as_dos(dos, freq), n)
   positive = freq > 0
   first_two = positive & (np.cumsum(positive) <= 2)              # [l]
   if fit_max_cm is not None:

@@ -3,7 +3,8 @@
 The global batch is split into one padded device batch per device (see
 `batching.epoch_plan`); the per-device loss is the sum of its crystals' losses
 divided by the global crystal count, and gradients are `psum`-ed, so any split of a
-global batch over 1..N devices gives the same update (BUILD_NOTES.md, "Multi-device, multi-process").
+global batch over 1..N devices gives the same update (BUILD_NOTES.md, "Multi-device,
+multi-process").
 Metrics are additive sums, `psum`-ed across devices and added across batches on the
 host. `train.Trainer` compiles them for one config.
 """

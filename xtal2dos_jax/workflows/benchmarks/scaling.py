@@ -1,4 +1,4 @@
-"""The benchmark's sweeps (xtal2dos_jax/workflows/benchmarks/harness.py): the opt-in bf16_matmul mode
+"""The benchmark's sweeps (`harness.py`): the opt-in bf16_matmul mode
 against float32, scaling with model, crystal and batch size, and time to accuracy."""
 from __future__ import annotations
 

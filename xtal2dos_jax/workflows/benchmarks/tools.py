@@ -1,4 +1,4 @@
-"""Pieces of the speed benchmark (xtal2dos_jax/workflows/benchmarks/harness.py): result rows and their
+"""Pieces of the speed benchmark (`harness.py`): result rows and their
 table, timing helpers, device-resident batches and the network-only training rate."""
 from __future__ import annotations
 
