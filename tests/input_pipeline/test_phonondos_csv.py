@@ -89,6 +89,38 @@ def test_read_phonondos_csv(tmp_path):
   assert "3 values" in reasons["mp-len"]
 
 
+def test_a_file_is_parsed_once_and_read_again_when_it_changes(tmp_path, monkeypatch):
+  """The parsed rows are kept per file: a second read parses nothing, returns structures
+  of its own, and interpolates onto its own grid; a rewritten file is parsed again, and
+  `forget_parsed_files` drops what is kept."""
+  path = tmp_path / "phdos.csv"
+
+  def write(rows):
+    with open(path, "w", newline="") as f:
+      w = csv.writer(f)
+      w.writerow(["mp_id", "structure", "phfreq", "phdos"])
+      for rid, a in rows:
+        w.writerow([rid, repr(bulk(a).todict()), "[0.0, 100.0]", "[1.0, 1.0]"])
+
+  parsed = []
+  real = phonondos_csv.parse_atoms_string
+  monkeypatch.setattr(phonondos_csv, "parse_atoms_string",
+                      lambda *a: parsed.append(a[1]) or real(*a))
+  phonondos_csv.forget_parsed_files()
+  write([("a", "Cu")])
+  first = phonondos_csv.read_phonondos_csv(str(path), np.array([0.0, 50.0]))
+  first.structures[0].positions += 1.0                  # a caller changes its structures
+  again = phonondos_csv.read_phonondos_csv(str(path), np.array([0.0, 50.0, 100.0]))
+  assert parsed == ["a"]
+  np.testing.assert_allclose(again.structures[0].positions, bulk("Cu").positions)
+  chex.assert_shape(again.labels, (1, 3))
+  write([("b", "Al"), ("c", "Cu")])                     # rewritten: another size
+  assert phonondos_csv.read_phonondos_csv(str(path), np.zeros(2)).ids == ["b", "c"]
+  phonondos_csv.forget_parsed_files()
+  phonondos_csv.read_phonondos_csv(str(path), np.zeros(2))
+  assert parsed == ["a", "b", "c", "b", "c"]
+
+
 def test_read_phonondos_csv_missing_columns(tmp_path):
   path = tmp_path / "cols.csv"
   path.write_text("structure,phdos\n{},[1]\n")
