@@ -70,14 +70,16 @@ def rebuild_from_dataset(run: workdir_lib.Workdir, config: ml_collections.Config
                                    scaler=scaler)
 
 
-def load_eval_data(workdir: str) -> run_data.EvalData:
-  """The evaluation splits, grid and budget saved in `workdir` at the start of training.
+def load_eval_data(workdir: str, config: ml_collections.ConfigDict | None = None
+                   ) -> run_data.EvalData:
+  """The evaluation splits, grid and budget saved in `workdir` at the start of training;
+  `config` is the run's, when the caller has loaded it already.
 
   A workdir trained before they were saved gets them once: the dataset is read with
   the saved split and scaler, and setup.json and eval_data/ are written (one log line).
   """
   run = workdir_lib.Workdir(workdir)
-  config = workdir_lib.load_config(workdir)
+  config = config or workdir_lib.load_config(workdir)
   scaler = _saved_scaler(run)
   setup = run.load_setup()
   data = None if setup is None else run.load_eval_data(scaler, setup)
@@ -93,5 +95,5 @@ def load_eval_data(workdir: str) -> run_data.EvalData:
 def restore_run_and_data(workdir: str) -> tuple[LoadedRun, run_data.EvalData]:
   """A run's best checkpoint and its evaluation splits, from the workdir alone."""
   config = workdir_lib.load_config(workdir)
-  data = load_eval_data(workdir)
+  data = load_eval_data(workdir, config)
   return restore_run(workdir, config, data.scaler, data.budget), data
