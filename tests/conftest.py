@@ -135,6 +135,18 @@ def tiny_batch(make_tiny_batch) -> Batch:
 
 
 @pytest.fixture(scope="session")
+def decoder_inputs(tiny_config):
+  """(context [3, 2d], atoms [3, 4, d], atom_mask [3, 4], y [3, l_y]); crystal 2 is padding."""
+  d, l_y = tiny_config.model.d_model, tiny_config.data.l_y
+  rng = np.random.default_rng(0)
+  context = jnp.asarray(rng.normal(size=(3, 2 * d)), jnp.float32)
+  atom_mask = jnp.array([[True, True, True, False], [True, False, False, False], [False] * 4])
+  atoms = jnp.asarray(rng.normal(size=(3, 4, d)), jnp.float32) * atom_mask[..., None]
+  y = jnp.asarray(rng.dirichlet(np.ones(l_y), 3), jnp.float32)
+  return context, atoms, atom_mask, y
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_config):
   return create_model(tiny_config)
 

@@ -52,18 +52,6 @@ def _real(batch, out):
   return np.asarray(out)[np.asarray(batch.graph_mask)]
 
 
-@pytest.fixture(scope="module")
-def decoder_inputs(tiny_config):
-  """(context [3, 2d], atoms [3, 4, d], atom_mask [3, 4], y [3, l_y]); crystal 2 is padding."""
-  d, l_y = tiny_config.model.d_model, tiny_config.data.l_y
-  rng = np.random.default_rng(0)
-  context = jnp.asarray(rng.normal(size=(3, 2 * d)), jnp.float32)
-  atom_mask = jnp.array([[True, True, True, False], [True, False, False, False], [False] * 4])
-  atoms = jnp.asarray(rng.normal(size=(3, 4, d)), jnp.float32) * atom_mask[..., None]
-  y = jnp.asarray(rng.dirichlet(np.ones(l_y), 3), jnp.float32)
-  return context, atoms, atom_mask, y
-
-
 def _init_apply(decoder, context, atoms, atom_mask):
   variables = jax.jit(functools.partial(decoder.init, train=False))(
       jax.random.key(0), context, AtomStates.from_dense(atoms, atom_mask), None)

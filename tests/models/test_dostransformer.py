@@ -227,14 +227,9 @@ def test_output_independent_of_padding_and_the_rest_of_the_batch(make_tiny_batch
 
 
 @pytest.fixture(scope="module")
-def decoder_inputs(tiny_config):
-  """(context [3, 2d], AtomStates of [3, 4] atoms, y [3, l_y]); crystal 2 is padding."""
-  d, l_y = tiny_config.model.d_model, tiny_config.data.l_y
-  rng = np.random.default_rng(0)
-  context = jnp.asarray(rng.normal(size=(3, 2 * d)), jnp.float32)
-  mask = jnp.array([[True, True, True, False], [True, False, False, False], [False] * 4])
-  atoms = jnp.asarray(rng.normal(size=(3, 4, d)), jnp.float32) * mask[..., None]
-  y = jnp.asarray(rng.dirichlet(np.ones(l_y), 3), jnp.float32)
+def prompt_inputs(decoder_inputs):
+  """`decoder_inputs` with the atoms as AtomStates: (context, atoms, y)."""
+  context, atoms, mask, y = decoder_inputs
   return context, AtomStates.from_dense(atoms, mask), y
 
 
@@ -247,11 +242,11 @@ def _decoder(tiny_config, **model):
   return DECODERS["dostransformer"](config)
 
 
-def test_prompt_free_output_ignores_the_crystal_system(tiny_config, decoder_inputs):
+def test_prompt_free_output_ignores_the_crystal_system(tiny_config, prompt_inputs):
   """Prompt "none": no prompt table, the output is the numpy reference of the stages
   without a prompt token, the same for every crystal system."""
   decoder = _decoder(tiny_config, dostransformer_prompt="none")
-  context, atoms, _ = decoder_inputs
+  context, atoms, _ = prompt_inputs
   systems = jnp.array([6, 4, 0])
   params = perturb(decoder.init(jax.random.key(0), context, atoms, None, train=False,
                                 crystal_system=systems)["params"])
@@ -278,12 +273,12 @@ def test_prompt_free_output_ignores_the_crystal_system(tiny_config, decoder_inpu
   assert np.abs(np.asarray(a - b))[:2].max() > 1e-4
 
 
-def test_joint_loss_term_is_the_prompt_free_loss(tiny_config, decoder_inputs):
+def test_joint_loss_term_is_the_prompt_free_loss(tiny_config, prompt_inputs):
   """With weight w, training sows w * KL(y || softmax(prompt-free raw)) per crystal and
   returns the prompted output unchanged; evaluation sows nothing."""
   weight = 0.7
   decoder = _decoder(tiny_config, dostransformer_prompt_free_weight=weight)
-  context, atoms, y = decoder_inputs
+  context, atoms, y = prompt_inputs
   systems = jnp.array([6, 4, 0])
   params = perturb(decoder.init(jax.random.key(0), context, atoms, None, train=False,
                                 crystal_system=systems)["params"])

@@ -40,7 +40,6 @@ MAX_Z = 100
 _CUTOFF_MARGIN = 1e-6
 
 
-
 class CrystalGraph(NamedTuple):
   """One featurised crystal (host numpy arrays).
 

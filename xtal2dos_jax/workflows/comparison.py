@@ -21,7 +21,6 @@ if TYPE_CHECKING:
   import ml_collections
 
 
-
 # --------------------------------------------------------------------------
 # Run directories.
 

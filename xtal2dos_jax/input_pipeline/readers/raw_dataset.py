@@ -65,7 +65,6 @@ class RawDataset:
         source=self.source)
 
 
-
 def embedded_dfpt_path() -> str:
   """Path of the DFPT phonon-DoS benchmark (the paper's Table 1 set, phononDoS CSV)
   shipped inside the package."""
